@@ -1,0 +1,153 @@
+"""Data of one task: checks, the validation split, the reference set.
+
+A task arrives as a ``torch.utils.data.DataLoader`` over a map-style dataset
+of ``(x, y)`` pairs with global class ids ``y``. It is read once, in order, to
+check it (labels, shapes, finiteness) before the model is touched. Without a
+``val_loader``, a stratified share of the task is held out for the pruning
+threshold and training iterates the rest with the loader's own batch size.
+The reference set (N samples per class) is drawn from the training share.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, Dataset, Subset
+
+__all__ = ["TaskData", "prepare_task", "check_input", "collect"]
+
+
+@dataclass
+class TaskData:
+    """One task, checked and split.
+
+    Attributes
+    ----------
+    classes: sorted global class ids of the task.
+    train: loader of the training share.
+    val_x, val_y: ``(n_val, *input_shape)`` inputs and ``(n_val,)`` labels for the pruning threshold.
+    ref_x, ref_y: ``(n_ref, *input_shape)`` reference inputs and ``(n_ref,)`` labels.
+    input_shape: shape of one input, without the batch dimension.
+    """
+
+    classes: list[int]
+    train: Iterable
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    ref_x: torch.Tensor
+    ref_y: torch.Tensor
+    input_shape: tuple[int, ...]
+
+
+def check_input(x: torch.Tensor, input_shape: Sequence[int] | None, name: str = "x") -> None:
+    """Raise TypeError/ValueError unless ``x`` is a finite float tensor ``(n, *input_shape)``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape):
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)}; expected (n, {', '.join(map(str, input_shape))}) "
+            f"as in the tasks learned so far"
+        )
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).flatten(1).any(1).sum()) if x.dim() > 1 else 1
+        raise ValueError(f"{name} contains NaN or Inf values ({bad} sample(s) affected)")
+
+
+def _labels(y: torch.Tensor | np.ndarray | Sequence[int], name: str) -> torch.Tensor:
+    y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
+    if y.dim() == 2 and y.shape[1] == 1:  # MedMNIST-style (n, 1) labels
+        y = y[:, 0]
+    if y.dim() != 1 or y.is_floating_point() or y.is_complex():
+        raise ValueError(f"{name} must yield integer class ids of shape (batch,), got {tuple(y.shape)} {y.dtype}")
+    return y.long()
+
+
+def collect(loader: Iterable, name: str = "loader") -> tuple[torch.Tensor, torch.Tensor]:
+    """Read every ``(x, y)`` batch of ``loader`` into two CPU tensors ``(n, ...)`` and ``(n,)``."""
+    xs, ys = [], []
+    for batch in loader:
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise ValueError(f"{name} must yield (x, y) pairs")
+        x, y = batch
+        xs.append(torch.as_tensor(x).cpu())
+        ys.append(_labels(y, name).cpu())
+    if not xs or sum(len(y) for y in ys) == 0:
+        raise ValueError(f"{name} is empty: a task needs at least two classes with two samples each")
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _in_order(loader: DataLoader, dataset: Dataset) -> DataLoader:
+    return DataLoader(dataset, batch_size=loader.batch_size or 64, shuffle=False,
+                      collate_fn=loader.collate_fn, num_workers=loader.num_workers)
+
+
+def prepare_task(
+    loader: DataLoader,
+    val_loader: Iterable | None,
+    *,
+    n_outputs: int,
+    learned: Sequence[int],
+    input_shape: Sequence[int] | None,
+    val_fraction: float,
+    n_reference: int,
+    seed: int,
+) -> TaskData:
+    """Check one task's data and split it into training, validation and reference sets.
+
+    Parameters
+    ----------
+    loader: the task's training data (a DataLoader over a map-style dataset).
+    val_loader: the task's validation data, or None to hold out ``val_fraction``.
+    n_outputs: rows of the model's output layer; labels must lie in ``[0, n_outputs)``.
+    learned: class ids of earlier tasks (a task may not repeat them).
+    input_shape: shape of one input as in earlier tasks (None on the first task).
+    val_fraction: share held out, stratified by class, when ``val_loader`` is None.
+    n_reference: reference samples per class (fewer if the class has fewer).
+    seed: seed of the split, the reference draw and the training shuffle.
+    """
+    if not isinstance(loader, DataLoader):
+        raise TypeError(f"loader must be a torch.utils.data.DataLoader, got {type(loader).__name__}")
+    dataset = loader.dataset
+    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        raise TypeError("loader must read a map-style dataset (with __len__ and __getitem__)")
+    x, y = collect(_in_order(loader, dataset), "loader")
+    check_input(x, input_shape, "training inputs")
+    classes = sorted(int(c) for c in torch.unique(y))
+    outside = [c for c in classes if c < 0 or c >= n_outputs]
+    if outside:
+        raise ValueError(f"labels {outside} lie outside the output layer, which has {n_outputs} rows (0..{n_outputs - 1})")
+    repeated = sorted(set(classes) & set(learned))
+    if repeated:
+        raise ValueError(f"classes {repeated} were learned in an earlier task; each task must bring new classes")
+    if len(classes) < 2:
+        raise ValueError(f"a task needs at least two classes, got only class {classes}")
+    counts = torch.bincount(y, minlength=n_outputs)[classes]
+    rng = np.random.default_rng(seed)
+    indices = np.arange(len(y))
+    if val_loader is None:
+        if int(counts.min()) < 2:
+            raise ValueError("each class needs at least two samples to hold out validation data; pass val_loader")
+        n_val = max(int(round(val_fraction * len(y))), len(classes))
+        train_idx, val_idx = train_test_split(indices, test_size=n_val, stratify=y.numpy(), random_state=seed)
+        train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
+        generator = torch.Generator().manual_seed(seed)
+        train = DataLoader(Subset(dataset, train_idx.tolist()), batch_size=loader.batch_size or 64, shuffle=True,
+                           generator=generator, collate_fn=loader.collate_fn, num_workers=loader.num_workers,
+                           drop_last=loader.drop_last)
+        val_x, val_y = x[val_idx], y[val_idx]
+    else:
+        train_idx, train = indices, loader
+        val_x, val_y = collect(val_loader, "val_loader")
+        check_input(val_x, x.shape[1:], "validation inputs")
+        foreign = sorted(set(torch.unique(val_y).tolist()) - set(classes))
+        if foreign:
+            raise ValueError(f"val_loader has classes {foreign} that the task's loader does not have ({classes})")
+    ref_idx = np.concatenate([
+        rng.permutation(train_idx[(y[train_idx] == c).numpy()])[:n_reference] for c in classes
+    ])
+    return TaskData(classes, train, val_x, val_y, x[ref_idx], y[ref_idx], tuple(x.shape[1:]))

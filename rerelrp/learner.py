@@ -1,0 +1,299 @@
+"""The ReReLRP learner: one shared network, one unit mask and one head per task.
+
+``fit_task`` runs the method's stages in order (see METHOD.md):
+train -> reference set -> relevance -> prune -> freeze -> remember -> recognize.
+Prediction without a task id runs one LRP pass per task's subnetwork, asks
+the detector chain which task the input's relevance pattern belongs to, and
+reads the class from that task's subnetwork and head.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
+from torch import nn
+from torch.utils.data import DataLoader
+from zennit.core import Composite
+
+from .data import check_input, prepare_task
+from .freeze import FrozenParameters
+from .network import eval_mode, find_units, masked
+from .prune import PruneResult, prune_to_threshold
+from .recognize import TaskRecognizer, default_detector
+from .relevance import default_composite, lrp, normalize_units
+from .remember import RelevanceMemory
+from .train import OptimizerFactory, train_task
+
+__all__ = ["ReReLRP"]
+
+STAGES = ("data", "train", "relevance", "prune", "freeze", "remember", "recognize")
+
+
+class ReReLRP(BaseEstimator):
+    """Replay-free class-incremental learner that remembers and recognizes tasks with LRP.
+
+    Parameters
+    ----------
+    model: classifier of Linear/Conv2d/activation/pooling(/BatchNorm) modules,
+        activations as modules, registered in forward order; its last
+        ``nn.Linear`` is the output layer with one row per global class id.
+    epochs: training epochs per task.
+    lr: learning rate.
+    optimizer: factory ``(params, lr=...) -> torch.optim.Optimizer``
+        (default ``torch.optim.Adam``; e.g. ``functools.partial(torch.optim.SGD, momentum=0.9)``).
+    acc_drop: pruning threshold, in percentage points of validation accuracy.
+    n_reference: reference samples per class (paper: 132).
+    n_features: units each task detector reads (paper: 40).
+    val_fraction: share of a task held out for pruning when no ``val_loader`` is given.
+    composite: zennit composite for LRP (default EpsilonPlusFlat, BatchNorm canonized).
+    detector: unfitted scikit-learn classifier for the detector chain (default:
+        the paper's RandomForestClassifier).
+    batch_size: samples per pass during relevance, pruning and prediction.
+    device: where to train and predict (default: where the model's parameters are).
+    random_state: seed of splits, reference draws, training shuffles and detectors.
+    progress: show tqdm progress bars.
+
+    Attributes
+    ----------
+    tasks_: list of the sorted class ids of each learned task.
+    masks_: per task, one bool tensor ``(n_units,)`` per unit layer: the kept units of S_t.
+    prune_results_: per task, the :class:`rerelrp.prune.PruneResult`.
+    fit_times_: per task, seconds spent in each stage of ``fit_task``.
+    memory_: :class:`rerelrp.remember.RelevanceMemory`, the stored relevance vectors.
+    recognizer_: :class:`rerelrp.recognize.TaskRecognizer`, the detector chain.
+    input_shape_: shape of one input, without the batch dimension.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        epochs: int = 10,
+        lr: float = 1e-3,
+        optimizer: OptimizerFactory = torch.optim.Adam,
+        acc_drop: float = 2.0,
+        n_reference: int = 132,
+        n_features: int = 40,
+        val_fraction: float = 0.1,
+        composite: Composite | None = None,
+        detector: BaseEstimator | None = None,
+        batch_size: int = 256,
+        device: torch.device | str | None = None,
+        random_state: int = 0,
+        progress: bool = True,
+    ):
+        self.model = model
+        self.epochs = epochs
+        self.lr = lr
+        self.optimizer = optimizer
+        self.acc_drop = acc_drop
+        self.n_reference = n_reference
+        self.n_features = n_features
+        self.val_fraction = val_fraction
+        self.composite = composite
+        self.detector = detector
+        self.batch_size = batch_size
+        self.device = device
+        self.random_state = random_state
+        self.progress = progress
+
+    # ------------------------------------------------------------------ learning
+    def fit_task(self, loader: DataLoader, val_loader: Iterable | None = None) -> "ReReLRP":
+        """Learn one more task from ``loader`` (batches ``(x, y)``, ``y`` global class ids).
+
+        ``val_loader``: the task's validation data for the pruning threshold;
+        None holds out a stratified ``val_fraction`` of ``loader``'s dataset.
+        Returns ``self``.
+        """
+        self._check_params()
+        if not hasattr(self, "tasks_"):
+            self._start()
+        t = len(self.tasks_)
+        seed = self.random_state + 1000 * t
+        times = dict.fromkeys(STAGES, 0.0)
+        with _timed(times, "data"):
+            task = prepare_task(
+                loader, val_loader, n_outputs=self.units_.output.out_features,
+                learned=[c for classes in self.tasks_ for c in classes],
+                input_shape=getattr(self, "input_shape_", None), val_fraction=self.val_fraction,
+                n_reference=self.n_reference, seed=seed)
+            if t == 0:
+                self._check_model_accepts(task.val_x[:1])
+        # 1. Train on the task's head; frozen entries are restored after every step.
+        with _timed(times, "train"), torch.random.fork_rng(devices=self._rng_devices()):
+            torch.manual_seed(seed)
+            train_task(self.model, task.train, task.classes, epochs=self.epochs, lr=self.lr,
+                       optimizer=self.optimizer, frozen=self.frozen_, freeze_batchnorm_stats=t > 0,
+                       device=self.device_, progress=self.progress, description=f"task {t} train")
+        # 2. Reference set: drawn by prepare_task from the training share.
+        ref_x, ref_y = task.ref_x.to(self.device_), task.ref_y.to(self.device_)
+        # 3. Relevance of every unit, from the true class's logit through head t.
+        with _timed(times, "relevance"):
+            rel = lrp(self.model, self.units_, ref_x, task.classes, target=ref_y,
+                      composite=self.composite_, batch_size=self.batch_size)
+            scores = normalize_units(rel.units).sum(0)
+        # 4. Prune to the accuracy threshold on validation data.
+        with _timed(times, "prune"):
+            val_x, val_y = task.val_x.to(self.device_), task.val_y.to(self.device_)
+            result = prune_to_threshold(
+                scores, self.units_.sizes,
+                lambda keep: float((self._predict_head(val_x, task.classes, keep) == val_y).float().mean()),
+                self.acc_drop)
+        self.tasks_.append(task.classes)
+        self.masks_.append([k.to(self.device_) for k in result.keep])
+        self.prune_results_.append(result)
+        # 5. Freeze the kept units and the head (and BatchNorm after the first task).
+        with _timed(times, "freeze"):
+            self.frozen_.freeze_units(result.keep)
+            self.frozen_.freeze_head(task.classes)
+            if t == 0:
+                self.frozen_.freeze_batchnorm()
+        # 6. Remember: the reference samples' relevance through every subnetwork.
+        with _timed(times, "remember"):
+            self.memory_.add_task([self._unit_relevance(ref_x, m)[1] for m in range(t + 1)])
+        # 7. Recognize: refit the detector chain.
+        with _timed(times, "recognize"):
+            self.recognizer_.fit(self.memory_)
+        self.input_shape_ = task.input_shape
+        self.fit_times_.append(times)
+        return self
+
+    # ---------------------------------------------------------------- prediction
+    def predict(self, x: torch.Tensor, task_id: int | None = None) -> torch.Tensor:
+        """Global class ids ``(n,)`` for inputs ``x`` of shape ``(n, *input_shape)``.
+
+        ``task_id=None``: task-agnostic (the detector chain picks the task).
+        ``task_id=t``: task-aware, the argmax within task t's classes of subnetwork t.
+        """
+        x = self._check_x(x)
+        if task_id is not None:
+            return self._predict_head(x, self.tasks_[self._check_task_id(task_id)], self.masks_[task_id]).cpu()
+        proba, predictions = self._recognize(x)
+        task = torch.as_tensor(proba.argmax(1), device=predictions.device)
+        return predictions.gather(0, task[None])[0].cpu()
+
+    def predict_task(self, x: torch.Tensor) -> torch.Tensor:
+        """Recognized task index ``(n,)`` of each input."""
+        return torch.as_tensor(self.predict_proba_task(x).argmax(1))
+
+    def predict_proba_task(self, x: torch.Tensor) -> np.ndarray:
+        """Chain scores ``(n, T)``, one column per learned task; rows sum to 1."""
+        return self._recognize(self._check_x(x))[0]
+
+    def explain(self, x: torch.Tensor) -> torch.Tensor:
+        """Input relevance, same shape as ``x``, for the predicted class through the recognized task's subnetwork."""
+        x = self._check_x(x)
+        proba, predictions = self._recognize(x)
+        task = torch.as_tensor(proba.argmax(1), device=x.device)
+        heatmap = torch.zeros_like(x)
+        for m in task.unique().tolist():
+            rows = (task == m).nonzero()[:, 0]
+            heatmap[rows] = lrp(self.model, self.units_, x[rows], self.tasks_[m], target=predictions[m, rows],
+                                keep=self.masks_[m], composite=self.composite_, batch_size=self.batch_size,
+                                with_input=True).input
+        return heatmap.cpu()
+
+    def free_capacity(self) -> dict:
+        """Fraction of units kept by no finished task: ``{"overall": float, "per_layer": {name: float}}``."""
+        self._check_fitted()
+        used = [torch.stack(per_task).any(0) for per_task in zip(*self.masks_)]
+        per_layer = {layer.name: 1.0 - float(u.float().mean()) for layer, u in zip(self.units_.layers, used)}
+        overall = 1.0 - sum(int(u.sum()) for u in used) / self.units_.total
+        return {"overall": overall, "per_layer": per_layer}
+
+    # ------------------------------------------------------------------ internals
+    def _start(self) -> None:
+        self.units_ = find_units(self.model)
+        self.device_ = torch.device(self.device) if self.device is not None else next(self.model.parameters()).device
+        self.model.to(self.device_)
+        self.composite_ = default_composite() if self.composite is None else self.composite
+        self.frozen_ = FrozenParameters(self.units_)
+        self.memory_ = RelevanceMemory(self.n_features)
+        detector = default_detector() if self.detector is None else self.detector
+        self.recognizer_ = TaskRecognizer(detector, random_state=self.random_state)
+        self.tasks_: list[list[int]] = []
+        self.masks_: list[list[torch.Tensor]] = []
+        self.prune_results_: list[PruneResult] = []
+        self.fit_times_: list[dict[str, float]] = []
+
+    def _check_params(self) -> None:
+        positive = {"epochs": self.epochs, "n_reference": self.n_reference, "n_features": self.n_features,
+                    "batch_size": self.batch_size}
+        for name, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction!r}")
+        if not 0 <= self.acc_drop <= 100:
+            raise ValueError(f"acc_drop must lie in [0, 100] percentage points, got {self.acc_drop!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+
+    def _check_model_accepts(self, x: torch.Tensor) -> None:
+        try:
+            with torch.no_grad(), eval_mode(self.model):
+                out = self.model(x.to(self.device_))
+        except RuntimeError as error:
+            raise ValueError(f"the model cannot take inputs of shape (n, {', '.join(map(str, x.shape[1:]))}): "
+                             f"{error}") from error
+        if out.dim() != 2 or out.shape[1] != self.units_.output.out_features:
+            raise TypeError(f"the model's output has shape {tuple(out.shape)}; expected (n, "
+                            f"{self.units_.output.out_features}) from its last nn.Linear")
+
+    def _rng_devices(self) -> list:
+        return [self.device_] if self.device_.type == "cuda" else []
+
+    def _check_fitted(self) -> None:
+        if not getattr(self, "tasks_", None):
+            raise NotFittedError("this ReReLRP learner has learned no task yet: call fit_task first")
+
+    def _check_x(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_fitted()
+        check_input(x, self.input_shape_)
+        return x.to(self.device_)
+
+    def _check_task_id(self, task_id: int) -> int:
+        if not isinstance(task_id, (int, np.integer)) or not 0 <= task_id < len(self.tasks_):
+            raise ValueError(f"task_id must be None or an int in [0, {len(self.tasks_) - 1}], got {task_id!r}")
+        return int(task_id)
+
+    def _predict_head(self, x: torch.Tensor, classes: Sequence[int], keep) -> torch.Tensor:
+        """Argmax within ``classes`` of the subnetwork ``keep``: ``(n,)`` global class ids."""
+        head = torch.as_tensor(list(classes), device=x.device)
+        with torch.no_grad(), eval_mode(self.model), masked(self.units_, keep):
+            best = torch.cat([self.model(x[i:i + self.batch_size])[:, head].argmax(1)
+                              for i in range(0, len(x), self.batch_size)])
+        return head[best]
+
+    def _unit_relevance(self, x: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """S_m's predicted classes ``(n,)`` and normalised unit relevance ``(n, total_units)`` from them."""
+        rel = lrp(self.model, self.units_, x, self.tasks_[m], keep=self.masks_[m], composite=self.composite_,
+                  batch_size=self.batch_size)
+        return rel.target, normalize_units(rel.units)
+
+    def _recognize(self, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+        """Chain scores ``(n, T)`` and every subnetwork's prediction ``(T, n)``."""
+        T = len(self.tasks_)
+        predictions, features = [], []
+        for m in range(T - 1):
+            target, relevance = self._unit_relevance(x, m)
+            predictions.append(target)
+            features.append(self.memory_.select(m, relevance))
+        predictions.append(self._predict_head(x, self.tasks_[-1], self.masks_[-1]))
+        proba = self.recognizer_.predict_proba(features) if T > 1 else np.ones((len(x), 1))
+        return proba, torch.stack(predictions)
+
+
+@contextlib.contextmanager
+def _timed(times: dict[str, float], stage: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        times[stage] += time.perf_counter() - start
+

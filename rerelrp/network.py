@@ -1,0 +1,148 @@
+"""The units of a network, and masks that switch units off.
+
+A *unit* is one output neuron of an ``nn.Linear`` or one output channel of an
+``nn.Conv2d``. The last ``nn.Linear`` of the model is its output layer (one row
+per class id); its rows are task heads, never units.
+
+Masks follow ``torch.nn.utils.prune``: explicit boolean tensors, applied by
+forward hooks, removable. A masked unit outputs exactly zero. When a
+BatchNorm module directly follows the unit's layer, the mask is applied after
+the BatchNorm, so that the unit's contribution downstream is zero either way.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["UnitLayer", "Units", "find_units", "masked", "full_masks", "eval_mode"]
+
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+@dataclass(frozen=True)
+class UnitLayer:
+    """One Linear or Conv2d layer whose outputs are units.
+
+    Attributes
+    ----------
+    name: qualified module name inside the model.
+    module: the ``nn.Linear`` or ``nn.Conv2d``.
+    closing: the module whose output the mask multiplies: the BatchNorm that
+        directly follows ``module``, or ``module`` itself.
+    """
+
+    name: str
+    module: nn.Module
+    closing: nn.Module
+
+    @property
+    def n_units(self) -> int:
+        """Number of units (output features or output channels)."""
+        return self.module.weight.shape[0]
+
+
+@dataclass(frozen=True)
+class Units:
+    """The unit layers of a model, in forward order, and its output layer."""
+
+    layers: tuple[UnitLayer, ...]
+    output: nn.Linear
+
+    @property
+    def sizes(self) -> list[int]:
+        """Units per layer, in order."""
+        return [layer.n_units for layer in self.layers]
+
+    @property
+    def total(self) -> int:
+        """Total number of units (output layer excluded)."""
+        return sum(self.sizes)
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Split a ``(..., total)`` tensor into one ``(..., n_units)`` tensor per layer."""
+        return list(torch.split(flat, self.sizes, dim=-1))
+
+
+def find_units(model: nn.Module) -> Units:
+    """Find the unit layers and the output layer of ``model``.
+
+    Modules are read in registration order, which must be the forward order
+    (as in ``nn.Sequential``); the last ``nn.Linear`` is the output layer.
+
+    Raises
+    ------
+    TypeError: if ``model`` has no ``nn.Linear`` output layer, or no unit layer before it.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    leaves = [(name, m) for name, m in model.named_modules() if not list(m.children())]
+    linear_positions = [i for i, (_, m) in enumerate(leaves) if isinstance(m, nn.Linear)]
+    if not linear_positions:
+        raise TypeError("model has no nn.Linear module: its last nn.Linear must be the output layer")
+    output_position = linear_positions[-1]
+    layers = []
+    for i, (name, module) in enumerate(leaves[:output_position]):
+        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+            continue
+        following = leaves[i + 1][1]
+        closing = (
+            following
+            if isinstance(following, _BATCHNORMS) and following.num_features == module.weight.shape[0]
+            else module
+        )
+        layers.append(UnitLayer(name, module, closing))
+    if not layers:
+        raise TypeError(
+            "model has no nn.Linear or nn.Conv2d layer before its output layer: there are no units to keep or free"
+        )
+    return Units(tuple(layers), leaves[output_position][1])
+
+
+def full_masks(units: Units, device: torch.device | str | None = None) -> list[torch.Tensor]:
+    """One all-True boolean mask ``(n_units,)`` per unit layer."""
+    return [torch.ones(n, dtype=torch.bool, device=device) for n in units.sizes]
+
+
+def _mask_hook(keep: torch.Tensor):
+    def hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (output.dim() - 2)
+        return output * keep.to(device=output.device, dtype=output.dtype).view(shape)
+
+    return hook
+
+
+@contextlib.contextmanager
+def masked(units: Units, keep: Sequence[torch.Tensor] | None) -> Iterator[None]:
+    """Within the context, every unit whose ``keep`` entry is False outputs zero.
+
+    ``keep`` holds one boolean tensor ``(n_units,)`` per unit layer; ``None``
+    masks nothing. The hooks are removed on exit, whatever happens.
+    """
+    if keep is None:
+        yield
+        return
+    if len(keep) != len(units.layers):
+        raise ValueError(f"keep has {len(keep)} masks, the model has {len(units.layers)} unit layers")
+    handles = [
+        layer.closing.register_forward_hook(_mask_hook(mask)) for layer, mask in zip(units.layers, keep)
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode within the context and restore its previous mode on exit."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

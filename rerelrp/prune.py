@@ -1,0 +1,89 @@
+"""Prune: switch off the least relevant units while the head's accuracy holds.
+
+Units are ranked globally by relevance score (output layer excluded). The
+number of pruned units is found by bisection on validation accuracy: the
+largest count whose accuracy stays within ``acc_drop`` percentage points of
+the unpruned network. About ``log2(total units)`` evaluations.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+__all__ = ["PruneResult", "prune_to_threshold"]
+
+
+@dataclass
+class PruneResult:
+    """Outcome of :func:`prune_to_threshold`.
+
+    Attributes
+    ----------
+    keep: one bool tensor ``(n_units,)`` per unit layer, True for survivors.
+    n_pruned: number of units switched off.
+    base_accuracy: validation accuracy (fraction) of the unpruned network.
+    accuracy: validation accuracy (fraction) with ``keep`` applied.
+    trials: ``(n_pruned, accuracy)`` of every evaluation, in order.
+    """
+
+    keep: list[torch.Tensor]
+    n_pruned: int
+    base_accuracy: float
+    accuracy: float
+    trials: list[tuple[int, float]] = field(default_factory=list)
+
+
+def prune_to_threshold(
+    scores: torch.Tensor,
+    sizes: Sequence[int],
+    accuracy: Callable[[list[torch.Tensor]], float],
+    acc_drop: float,
+) -> PruneResult:
+    """Find the largest set of least relevant units that can be switched off.
+
+    Parameters
+    ----------
+    scores: ``(total_units,)`` relevance score per unit, layers concatenated.
+    sizes: units per layer, summing to ``total_units``.
+    accuracy: maps per-layer keep masks to validation accuracy in [0, 1].
+    acc_drop: allowed drop, in percentage points (e.g. 2.0 for 2 points).
+
+    Returns
+    -------
+    :class:`PruneResult` whose ``accuracy >= base_accuracy - acc_drop / 100``.
+    """
+    if acc_drop < 0:
+        raise ValueError(f"acc_drop must be >= 0 percentage points, got {acc_drop}")
+    total = int(sum(sizes))
+    if scores.shape != (total,):
+        raise ValueError(f"scores must have shape ({total},), got {tuple(scores.shape)}")
+    order = torch.argsort(scores.detach().cpu(), stable=True)
+    trials: list[tuple[int, float]] = []
+
+    def keep_for(n: int) -> list[torch.Tensor]:
+        flat = torch.ones(total, dtype=torch.bool)
+        flat[order[:n]] = False
+        return list(torch.split(flat, list(sizes)))
+
+    def evaluate(n: int) -> float:
+        acc = float(accuracy(keep_for(n)))
+        trials.append((n, acc))
+        return acc
+
+    base = evaluate(0)
+    floor = base - acc_drop / 100.0
+    results = {0: base}
+    lo, hi = 0, total
+    results[hi] = evaluate(hi)
+    if results[hi] >= floor:
+        lo = hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        results[mid] = evaluate(mid)
+        if results[mid] >= floor:
+            lo = mid
+        else:
+            hi = mid
+    return PruneResult(keep_for(lo), lo, base, results[lo], trials)

@@ -1,0 +1,82 @@
+"""Recognize: the chain of task detectors.
+
+Detector m is a binary scikit-learn classifier, "from task m" against "from a
+later task", fitted on the relevance vectors of S_m (see
+:class:`rerelrp.remember.RelevanceMemory`). Every source task carries the same
+total sample weight, so detector m's probability is calibrated for a uniform
+prior over the tasks m, m+1, ..., T-1. The chain turns the detectors'
+probabilities p_m into task scores that sum to one:
+
+    P(0) = p_0,  P(i) = p_i * prod_{j<i} (1 - p_j),  P(T-1) = prod_{j<T-1} (1 - p_j).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator, clone
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.utils.validation import has_fit_parameter
+
+from .remember import RelevanceMemory
+
+__all__ = ["default_detector", "TaskRecognizer", "chain_scores"]
+
+
+def default_detector(random_state: int | None = None) -> RandomForestClassifier:
+    """The paper's forest: 300 trees, depth 40, leaves of 5, log-loss, log2 features, no bootstrap."""
+    return RandomForestClassifier(n_estimators=300, max_depth=40, min_samples_leaf=5, criterion="log_loss",
+                                  max_features="log2", bootstrap=False, random_state=random_state, n_jobs=-1)
+
+
+def chain_scores(p: np.ndarray) -> np.ndarray:
+    """Chain the detectors' ``(n, T-1)`` probabilities into ``(n, T)`` task scores summing to 1."""
+    n = p.shape[0]
+    not_yet = np.cumprod(np.concatenate([np.ones((n, 1)), 1.0 - p], axis=1), axis=1)  # prod_{j<i}(1-p_j)
+    return np.concatenate([p, np.ones((n, 1))], axis=1) * not_yet
+
+
+class TaskRecognizer:
+    """A chain of binary detectors, refitted from memory after every task.
+
+    Parameters
+    ----------
+    estimator: an unfitted scikit-learn classifier with ``predict_proba`` and
+        ``sample_weight`` in ``fit``; cloned once per detector.
+    random_state: seed set on every clone that has a ``random_state`` parameter.
+
+    Attributes
+    ----------
+    detectors_: fitted detectors 0..T-2 (the newest task has none).
+    """
+
+    def __init__(self, estimator: BaseEstimator, random_state: int | None = None):
+        if not hasattr(estimator, "predict_proba") or not has_fit_parameter(estimator, "sample_weight"):
+            raise TypeError(
+                f"detector must be a scikit-learn classifier with predict_proba and fit(..., sample_weight=...); "
+                f"{type(estimator).__name__} lacks one of them (RandomForestClassifier, LogisticRegression, "
+                f"HistGradientBoostingClassifier and SVC(probability=True) qualify)"
+            )
+        self.estimator = estimator
+        self.random_state = random_state
+        self.detectors_: list[BaseEstimator] = []
+
+    def fit(self, memory: RelevanceMemory) -> "TaskRecognizer":
+        """Fit detectors 0..T-2 on the memory's relevance datasets."""
+        detectors = []
+        for m in range(memory.n_tasks - 1):
+            X, y, w = memory.dataset(m)
+            detector = clone(self.estimator)
+            if "random_state" in detector.get_params():
+                detector.set_params(random_state=self.random_state)
+            detectors.append(detector.fit(X, y, sample_weight=w))
+        self.detectors_ = detectors
+        return self
+
+    def predict_proba(self, features: Sequence[np.ndarray]) -> np.ndarray:
+        """Chain scores ``(n, T)`` from ``features[m]``, the ``(n, k)`` relevance through S_m, m = 0..T-2."""
+        if not self.detectors_ or len(features) != len(self.detectors_):
+            raise ValueError(f"expected features for {len(self.detectors_)} fitted detectors, got {len(features)}")
+        p = np.stack([d.predict_proba(f)[:, list(d.classes_).index(1)] for d, f in zip(self.detectors_, features)],
+                     axis=1)
+        return chain_scores(p)

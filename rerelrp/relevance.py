@@ -1,0 +1,131 @@
+"""Relevance: batched LRP with zennit, read at every unit and at the input.
+
+One call runs one forward and one modified backward pass per batch through a
+subnetwork (the model with a unit mask, see :func:`rerelrp.network.masked`),
+starting from the logit of a target class inside a head. The relevance
+arriving at the output of every unit layer is summed over spatial positions:
+one number per unit and sample. Zennit's composite decides the rules; by
+default :class:`zennit.composites.EpsilonPlusFlat` (flat rule on the first
+layer, z+ on convolutions, epsilon on dense layers) with BatchNorm merged into
+the preceding layer by :class:`zennit.canonizers.SequentialMergeBatchNorm`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+from zennit.canonizers import SequentialMergeBatchNorm
+from zennit.composites import EpsilonPlusFlat
+from zennit.core import Composite
+
+from .network import Units, eval_mode, masked
+
+__all__ = ["Relevance", "default_composite", "lrp", "normalize_units"]
+
+
+def default_composite() -> Composite:
+    """EpsilonPlusFlat with BatchNorm canonized into the preceding layer."""
+    return EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])
+
+
+@dataclass
+class Relevance:
+    """The result of :func:`lrp` for ``n`` samples.
+
+    Attributes
+    ----------
+    target: ``(n,)`` global class ids LRP started from.
+    units: one ``(n, n_units)`` tensor per unit layer: relevance at the layer's
+        (masked) output, summed over spatial positions; not normalised.
+    input: ``(n, *input_shape)`` relevance of the input pixels/features, or
+        None when not asked for.
+    """
+
+    target: torch.Tensor
+    units: list[torch.Tensor]
+    input: torch.Tensor | None
+
+
+def lrp(
+    model: nn.Module,
+    units: Units,
+    x: torch.Tensor,
+    head: Sequence[int],
+    *,
+    target: torch.Tensor | None = None,
+    keep: Sequence[torch.Tensor] | None = None,
+    composite: Composite | None = None,
+    batch_size: int = 256,
+    with_input: bool = False,
+) -> Relevance:
+    """Run LRP through the subnetwork ``keep`` read by ``head``, batch by batch.
+
+    Parameters
+    ----------
+    model: the network; it is put in eval mode for the pass and restored afterwards.
+    units: ``find_units(model)``.
+    x: ``(n, *input_shape)`` inputs on the model's device.
+    head: global class ids of the head the subnetwork is read through.
+    target: ``(n,)`` global class ids to explain; None: the subnetwork's
+        argmax inside ``head``.
+    keep: one bool mask ``(n_units,)`` per unit layer (None: whole network).
+    composite: zennit composite (None: :func:`default_composite`).
+    batch_size: samples per forward/backward pass.
+    with_input: also return the input relevance.
+
+    Returns
+    -------
+    :class:`Relevance`; relevance starts from the target's logit value, so
+    every layer's relevance sums to about that logit where rules conserve it.
+    """
+    composite = default_composite() if composite is None else composite
+    head_t = torch.as_tensor(list(head), dtype=torch.long, device=x.device)
+    targets, per_layer, inputs = [], [[] for _ in units.layers], []
+    with eval_mode(model), composite.context(model), masked(units, keep), torch.enable_grad():
+        for start in range(0, len(x), batch_size):
+            chunk = x[start:start + batch_size].detach().requires_grad_(True)
+            chunk_target = None if target is None else target[start:start + batch_size]
+            t, layer_rel, in_rel = _lrp_batch(model, units, chunk, head_t, chunk_target)
+            targets.append(t)
+            if with_input:
+                inputs.append(in_rel)
+            for store, rel in zip(per_layer, layer_rel):
+                store.append(rel)
+    return Relevance(
+        target=torch.cat(targets),
+        units=[torch.cat(store) for store in per_layer],
+        input=torch.cat(inputs) if with_input else None,
+    )
+
+
+def _lrp_batch(model, units, x, head, target):
+    outputs: list[torch.Tensor] = []
+
+    def capture(module, inputs, output):
+        outputs.append(output)
+
+    handles = [layer.closing.register_forward_hook(capture) for layer in units.layers]
+    try:
+        logits = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if target is None:
+        target = head[logits.detach()[:, head].argmax(1)]
+    start = torch.zeros_like(logits)
+    rows = torch.arange(len(x), device=x.device)
+    start[rows, target] = logits.detach()[rows, target]
+    grads = torch.autograd.grad(logits, [x, *outputs], grad_outputs=start)
+    layer_rel = [g.detach().flatten(2).sum(2) if g.dim() > 2 else g.detach() for g in grads[1:]]
+    return target, layer_rel, grads[0].detach()
+
+
+def normalize_units(layers: Sequence[torch.Tensor], eps: float = 1e-12) -> torch.Tensor:
+    """L1-normalise each layer's relevance per sample and concatenate the layers.
+
+    ``layers``: one ``(n, n_units)`` tensor per unit layer. Returns ``(n, total_units)``;
+    each layer's block has absolute values summing to 1 (or is all zero).
+    """
+    return torch.cat([r / r.abs().sum(1, keepdim=True).clamp_min(eps) for r in layers], dim=1)
