@@ -73,7 +73,7 @@ class ReReLRP(BaseEstimator):
         self,
         model: nn.Module,
         *,
-        epochs: int = 10,
+        epochs: int = 30,
         lr: float = 1e-3,
         optimizer: OptimizerFactory = torch.optim.Adam,
         acc_drop: float = 2.0,

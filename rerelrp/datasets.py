@@ -1,0 +1,110 @@
+"""Real data for examples, tests and benchmarks, read offline.
+
+Nothing here downloads unless asked to. Data locations come from the
+``root`` argument or the ``RERELRP_DATA`` environment variable, a folder that
+holds ``mnist/`` (the four original MNIST ``.gz`` files) and ``medmnist/``
+(the official ``<flag>.npz`` files).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["data_root", "class_splits", "task_indices", "load_digits", "load_mnist", "MNIST_FILES"]
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+               "t10k-labels-idx1-ubyte")
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path | None:
+    """``root`` if given, else ``$RERELRP_DATA`` if set, else None."""
+    if root is not None:
+        return Path(root)
+    env = os.environ.get("RERELRP_DATA")
+    return Path(env) if env else None
+
+
+def class_splits(n_classes: int, n_tasks: int) -> list[list[int]]:
+    """Classes in label order, split into ``n_tasks`` tasks; the remainder goes to the first tasks.
+
+    >>> class_splits(9, 4)
+    [[0, 1, 2], [3, 4], [5, 6], [7, 8]]
+    """
+    if not 1 <= n_tasks <= n_classes:
+        raise ValueError(f"n_tasks must lie in [1, {n_classes}], got {n_tasks}")
+    base, extra = divmod(n_classes, n_tasks)
+    bounds = np.cumsum([0] + [base + (i < extra) for i in range(n_tasks)])
+    return [list(range(bounds[i], bounds[i + 1])) for i in range(n_tasks)]
+
+
+def task_indices(y: torch.Tensor, tasks: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """Per task, the ``(n_t,)`` indices of the samples whose label is one of the task's classes."""
+    return [torch.isin(y, torch.as_tensor(list(classes))).nonzero()[:, 0] for classes in tasks]
+
+
+def load_digits(test_size: float = 0.3, random_state: int = 0):
+    """scikit-learn's 8x8 digits (shipped with scikit-learn), scaled to [0, 1].
+
+    Returns ``x_train (n, 64)``, ``y_train (n,)``, ``x_test (m, 64)``, ``y_test (m,)``;
+    a stratified split.
+    """
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = sk_digits(return_X_y=True)
+    parts = train_test_split(x / 16.0, y, test_size=test_size, stratify=y, random_state=random_state)
+    x_tr, x_te, y_tr, y_te = parts
+    return (torch.tensor(x_tr, dtype=torch.float32), torch.tensor(y_tr), torch.tensor(x_te, dtype=torch.float32),
+            torch.tensor(y_te))
+
+
+def load_mnist(root: str | os.PathLike | None = None):
+    """The full MNIST (60,000 train / 10,000 test) through torchvision, offline.
+
+    ``root`` (or ``$RERELRP_DATA``) is searched for the four original files,
+    gzipped or not, in ``root``, ``root/mnist`` or ``root/MNIST/raw``.
+    Returns ``x_train (60000, 1, 28, 28)`` in [0, 1], ``y_train (60000,)``,
+    ``x_test (10000, 1, 28, 28)``, ``y_test (10000,)``.
+
+    Raises FileNotFoundError naming the files and where to put them.
+    """
+    from torchvision.datasets import MNIST
+
+    base = data_root(root)
+    found = _find_mnist(base) if base is not None else None
+    if found is None:
+        where = f"{base}/mnist/" if base is not None else "a folder named by --data-root or $RERELRP_DATA, in mnist/"
+        raise FileNotFoundError(f"MNIST not found: put {', '.join(f + '.gz' for f in MNIST_FILES)} in {where}")
+    with tempfile.TemporaryDirectory(prefix="rerelrp-mnist-") as tmp:
+        raw = Path(tmp, "MNIST", "raw")
+        raw.mkdir(parents=True)
+        for name, path in zip(MNIST_FILES, found):
+            opener = gzip.open if path.suffix == ".gz" else open
+            with opener(path, "rb") as src, open(raw / name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        splits = [MNIST(tmp, train=train, download=False) for train in (True, False)]
+    out = []
+    for ds in splits:
+        out += [ds.data.unsqueeze(1).float() / 255.0, ds.targets.clone()]
+    return tuple(out)
+
+
+def _find_mnist(base: Path) -> list[Path] | None:
+    for folder in (base, base / "mnist", base / "MNIST" / "raw"):
+        paths = []
+        for name in MNIST_FILES:
+            candidates = [folder / (name + ".gz"), folder / name]
+            present = [c for c in candidates if c.is_file()]
+            if not present:
+                break
+            paths.append(present[0])
+        else:
+            return paths
+    return None

@@ -1,0 +1,54 @@
+"""Fixtures on real data that ships with scikit-learn (8x8 digits), split into 5 tasks of 2 classes."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import rerelrp
+from rerelrp.datasets import class_splits, load_digits, task_indices
+
+TASKS = class_splits(10, 5)
+
+
+def digits_mlp(seed: int = 0, batchnorm: bool = False) -> nn.Sequential:
+    """The issue's MLP 64-128-128-10 (optionally with BatchNorm after each hidden layer)."""
+    torch.manual_seed(seed)
+    norm = (lambda: nn.BatchNorm1d(128)) if batchnorm else (lambda: nn.Identity())
+    return nn.Sequential(nn.Linear(64, 128), norm(), nn.ReLU(), nn.Linear(128, 128), norm(), nn.ReLU(),
+                         nn.Linear(128, 10))
+
+
+def loader(x, y, batch_size=32, seed=0):
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """(train, test): per task, an ``(x, y)`` pair; x is (n, 64) in [0, 1], y global class ids."""
+    x_tr, y_tr, x_te, y_te = load_digits()
+    train = [(x_tr[i], y_tr[i]) for i in task_indices(y_tr, TASKS)]
+    test = [(x_te[i], y_te[i]) for i in task_indices(y_te, TASKS)]
+    return train, test
+
+
+@pytest.fixture(scope="session")
+def default_learner(digits):
+    """rerelrp.fit_task with no options, on all 5 digit tasks."""
+    train, _ = digits
+    model = digits_mlp()
+    for x, y in train:
+        learner = rerelrp.fit_task(model, loader(x, y))
+    return learner
+
+
+def shared_data_root():
+    """$RERELRP_DATA, or skip: the full data sets live outside the repository (CI points at them)."""
+    root = os.environ.get("RERELRP_DATA")
+    if not root:
+        pytest.skip("RERELRP_DATA is not set: this test needs the full MNIST/MedMNIST files (CI sets it)")
+    return root

@@ -1,0 +1,70 @@
+"""Promise 2: without a task id, rerelrp is far above a model that forgets."""
+import numpy as np
+import torch
+
+from rerelrp.network import masked
+from benchmarks.common import FineTuning
+from conftest import TASKS, digits_mlp
+
+
+def test_task_agnostic_accuracy_is_at_least_twice_finetuning(digits, default_learner):
+    train, test = digits
+    x_te, y_te = torch.cat([x for x, _ in test]), torch.cat([y for _, y in test])
+    ours = float((default_learner.predict(x_te) == y_te).float().mean())
+    finetune = FineTuning(digits_mlp(), epochs=default_learner.epochs, seed=0, device="cpu", progress=False,
+                          batch_size=32)
+    for (x, y), classes in zip(train, TASKS):
+        finetune.fit_task(x, y, classes)
+    theirs = float((finetune.predict(x_te) == y_te).float().mean())
+    print(f"task-agnostic accuracy: rerelrp {ours:.3f}, fine-tuning {theirs:.3f}")
+    assert ours >= 2 * theirs
+
+
+def test_chain_scores_are_a_distribution_over_tasks(digits, default_learner):
+    _, test = digits
+    x_te = torch.cat([x for x, _ in test])
+    proba = default_learner.predict_proba_task(x_te)
+    assert proba.shape == (len(x_te), 5)
+    assert np.all(proba >= 0)
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=0, atol=1e-9)
+    assert torch.equal(default_learner.predict_task(x_te), torch.as_tensor(proba.argmax(1)))
+    task_of = torch.cat([torch.full((len(y),), t) for t, (_, y) in enumerate(test)])
+    assert float((default_learner.predict_task(x_te) == task_of).float().mean()) > 0.5
+
+
+def test_task_aware_prediction_is_the_argmax_of_subnetwork_t_within_its_head(digits, default_learner):
+    _, test = digits
+    model, units = default_learner.model, default_learner.units_
+    for t, (x, _) in enumerate(test):
+        head = torch.as_tensor(default_learner.tasks_[t])
+        with torch.no_grad(), masked(units, default_learner.masks_[t]):
+            model.eval()
+            expected = head[model(x)[:, head].argmax(1)]
+        assert torch.equal(default_learner.predict(x, task_id=t), expected)
+
+
+def test_task_agnostic_prediction_reads_the_recognized_task(digits, default_learner):
+    _, test = digits
+    x_te = torch.cat([x for x, _ in test])
+    tasks = default_learner.predict_task(x_te)
+    pred = default_learner.predict(x_te)
+    for t in range(5):
+        rows = tasks == t
+        if rows.any():
+            assert torch.equal(pred[rows], default_learner.predict(x_te[rows], task_id=t))
+
+
+def test_explain_gives_input_relevance_of_the_prediction(digits, default_learner):
+    _, test = digits
+    x = test[2][0][:20]
+    heat = default_learner.explain(x)
+    assert heat.shape == x.shape and torch.isfinite(heat).all()
+    assert (heat.abs().sum(1) > 0).all()
+
+
+def test_free_capacity_reports_units_kept_by_no_task(default_learner):
+    capacity = default_learner.free_capacity()
+    used = sum(int(torch.stack(ms).any(0).sum()) for ms in zip(*default_learner.masks_))
+    assert capacity["overall"] == 1 - used / default_learner.units_.total
+    assert set(capacity["per_layer"]) == {layer.name for layer in default_learner.units_.layers}
+    assert all(0 <= v <= 1 for v in capacity["per_layer"].values())
