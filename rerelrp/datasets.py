@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["data_root", "class_splits", "task_indices", "load_digits", "load_mnist", "MNIST_FILES"]
+__all__ = ["data_root", "class_splits", "task_indices", "load_digits", "load_mnist", "load_medmnist", "MNIST_FILES"]
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                "t10k-labels-idx1-ubyte")
@@ -108,3 +108,44 @@ def _find_mnist(base: Path) -> list[Path] | None:
         else:
             return paths
     return None
+
+
+def load_medmnist(flag: str, root: str | os.PathLike | None = None, download: bool = False) -> dict:
+    """One official 28x28 MedMNIST subset through the ``medmnist`` package.
+
+    ``flag``: e.g. ``"pneumoniamnist"``, ``"bloodmnist"``. The file
+    ``<flag>.npz`` is looked for in ``root``, ``root/medmnist`` (``root``
+    defaulting to ``$RERELRP_DATA``), else in medmnist's own default folder
+    (``~/.medmnist``). ``download=True`` lets medmnist fetch a missing file.
+
+    Returns ``{"train" | "val" | "test": (x, y)}`` with ``x (n, 3, 28, 28)``
+    float in [0, 1] (grey images repeated to 3 channels) and ``y (n,)`` labels.
+
+    Raises FileNotFoundError with one line naming the file and the folder.
+    """
+    import medmnist
+
+    if flag not in medmnist.INFO:
+        raise ValueError(f"unknown MedMNIST flag {flag!r}; known: {', '.join(sorted(medmnist.INFO))}")
+    base = data_root(root)
+    folders = [base, base / "medmnist"] if base is not None else []
+    folders.append(Path(getattr(medmnist.dataset, "DEFAULT_ROOT", Path.home() / ".medmnist")))
+    folder = next((f for f in folders if (f / f"{flag}.npz").is_file()), None)
+    if folder is None:
+        target = folders[-1] if base is None else (base / "medmnist")
+        if not download:
+            raise FileNotFoundError(f"{flag}.npz not found: put the official 28x28 file {flag}.npz in {target}/ "
+                                    f"(or allow downloading where there is internet)")
+        target.mkdir(parents=True, exist_ok=True)
+        folder = target
+    cls = getattr(medmnist, medmnist.INFO[flag]["python_class"])
+    out = {}
+    for split in ("train", "val", "test"):
+        try:
+            ds = cls(split=split, root=str(folder), download=download and split == "train", size=28)
+        except Exception as error:  # medmnist raises bare RuntimeErrors, its downloader anything
+            raise FileNotFoundError(f"{flag}.npz could not be read or downloaded into {folder}/: {error}") from error
+        x = torch.as_tensor(np.asarray(ds.imgs), dtype=torch.float32) / 255.0
+        x = x.unsqueeze(1).expand(-1, 3, -1, -1).contiguous() if x.dim() == 3 else x.permute(0, 3, 1, 2).contiguous()
+        out[split] = (x, torch.as_tensor(np.asarray(ds.labels)).reshape(-1).long())
+    return out
