@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import rerelrp
 from rerelrp.datasets import class_splits, load_digits, task_indices
+from rerelrp.train import train_task
 
 TASKS = class_splits(10, 5)
 
@@ -52,3 +53,18 @@ def shared_data_root():
     if not root:
         pytest.skip("RERELRP_DATA is not set: this test needs the full MNIST/MedMNIST files (CI sets it)")
     return root
+
+
+def finetune_accuracy(model, train, test, tasks, epochs, batch_size=32):
+    """Task-agnostic accuracy of plain fine-tuning: the same network trained task after task with
+    cross-entropy over all classes seen so far, predicting the argmax over them."""
+    seen = []
+    for t, ((x, y), classes) in enumerate(zip(train, tasks)):
+        seen += list(classes)
+        torch.manual_seed(t)
+        train_task(model, loader(x, y, batch_size, seed=t), seen, epochs=epochs, lr=1e-3)
+    x_te, y_te = torch.cat([x for x, _ in test]), torch.cat([y for _, y in test])
+    model.eval()
+    with torch.no_grad():
+        pred = torch.as_tensor(seen)[model(x_te)[:, seen].argmax(1)]
+    return float((pred == y_te).float().mean())

@@ -3,19 +3,14 @@ import numpy as np
 import torch
 
 from rerelrp.network import masked
-from benchmarks.common import FineTuning
-from conftest import TASKS, digits_mlp
+from conftest import TASKS, digits_mlp, finetune_accuracy
 
 
 def test_task_agnostic_accuracy_is_at_least_twice_finetuning(digits, default_learner):
     train, test = digits
     x_te, y_te = torch.cat([x for x, _ in test]), torch.cat([y for _, y in test])
     ours = float((default_learner.predict(x_te) == y_te).float().mean())
-    finetune = FineTuning(digits_mlp(), epochs=default_learner.epochs, seed=0, device="cpu", progress=False,
-                          batch_size=32)
-    for (x, y), classes in zip(train, TASKS):
-        finetune.fit_task(x, y, classes)
-    theirs = float((finetune.predict(x_te) == y_te).float().mean())
+    theirs = finetune_accuracy(digits_mlp(), train, test, TASKS, epochs=default_learner.epochs)
     print(f"task-agnostic accuracy: rerelrp {ours:.3f}, fine-tuning {theirs:.3f}")
     assert ours >= 2 * theirs
 

