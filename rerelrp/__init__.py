@@ -19,10 +19,12 @@ from sklearn.exceptions import NotFittedError
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ._version import __version__
 from .learner import ReReLRP
+from .persist import UntrustedFileError, load
 
-__all__ = ["ReReLRP", "fit_task", "predict", "default_learner", "NotFittedError", "__version__"]
-__version__ = "0.1.0.dev0"
+__all__ = ["ReReLRP", "fit_task", "predict", "load", "default_learner", "NotFittedError", "UntrustedFileError",
+           "__version__"]
 
 _default: ReReLRP | None = None
 

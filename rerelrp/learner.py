@@ -9,7 +9,10 @@ reads the class from that task's subnetwork and head.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
+import warnings
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -115,6 +118,11 @@ class ReReLRP(BaseEstimator):
             self._start()
         t = len(self.tasks_)
         seed = self.random_state + 1000 * t
+        if t > 0 and self.free_capacity()["overall"] == 0.0:
+            warnings.warn(
+                f"capacity exhausted: all {self.units_.total} units are kept by the {t} tasks learned so far, so "
+                f"task {t} can train only its own head rows; use a wider model, or a larger acc_drop "
+                f"(now {self.acc_drop} points) for the tasks to come", RuntimeWarning, stacklevel=2)
         times = dict.fromkeys(STAGES, 0.0)
         with _timed(times, "data"):
             task = prepare_task(
@@ -205,6 +213,12 @@ class ReReLRP(BaseEstimator):
         per_layer = {layer.name: 1.0 - float(u.float().mean()) for layer, u in zip(self.units_.layers, used)}
         overall = 1.0 - sum(int(u.sum()) for u in used) / self.units_.total
         return {"overall": overall, "per_layer": per_layer}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save everything needed to predict and to go on learning to ``path`` (see :func:`rerelrp.persist.save`)."""
+        from .persist import save
+
+        return save(self, path)
 
     # ------------------------------------------------------------------ internals
     def _start(self) -> None:

@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 
 import torch
 from torch import nn
+from zennit.types import Activation
 
 __all__ = ["UnitLayer", "Units", "find_units", "masked", "full_masks", "eval_mode"]
 
@@ -98,6 +99,11 @@ def find_units(model: nn.Module) -> Units:
     if not layers:
         raise TypeError(
             "model has no nn.Linear or nn.Conv2d layer before its output layer: there are no units to keep or free"
+        )
+    if not any(isinstance(m, Activation) for _, m in leaves):
+        raise TypeError(
+            "model has no activation module (nn.ReLU, ...): activations must be modules, since LRP cannot see "
+            "functional calls such as torch.relu inside forward()"
         )
     return Units(tuple(layers), leaves[output_position][1])
 

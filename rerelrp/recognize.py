@@ -24,9 +24,13 @@ __all__ = ["default_detector", "TaskRecognizer", "chain_scores"]
 
 
 def default_detector(random_state: int | None = None) -> RandomForestClassifier:
-    """The paper's forest: 300 trees, depth 40, leaves of 5, log-loss, log2 features, no bootstrap."""
+    """The paper's forest: 300 trees, depth 40, leaves of 5, log-loss, log2 features, no bootstrap.
+
+    Single-threaded: a threaded forest sums its trees' probabilities in varying order, so the same input
+    could get scores that differ in the last bit from one call to the next.
+    """
     return RandomForestClassifier(n_estimators=300, max_depth=40, min_samples_leaf=5, criterion="log_loss",
-                                  max_features="log2", bootstrap=False, random_state=random_state, n_jobs=-1)
+                                  max_features="log2", bootstrap=False, random_state=random_state)
 
 
 def chain_scores(p: np.ndarray) -> np.ndarray:
