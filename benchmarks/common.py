@@ -360,6 +360,16 @@ def plot_results(results: Sequence[StreamResult], stream: Stream, methods: Seque
     return paths
 
 
+def _image(x: torch.Tensor) -> np.ndarray:
+    """An input as something imshow draws: (C, H, W) -> (H, W[, 3]); a flat square vector -> (side, side)."""
+    if x.dim() == 1:
+        side = int(round(len(x) ** 0.5))
+        return x.reshape(side, side).numpy()
+    if x.dim() == 3:
+        return x.permute(1, 2, 0).numpy() if x.shape[0] == 3 else x[0].numpy()
+    return x.numpy()
+
+
 def plot_heatmaps(learner: rerelrp.ReReLRP, stream: Stream, out: Path, per_task: int = 4) -> Path:
     """LRP heatmaps of a few test images per task from ``learner.explain``."""
     import matplotlib
@@ -371,14 +381,14 @@ def plot_heatmaps(learner: rerelrp.ReReLRP, stream: Stream, out: Path, per_task:
     axes = np.atleast_2d(axes)
     for t in range(T):
         x, y = stream.test[t][0][:per_task], stream.test[t][1][:per_task]
-        heat = learner.explain(x).sum(1)
+        heat = learner.explain(x)
+        heat = heat.sum(1) if heat.dim() == 4 else heat  # relevance summed over colour channels
         pred = learner.predict(x)
         for i in range(len(x)):
-            image = x[i].permute(1, 2, 0).numpy()
-            axes[t, 2 * i].imshow(image if image.shape[2] == 3 else image[..., 0], cmap="gray")
+            axes[t, 2 * i].imshow(_image(x[i]), cmap="gray")
             axes[t, 2 * i].set_title(f"y={int(y[i])} ŷ={int(pred[i])}", fontsize=7)
             bound = float(heat[i].abs().max()) or 1.0
-            axes[t, 2 * i + 1].imshow(heat[i].numpy(), cmap="bwr", vmin=-bound, vmax=bound)
+            axes[t, 2 * i + 1].imshow(_image(heat[i]), cmap="bwr", vmin=-bound, vmax=bound)
         axes[t, 0].set_ylabel(stream.task_names[t], fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])

@@ -107,3 +107,48 @@ def test_module_level_default_learner_follows_the_model(digits):
     assert second is not first and len(second.tasks_) == 1
     assert rerelrp.default_learner() is second
     assert torch.equal(rerelrp.predict(x1), second.predict(x1))
+
+
+class FunctionalReLU(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hidden, self.out = torch.nn.Linear(64, 16), torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.hidden(x)))
+
+
+def test_functional_activations_lrp_cannot_see(digits):
+    x, y = digits[0][0]
+    with pytest.raises(TypeError, match="activations must be modules"):
+        ReReLRP(FunctionalReLU(), progress=False).fit_task(loader(x, y))
+
+
+def test_wrong_channel_count(digits):
+    x, y = digits[0][0]
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 6 * 6, 10))
+    learner = ReReLRP(cnn, epochs=1, progress=False).fit_task(loader(x.view(-1, 1, 8, 8), y))
+    with pytest.raises(ValueError, match=r"shape \(5, 3, 8, 8\); expected \(n, 1, 8, 8\)"):
+        learner.predict(torch.zeros(5, 3, 8, 8))
+
+
+def test_val_loader_with_other_classes(digits):
+    (x, y), (val_x, val_y) = digits[0][0], digits[1][1]
+    with pytest.raises(ValueError, match=r"val_loader has classes \[2, 3\] that the task's loader does not have"):
+        ReReLRP(digits_mlp(), progress=False).fit_task(loader(x, y), val_loader=loader(val_x, val_y))
+
+
+def test_exhausted_capacity_warns_and_still_learns_without_touching_frozen_units(digits):
+    (x0, y0), (x1, y1) = digits[0][0], digits[0][1]
+    torch.manual_seed(0)
+    tiny = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    learner = ReReLRP(tiny, acc_drop=0.0, epochs=10, progress=False).fit_task(loader(x0, y0))
+    learner.masks_[0] = [torch.ones_like(k) for k in learner.masks_[0]]  # as if no unit could be pruned
+    learner.frozen_.freeze_units(learner.masks_[0])
+    hidden = tiny[0].weight.detach().clone()
+    with pytest.warns(RuntimeWarning, match=r"capacity exhausted: all 16 units are kept by the 1 tasks"):
+        learner.fit_task(loader(x1, y1))
+    assert torch.equal(tiny[0].weight, hidden)
+    test_x, test_y = digits[1][1]
+    assert float((learner.predict(test_x, task_id=1) == test_y).float().mean()) > 0.6
