@@ -348,7 +348,9 @@ def plot_results(results: Sequence[StreamResult], stream: Stream, methods: Seque
         axes[0].set_title("rerelrp task-agnostic accuracy (%) per task")
         fig.colorbar(im, ax=axes[0])
         free = np.array([r.free_capacity for r in ours]) * 100
-        axes[1].bar(range(1, T + 1), free.mean(0), yerr=free.std(0) if len(ours) > 1 else None, color="tab:green")
+        mean, std = free.mean(0), free.std(0)
+        axes[1].bar(range(1, T + 1), mean, yerr=[np.minimum(std, mean), np.minimum(std, 100 - mean)],
+                    color="tab:green")  # ± one std over seeds, clipped to [0, 100]
         axes[1].set_xticks(range(1, T + 1), stream.task_names, rotation=20)
         axes[1].set_ylim(0, 100)
         axes[1].set_ylabel("units still free (%)")
