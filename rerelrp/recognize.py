@@ -26,11 +26,10 @@ __all__ = ["default_detector", "TaskRecognizer", "chain_scores"]
 def default_detector(random_state: int | None = None) -> RandomForestClassifier:
     """The paper's forest: 300 trees, depth 40, leaves of 5, log-loss, log2 features, no bootstrap.
 
-    Single-threaded: a threaded forest sums its trees' probabilities in varying order, so the same input
-    could get scores that differ in the last bit from one call to the next.
+    Trees are grown on all cores; :class:`TaskRecognizer` predicts with one thread (see there).
     """
     return RandomForestClassifier(n_estimators=300, max_depth=40, min_samples_leaf=5, criterion="log_loss",
-                                  max_features="log2", bootstrap=False, random_state=random_state)
+                                  max_features="log2", bootstrap=False, random_state=random_state, n_jobs=-1)
 
 
 def chain_scores(p: np.ndarray) -> np.ndarray:
@@ -73,7 +72,12 @@ class TaskRecognizer:
             detector = clone(self.estimator)
             if "random_state" in detector.get_params():
                 detector.set_params(random_state=self.random_state)
-            detectors.append(detector.fit(X, y, sample_weight=w))
+            detector.fit(X, y, sample_weight=w)
+            if "n_jobs" in detector.get_params():
+                # a threaded ensemble sums its members' probabilities in varying order: the same input could
+                # get scores that differ in the last bit from call to call; one thread keeps them reproducible
+                detector.set_params(n_jobs=None)
+            detectors.append(detector)
         self.detectors_ = detectors
         return self
 

@@ -64,3 +64,15 @@ def test_help_explains_every_option(script):
     assert done.returncode == 0
     for option in ("--data-root", "--out", "--seeds", "--epochs", "--methods", "--device", "--quick"):
         assert option in done.stdout
+
+
+def test_speed_quick(tmp_path):
+    done = run("speed.py", "--quick", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "speed.json").read_text())
+    assert report["relevance"]["relevance_s"] > 0 and report["relevance"]["plain_forward_backward_s"] > 0
+    assert set(report["predict"]) == {"2", "4"}
+    memory = report["memory"]
+    assert memory["replay_200_images_bytes"] == 200 * 28 * 28 * 4 + 200 * 8
+    assert all(0 <= v["task_recognition"] <= 1 and v["detector_bytes"] > 0 for v in memory["detectors"].values())
+    assert "| unit-relevance pass / plain forward+backward" in (tmp_path / "speed.md").read_text()
