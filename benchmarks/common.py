@@ -177,12 +177,20 @@ class AvalancheMethod:
         return self._argmax(x, self.tasks[t])
 
     def bytes_kept(self) -> int:
-        """Replay buffer images and labels; EWC's importances and old weights; LwF's previous network."""
-        if self.name == "replay":
-            buffer = self.strategy.plugins[0].storage_policy.buffer
-            return sum(int(x.numel() * x.element_size()) + 8 for x, *_ in buffer)
-        if self.name in ("ewc", "lwf"):
-            return sum(p.numel() * p.element_size() for p in self.model.parameters()) * (2 if self.name == "ewc" else 1)
+        """What the strategy's plugins keep: replay's buffer images and labels; EWC's weights and importances
+        (one set per task in Avalanche's default "separate" mode); LwF's previous network."""
+        def size(tensors) -> int:
+            return sum(int(t.numel() * t.element_size()) for t in tensors)
+
+        for plugin in self.strategy.plugins if self.strategy is not None else []:
+            if hasattr(plugin, "storage_policy"):
+                return sum(size([x]) + 8 for x, *_ in plugin.storage_policy.buffer)
+            if hasattr(plugin, "saved_params"):
+                return size(p.data for per_task in (*plugin.saved_params.values(), *plugin.importances.values())
+                            for p in per_task.values())
+            if hasattr(plugin, "lwf"):
+                previous = plugin.lwf.prev_model
+                return 0 if previous is None else size(previous.parameters())
         return 0
 
 
