@@ -61,15 +61,6 @@ class FrozenParameters:
             if isinstance(layer.closing, _BATCHNORMS):
                 self._freeze_rows(layer.closing, torch.ones(layer.closing.num_features, dtype=torch.bool))
 
-    def frozen_units(self) -> list[torch.Tensor]:
-        """One bool tensor ``(n_units,)`` per unit layer: True where the unit's weights are frozen."""
-        result = []
-        for layer in self.units.layers:
-            mask = self.masks.get(layer.module.weight)
-            rows = torch.zeros(layer.n_units, dtype=torch.bool) if mask is None else mask.flatten(1).all(1).cpu()
-            result.append(rows)
-        return result
-
     @contextlib.contextmanager
     def enforced(self, optimizer: torch.optim.Optimizer) -> Iterator[None]:
         """Within the context, every ``optimizer.step()`` leaves frozen entries bit-identical."""

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from zennit.types import Activation
 
-__all__ = ["UnitLayer", "Units", "find_units", "masked", "full_masks", "eval_mode"]
+__all__ = ["UnitLayer", "Units", "find_units", "masked", "eval_mode"]
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -106,11 +106,6 @@ def find_units(model: nn.Module) -> Units:
             "functional calls such as torch.relu inside forward()"
         )
     return Units(tuple(layers), leaves[output_position][1])
-
-
-def full_masks(units: Units, device: torch.device | str | None = None) -> list[torch.Tensor]:
-    """One all-True boolean mask ``(n_units,)`` per unit layer."""
-    return [torch.ones(n, dtype=torch.bool, device=device) for n in units.sizes]
 
 
 def _mask_hook(keep: torch.Tensor):
