@@ -18,7 +18,6 @@ previous save at that path intact.
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
 import tempfile
