@@ -27,8 +27,8 @@ from .data import check_input, prepare_task
 from .freeze import FrozenParameters
 from .network import eval_mode, find_units, masked
 from .prune import PruneResult, prune_to_threshold
-from .recognize import TaskRecognizer, default_detector
-from .relevance import default_composite, lrp, normalize_units
+from .recognize import TaskRecognizer, chain_scores, decided, default_detector
+from .relevance import lrp, normalize_units
 from .remember import RelevanceMemory
 from .train import OptimizerFactory, train_task
 
@@ -54,7 +54,8 @@ class ReReLRP(BaseEstimator):
         accuracy on Split MNIST validation data, 0.874 against 0.832).
     n_features: units each task detector reads (paper: 40).
     val_fraction: share of a task held out for pruning when no ``val_loader`` is given.
-    composite: zennit composite for LRP (default EpsilonPlusFlat, BatchNorm canonized).
+    composite: zennit composite for LRP (default: EpsilonPlusFlat's rules, BatchNorm canonized; see
+        :func:`rerelrp.relevance.lrp`).
     detector: unfitted scikit-learn classifier for the detector chain (default:
         the paper's RandomForestClassifier).
     batch_size: samples per pass during relevance, pruning and prediction.
@@ -182,27 +183,24 @@ class ReReLRP(BaseEstimator):
         x = self._check_x(x)
         if task_id is not None:
             return self._predict_head(x, self.tasks_[self._check_task_id(task_id)], self.masks_[task_id]).cpu()
-        proba, predictions = self._recognize(x)
-        task = torch.as_tensor(proba.argmax(1), device=predictions.device)
-        return predictions.gather(0, task[None])[0].cpu()
+        return self._route(x)[2].cpu()
 
     def predict_task(self, x: torch.Tensor) -> torch.Tensor:
-        """Recognized task index ``(n,)`` of each input."""
-        return torch.as_tensor(self.predict_proba_task(x).argmax(1))
+        """Recognized task index ``(n,)`` of each input: the argmax of :meth:`predict_proba_task`."""
+        return self._route(self._check_x(x))[1].cpu()
 
     def predict_proba_task(self, x: torch.Tensor) -> np.ndarray:
         """Chain scores ``(n, T)``, one column per learned task; rows sum to 1."""
-        return self._recognize(self._check_x(x))[0]
+        return chain_scores(self._route(self._check_x(x), stop_early=False)[0])
 
     def explain(self, x: torch.Tensor) -> torch.Tensor:
         """Input relevance, same shape as ``x``, for the predicted class through the recognized task's subnetwork."""
         x = self._check_x(x)
-        proba, predictions = self._recognize(x)
-        task = torch.as_tensor(proba.argmax(1), device=x.device)
+        _, task, predictions = self._route(x)
         heatmap = torch.zeros_like(x)
         for m in task.unique().tolist():
             rows = (task == m).nonzero()[:, 0]
-            heatmap[rows] = lrp(self.model, self.units_, x[rows], self.tasks_[m], target=predictions[m, rows],
+            heatmap[rows] = lrp(self.model, self.units_, x[rows], self.tasks_[m], target=predictions[rows],
                                 keep=self.masks_[m], composite=self.composite_, batch_size=self.batch_size,
                                 with_input=True).input
         return heatmap.cpu()
@@ -226,7 +224,7 @@ class ReReLRP(BaseEstimator):
         self.units_ = find_units(self.model)
         self.device_ = torch.device(self.device) if self.device is not None else next(self.model.parameters()).device
         self.model.to(self.device_)
-        self.composite_ = default_composite() if self.composite is None else self.composite
+        self.composite_ = self.composite
         self.frozen_ = FrozenParameters(self.units_)
         self.memory_ = RelevanceMemory(self.n_features)
         detector = default_detector() if self.detector is None else self.detector
@@ -291,18 +289,36 @@ class ReReLRP(BaseEstimator):
                   batch_size=self.batch_size)
         return rel.target, normalize_units(rel.units)
 
-    def _recognize(self, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-        """Chain scores ``(n, T)`` and every subnetwork's prediction ``(T, n)``."""
-        T = len(self.tasks_)
-        predictions, features = [], []
-        for m in range(T - 1):
-            target, relevance = self._unit_relevance(x, m)
-            predictions.append(target)
-            features.append(self.memory_.select(m, relevance))
-        predictions.append(self._predict_head(x, self.tasks_[-1], self.masks_[-1]))
-        proba = self.recognizer_.predict_proba(features) if T > 1 else np.ones((len(x), 1))
-        return proba, torch.stack(predictions)
+    def _route(self, x: torch.Tensor, stop_early: bool = True) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """Run the detector chain: probabilities ``(n, T-1)``, argmax task ``(n,)``, its predicted class ``(n,)``.
 
+        Detector m reads the relevance of subnetwork m, whose argmax inside head m is also the class the input
+        gets if m wins. With ``stop_early`` the chain stops for the rows whose best task is already certain
+        (:func:`rerelrp.recognize.decided`; their later probabilities are NaN): a row recognized as task
+        m < T - 1 costs m + 1 relevance passes instead of T - 1, with the same task and class.
+        """
+        T, n = len(self.tasks_), len(x)
+        task = torch.full((n,), T - 1, dtype=torch.long)
+        targets = torch.zeros((T, n), dtype=torch.long, device=x.device)
+        p = np.full((n, T - 1), np.nan)
+        rows = np.arange(n)
+        for m in range(T - 1):
+            targets[m, rows], relevance = self._unit_relevance(x[rows], m)
+            p[rows, m] = self.recognizer_.detector_proba(m, self.memory_.select(m, relevance))
+            scores = chain_scores(p[rows, :m + 1])
+            if m == T - 2:
+                done = np.ones(len(rows), dtype=bool)
+            else:
+                done = decided(scores) if stop_early else np.zeros(len(rows), dtype=bool)
+            task[rows[done]] = torch.as_tensor(scores[done].argmax(1))
+            rows = rows[~done]
+            if not len(rows):
+                break
+        newest = (task == T - 1).nonzero()[:, 0].numpy()
+        if len(newest):
+            targets[T - 1, newest] = self._predict_head(x[newest], self.tasks_[-1], self.masks_[-1])
+        task = task.to(x.device)
+        return p, task, targets.gather(0, task[None])[0]
 
 @contextlib.contextmanager
 def _timed(times: dict[str, float], stage: str):

@@ -11,8 +11,6 @@ probabilities p_m into task scores that sum to one:
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 from sklearn.base import BaseEstimator, clone
 from sklearn.ensemble import RandomForestClassifier
@@ -20,7 +18,7 @@ from sklearn.utils.validation import has_fit_parameter
 
 from .remember import RelevanceMemory
 
-__all__ = ["default_detector", "TaskRecognizer", "chain_scores"]
+__all__ = ["default_detector", "TaskRecognizer", "chain_scores", "decided"]
 
 
 def default_detector(random_state: int | None = None) -> RandomForestClassifier:
@@ -33,10 +31,24 @@ def default_detector(random_state: int | None = None) -> RandomForestClassifier:
 
 
 def chain_scores(p: np.ndarray) -> np.ndarray:
-    """Chain the detectors' ``(n, T-1)`` probabilities into ``(n, T)`` task scores summing to 1."""
+    """Chain the detectors' ``(n, T-1)`` probabilities into ``(n, T)`` task scores summing to 1.
+
+    On the first k detectors' ``(n, k)`` probabilities it gives the first k scores exactly as on all of them,
+    and in its last column the score left for the tasks k..T-1 together, which bounds each of theirs.
+    """
     n = p.shape[0]
     not_yet = np.cumprod(np.concatenate([np.ones((n, 1)), 1.0 - p], axis=1), axis=1)  # prod_{j<i}(1-p_j)
     return np.concatenate([p, np.ones((n, 1))], axis=1) * not_yet
+
+
+def decided(scores: np.ndarray) -> np.ndarray:
+    """Rows ``(n,)`` bool whose best task is known from ``chain_scores`` of the first detectors alone.
+
+    A row is decided when one of its first scores exceeds the score left for all later tasks, which bounds
+    every later score (products of numbers in [0, 1] only shrink, in floating point too): its argmax over
+    the first scores is then its argmax over all T scores.
+    """
+    return scores[:, :-1].max(1) > scores[:, -1]
 
 
 class TaskRecognizer:
@@ -81,10 +93,7 @@ class TaskRecognizer:
         self.detectors_ = detectors
         return self
 
-    def predict_proba(self, features: Sequence[np.ndarray]) -> np.ndarray:
-        """Chain scores ``(n, T)`` from ``features[m]``, the ``(n, k)`` relevance through S_m, m = 0..T-2."""
-        if not self.detectors_ or len(features) != len(self.detectors_):
-            raise ValueError(f"expected features for {len(self.detectors_)} fitted detectors, got {len(features)}")
-        p = np.stack([d.predict_proba(f)[:, list(d.classes_).index(1)] for d, f in zip(self.detectors_, features)],
-                     axis=1)
-        return chain_scores(p)
+    def detector_proba(self, m: int, features: np.ndarray) -> np.ndarray:
+        """Detector m's probability ``(n,)`` that inputs come from task m, from their ``(n, k)`` features."""
+        detector = self.detectors_[m]
+        return detector.predict_proba(features)[:, list(detector.classes_).index(1)]

@@ -5,9 +5,12 @@ subnetwork (the model with a unit mask, see :func:`rerelrp.network.masked`),
 starting from the logit of a target class inside a head. The relevance
 arriving at the output of every unit layer is summed over spatial positions:
 one number per unit and sample. Zennit's composite decides the rules; by
-default :class:`zennit.composites.EpsilonPlusFlat` (flat rule on the first
-layer, z+ on convolutions, epsilon on dense layers) with BatchNorm merged into
-the preceding layer by :class:`zennit.canonizers.SequentialMergeBatchNorm`.
+default those of :class:`zennit.composites.EpsilonPlusFlat` (flat rule on the
+first layer, z+ on convolutions, epsilon on dense layers) with BatchNorm merged
+into the preceding layer by :class:`zennit.canonizers.SequentialMergeBatchNorm`:
+zennit's own rules when the input relevance is asked for, the same rules in
+one autograd step each (:func:`rerelrp.rules.unit_composite`) when only the
+units are read.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from zennit.composites import EpsilonPlusFlat
 from zennit.core import Composite
 
 from .network import Units, eval_mode, masked
+from .rules import unit_composite
 
 __all__ = ["Relevance", "default_composite", "lrp", "normalize_units"]
 
@@ -71,7 +75,8 @@ def lrp(
     target: ``(n,)`` global class ids to explain; None: the subnetwork's
         argmax inside ``head``.
     keep: one bool mask ``(n_units,)`` per unit layer (None: whole network).
-    composite: zennit composite (None: :func:`default_composite`).
+    composite: zennit composite (None: :func:`rerelrp.rules.unit_composite`, or
+        :func:`default_composite` when ``with_input``).
     batch_size: samples per forward/backward pass.
     with_input: also return the input relevance.
 
@@ -80,14 +85,15 @@ def lrp(
     :class:`Relevance`; relevance starts from the target's logit value, so
     every layer's relevance sums to about that logit where rules conserve it.
     """
-    composite = default_composite() if composite is None else composite
+    if composite is None:
+        composite = default_composite() if with_input else unit_composite()
     head_t = torch.as_tensor(list(head), dtype=torch.long, device=x.device)
     targets, per_layer, inputs = [], [[] for _ in units.layers], []
     with eval_mode(model), composite.context(model), masked(units, keep), torch.enable_grad():
         for start in range(0, len(x), batch_size):
-            chunk = x[start:start + batch_size].detach().requires_grad_(True)
+            chunk = x[start:start + batch_size].detach().requires_grad_(with_input)
             chunk_target = None if target is None else target[start:start + batch_size]
-            t, layer_rel, in_rel = _lrp_batch(model, units, chunk, head_t, chunk_target)
+            t, layer_rel, in_rel = _lrp_batch(model, units, chunk, head_t, chunk_target, with_input)
             targets.append(t)
             if with_input:
                 inputs.append(in_rel)
@@ -100,7 +106,7 @@ def lrp(
     )
 
 
-def _lrp_batch(model, units, x, head, target):
+def _lrp_batch(model, units, x, head, target, with_input):
     outputs: list[torch.Tensor] = []
 
     def capture(module, inputs, output):
@@ -117,9 +123,10 @@ def _lrp_batch(model, units, x, head, target):
     start = torch.zeros_like(logits)
     rows = torch.arange(len(x), device=x.device)
     start[rows, target] = logits.detach()[rows, target]
-    grads = torch.autograd.grad(logits, [x, *outputs], grad_outputs=start)
-    layer_rel = [g.detach().flatten(2).sum(2) if g.dim() > 2 else g.detach() for g in grads[1:]]
-    return target, layer_rel, grads[0].detach()
+    wrt = [x, *outputs] if with_input else outputs
+    grads = torch.autograd.grad(logits, wrt, grad_outputs=start)
+    layer_rel = [g.detach().flatten(2).sum(2) if g.dim() > 2 else g.detach() for g in grads[-len(outputs):]]
+    return target, layer_rel, grads[0].detach() if with_input else None
 
 
 def normalize_units(layers: Sequence[torch.Tensor], eps: float = 1e-12) -> torch.Tensor:

@@ -1,0 +1,66 @@
+"""Every fast path gives the answers of the straightforward one: zennit's own rules, the whole detector chain."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from rerelrp.network import find_units
+from rerelrp.relevance import default_composite, lrp
+from rerelrp.train import train_task
+from conftest import digits_mlp, loader
+
+
+def signed_cnn():
+    """In-place ReLU, a Tanh that feeds a convolution signed inputs, average pooling, BatchNorm."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.Tanh(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+                         nn.Linear(8 * 2 * 2, 16), nn.ReLU(), nn.Linear(16, 10))
+
+
+def relu_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+
+
+@pytest.mark.parametrize("make, images", [(lambda: digits_mlp(batchnorm=True), False), (relu_cnn, True),
+                                          (signed_cnn, True)], ids=["mlp-batchnorm", "relu-cnn", "signed-cnn"])
+def test_unit_relevance_equals_zennits_epsilon_plus_flat(digits, make, images):
+    x, y = digits[0][1]
+    x = x.view(-1, 1, 8, 8) if images else x
+    model = make()
+    torch.manual_seed(0)
+    train_task(model, loader(x, y), [2, 3], epochs=3, lr=1e-3)
+    units = find_units(model)
+    keep = [torch.rand(n, generator=torch.Generator().manual_seed(1)) > 0.3 for n in units.sizes]
+    fast = lrp(model, units, x, [2, 3], keep=keep)
+    zennit = lrp(model, units, x, [2, 3], keep=keep, composite=default_composite())
+    assert torch.equal(fast.target, zennit.target)
+    for ours, theirs in zip(fast.units, zennit.units):
+        assert theirs.abs().sum() > 0
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
+
+
+def test_learner_answers_are_those_of_zennits_rules(digits, default_learner):
+    _, test = digits
+    x_te = torch.cat([x for x, _ in test])
+    reference = copy.deepcopy(default_learner)
+    reference.composite_ = default_composite()
+    assert torch.equal(default_learner.predict(x_te), reference.predict(x_te))
+    np.testing.assert_allclose(default_learner.predict_proba_task(x_te), reference.predict_proba_task(x_te),
+                               rtol=0, atol=1e-9)
+
+
+def test_chain_that_stops_early_answers_as_the_whole_chain(digits, default_learner):
+    _, test = digits
+    x_te = torch.cat([x for x, _ in test])
+    p_short, task_short, class_short = default_learner._route(x_te)
+    p_full, task_full, class_full = default_learner._route(x_te, stop_early=False)
+    assert torch.equal(task_short, task_full) and torch.equal(class_short, class_full)
+    skipped = np.isnan(p_short)
+    assert skipped.any() and not np.isnan(p_full).any()
+    np.testing.assert_array_equal(p_short[~skipped], p_full[~skipped])
+    print(f"detector evaluations: {int((~skipped).sum())} of {p_full.size}")
