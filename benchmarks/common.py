@@ -27,9 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from sklearn.base import BaseEstimator
+from sklearn.ensemble import HistGradientBoostingClassifier
 from tqdm.auto import tqdm
 
 import rerelrp
+from rerelrp.recognize import default_detector
 
 METHODS = ("rerelrp", "finetune", "joint", "ewc", "lwf", "replay")
 #: Baseline hyperparameters, taken from the literature and the Avalanche examples, not tuned on test data;
@@ -85,15 +88,24 @@ class Stream:
 
 
 # ----------------------------------------------------------------------------- methods
+def detectors() -> dict[str, BaseEstimator | None]:
+    """Detector choices for rerelrp's chain, by --detector name (None: the learner's default)."""
+    return {
+        "default": None,
+        "paper-forest": default_detector().set_params(n_estimators=300, max_depth=40),
+        "hgb": HistGradientBoostingClassifier(),
+    }
+
+
 class ReReLRPMethod:
-    """rerelrp with its default options; epochs, seed and device from the run."""
+    """rerelrp with its default options; epochs, seed and device from the run; the detector by name."""
 
     name = "rerelrp"
 
     def __init__(self, model: nn.Module, *, epochs: int, seed: int, device: str, batch_size: int, lr: float,
-                 progress: bool, **_):
+                 progress: bool, detector: str = "default", **_):
         self.learner = rerelrp.ReReLRP(model, epochs=epochs, lr=lr, random_state=seed, device=device,
-                                       progress=progress)
+                                       progress=progress, detector=detectors()[detector])
         self.batch_size, self.seed = batch_size, seed
 
     def fit_task(self, t: int, stream: Stream) -> None:
@@ -117,7 +129,7 @@ class AvalancheMethod:
     """An Avalanche strategy trained experience by experience on the same backbone."""
 
     def __init__(self, name: str, model: nn.Module, *, epochs: int, seed: int, device: str, batch_size: int,
-                 lr: float, progress: bool, hparams: dict):
+                 lr: float, progress: bool, hparams: dict, **_):
         self.name, self.model, self.initial = name, model, copy.deepcopy(model)
         self.epochs, self.seed, self.device, self.batch_size, self.lr = epochs, seed, device, batch_size, lr
         self.hparams = hparams
@@ -449,6 +461,9 @@ def parser(description: str, default_epochs: int, quick_epochs: int) -> argparse
     p.add_argument("--quick", action="store_true",
                    help="a reduced run for CI (a few hundred samples per task, few epochs): checks the pipeline, "
                         "its numbers mean little")
+    p.add_argument("--detector", default="default", choices=list(detectors()),
+                   help="rerelrp's task detectors: the learner's default (a forest of 100 trees of depth 12), the "
+                        "paper's forest (300 trees of depth 40), or scikit-learn's histogram gradient boosting")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
@@ -471,7 +486,7 @@ def main(args: argparse.Namespace, stream_fn: Callable[[argparse.Namespace], Str
           f"{sum(len(y) for _, y in stream.train)} training images; {epochs} epochs; seeds {args.seeds}; "
           f"device {args.device}" + (f"\n{stream.note}" if stream.note else ""), flush=True)
     run = dict(epochs=epochs, device=args.device, batch_size=args.batch_size, lr=args.lr,
-               progress=not args.no_progress)
+               progress=not args.no_progress, detector=args.detector)
     results, learner = run_all(stream, lambda: model_fn(stream), args.methods, args.seeds, args.tune, **run)
     table = markdown_table(results, args.methods)
     plots = plot_results(results, stream, args.methods, out)

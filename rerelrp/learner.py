@@ -57,7 +57,7 @@ class ReReLRP(BaseEstimator):
     composite: zennit composite for LRP (default: EpsilonPlusFlat's rules, BatchNorm canonized; see
         :func:`rerelrp.relevance.lrp`).
     detector: unfitted scikit-learn classifier for the detector chain (default:
-        the paper's RandomForestClassifier).
+        a RandomForestClassifier of 100 trees of depth 12, see :func:`rerelrp.recognize.default_detector`).
     batch_size: samples per pass during relevance, pruning and prediction.
     device: where to train and predict (default: where the model's parameters are).
     random_state: seed of splits, reference draws, training shuffles and detectors.
