@@ -153,7 +153,8 @@ def main() -> int:
     masks_bits = sum((k.numel() + 7) // 8 for keep in learner.masks_ for k in keep)
     replay = 200 * int(np.prod(stream.input_shape)) * 4 + 200 * 8
     original = learner.recognizer_
-    memory = {DETECTOR_NAMES[key]: detector_variant(learner, estimator or default_detector(), x_test, truth)
+    memory = {DETECTOR_NAMES[key]: detector_variant(learner, default_detector() if estimator is None else estimator,
+                                                    x_test, truth)
               for key, estimator in detectors().items()}
     full = learner.memory_.vectors
     learner.memory_.vectors = [{s: v.astype(np.float16).astype(np.float32) for s, v in d.items()} for d in full]

@@ -88,10 +88,13 @@ def lrp(
     if composite is None:
         composite = default_composite() if with_input else unit_composite()
     head_t = torch.as_tensor(list(head), dtype=torch.long, device=x.device)
+    # the input needs a gradient only for its own relevance, or when parameters without one would leave the
+    # first units' outputs outside the autograd graph
+    input_grad = with_input or not all(p.requires_grad for p in model.parameters())
     targets, per_layer, inputs = [], [[] for _ in units.layers], []
     with eval_mode(model), composite.context(model), masked(units, keep), torch.enable_grad():
         for start in range(0, len(x), batch_size):
-            chunk = x[start:start + batch_size].detach().requires_grad_(with_input)
+            chunk = x[start:start + batch_size].detach().requires_grad_(input_grad)
             chunk_target = None if target is None else target[start:start + batch_size]
             t, layer_rel, in_rel = _lrp_batch(model, units, chunk, head_t, chunk_target, with_input)
             targets.append(t)

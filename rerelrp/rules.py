@@ -107,7 +107,7 @@ class _OneStepRule(Hook):
         return RemovableHandleList([RemovableHandle(self), module.register_forward_hook(self._hook)])
 
     def _hook(self, module, inputs, output):
-        if not inputs[0].requires_grad or not output.requires_grad:
+        if not (self.active and inputs[0].requires_grad and output.requires_grad):
             return None
         return self.function.apply(inputs[0], output, module, self.stabilizer)
 

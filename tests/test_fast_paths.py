@@ -4,9 +4,13 @@ import copy
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from torch import nn
 
 from rerelrp.network import find_units
+from rerelrp.recognize import chain_scores, decided
 from rerelrp.relevance import default_composite, lrp
 from rerelrp.train import train_task
 from conftest import digits_mlp, loader
@@ -64,3 +68,32 @@ def test_chain_that_stops_early_answers_as_the_whole_chain(digits, default_learn
     assert skipped.any() and not np.isnan(p_full).any()
     np.testing.assert_array_equal(p_short[~skipped], p_full[~skipped])
     print(f"detector evaluations: {int((~skipped).sum())} of {p_full.size}")
+
+
+# probabilities with exact 0, 1 and repeated values, where ties and rounding would show
+probabilities = st.sampled_from([0.0, 1.0, 0.5, 0.25, 1 / 3, 0.999999, 1e-12]) | st.floats(0, 1)
+
+
+@settings(derandomize=True, max_examples=300, deadline=None)
+@given(arrays(np.float64, st.tuples(st.integers(1, 6), st.integers(2, 7)), elements=probabilities))
+def test_a_decided_row_has_the_same_argmax_on_the_whole_chain(p):
+    full = chain_scores(p).argmax(1)
+    for k in range(1, p.shape[1]):
+        prefix = chain_scores(p[:, :k])
+        np.testing.assert_array_equal(prefix[:, :-1], chain_scores(p)[:, :k])
+        rows = decided(prefix)
+        np.testing.assert_array_equal(prefix[rows].argmax(1), full[rows])
+
+
+def test_parameters_without_gradient_change_no_relevance(digits):
+    x, y = digits[0][1]
+    model = relu_cnn()
+    torch.manual_seed(0)
+    train_task(model, loader(x.view(-1, 1, 8, 8), y), [2, 3], epochs=1, lr=1e-3)
+    units = find_units(model)
+    before = lrp(model, units, x.view(-1, 1, 8, 8), [2, 3])
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    after = lrp(model, units, x.view(-1, 1, 8, 8), [2, 3])
+    for b, a in zip(before.units, after.units):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
