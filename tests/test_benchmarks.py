@@ -72,6 +72,8 @@ def test_speed_quick(tmp_path):
     report = json.loads((tmp_path / "speed.json").read_text())
     assert report["relevance"]["relevance_s"] > 0 and report["relevance"]["plain_forward_backward_s"] > 0
     assert set(report["predict"]) == {"2", "4"}
+    for T, timing in report["predict"].items():
+        assert 0 < timing["relevance_passes_per_input"] <= timing["without_early_stop"] == int(T) - 1
     memory = report["memory"]
     assert memory["replay_200_images_bytes"] == 200 * 28 * 28 * 4 + 200 * 8
     assert all(0 <= v["task_recognition"] <= 1 and v["detector_bytes"] > 0 for v in memory["detectors"].values())
