@@ -1,7 +1,8 @@
 """Speed and memory of rerelrp against the limits of LRP, measured in one run.
 
 On one model, batch and machine it measures and prints:
-  1. the unit-relevance pass (pruning, recognition) against a plain forward+backward of the same batch;
+  1. the unit-relevance pass (pruning, recognition) against a plain forward+backward of the same batch, and
+     the same pass with zennit's own rules instead of rerelrp.rules;
   2. batched relevance against a one-sample-at-a-time loop (the way the published research code does it);
   3. predict(x) without task id for T = 2, 4, 8 learned tasks against T plain forward+backward passes;
   4. fit_task time by stage (train, data, relevance, prune, freeze, remember, recognize);
@@ -35,7 +36,7 @@ from benchmarks.common import detectors, environment, loader, small_cnn  # noqa:
 from benchmarks.mnist import load_stream  # noqa: E402
 from rerelrp import ReReLRP  # noqa: E402
 from rerelrp.recognize import TaskRecognizer, default_detector  # noqa: E402
-from rerelrp.relevance import lrp  # noqa: E402
+from rerelrp.relevance import default_composite, lrp  # noqa: E402
 
 
 def timed(fn, repeat: int) -> float:
@@ -136,13 +137,16 @@ def main() -> int:
     plain = timed(lambda: forward_backward(model, x, head), args.repeat)
     relevance = timed(lambda: lrp(model, units, x, head, keep=keep, composite=learner.composite_,
                                   batch_size=len(x)), args.repeat)
+    zennit = timed(lambda: lrp(model, units, x, head, keep=keep, composite=default_composite(), batch_size=len(x)),
+                   args.repeat)
     n_single = min(len(x), 32)
     single = timed(lambda: lrp(model, units, x[:n_single], head, keep=keep, composite=learner.composite_,
                                batch_size=1), 1) * len(x) / n_single
     rows += [("unit-relevance pass / plain forward+backward (same batch)", relevance / plain, "<= 2.0"),
+             ("the same pass with zennit's own rules / plain forward+backward", zennit / plain, "report"),
              ("one-sample-at-a-time / batched relevance (speed-up of batching)", single / relevance, "report")]
-    report["relevance"] = {"plain_forward_backward_s": plain, "relevance_s": relevance, "per_sample_loop_s": single,
-                           "batch": len(x)}
+    report["relevance"] = {"plain_forward_backward_s": plain, "relevance_s": relevance, "zennit_rules_s": zennit,
+                           "per_sample_loop_s": single, "batch": len(x)}
 
     # 4: fit_task time by stage, summed over the 5 tasks
     stages = {k: float(sum(t[k] for t in learner.fit_times_)) for k in learner.fit_times_[0]}
