@@ -3,8 +3,9 @@
 ``fit_task`` runs the method's stages in order (see METHOD.md):
 train -> reference set -> relevance -> prune -> freeze -> remember -> recognize.
 Prediction without a task id runs one LRP pass per task's subnetwork, asks
-the detector chain which task the input's relevance pattern belongs to, and
-reads the class from that task's subnetwork and head.
+the detector chain which task the input's relevance pattern belongs to
+(stopping for an input once its task is certain), and reads the class from
+that task's subnetwork and head.
 """
 from __future__ import annotations
 
@@ -306,10 +307,8 @@ class ReReLRP(BaseEstimator):
             targets[m, rows], relevance = self._unit_relevance(x[rows], m)
             p[rows, m] = self.recognizer_.detector_proba(m, self.memory_.select(m, relevance))
             scores = chain_scores(p[rows, :m + 1])
-            if m == T - 2:
-                done = np.ones(len(rows), dtype=bool)
-            else:
-                done = decided(scores) if stop_early else np.zeros(len(rows), dtype=bool)
+            last = m == T - 2  # the whole chain is known: every row is done
+            done = decided(scores) if stop_early and not last else np.full(len(rows), last)
             task[rows[done]] = torch.as_tensor(scores[done].argmax(1))
             rows = rows[~done]
             if not len(rows):
