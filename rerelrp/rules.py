@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.core import Composite, Hook, RemovableHandle, RemovableHandleList, stabilize
+from zennit.rules import Epsilon as ZennitEpsilon
 from zennit.rules import Norm, Pass
 from zennit.rules import ZPlus as ZennitZPlus
 from zennit.types import Activation, AvgPool, BatchNorm, Convolution
@@ -130,22 +131,24 @@ class ZPlus(_OneStepRule):
 def unit_composite(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
     """EpsilonPlusFlat's rules above the first layer, with BatchNorm canonized: for unit relevance only.
 
-    ``nn.Linear`` gets :class:`Epsilon`, ``nn.Conv2d`` with zero padding :class:`ZPlus`, other convolutions
-    zennit's z+; ReLU keeps its gradient (the rule above it already gives zero relevance wherever a ReLU outputs
-    zero, so zennit's pass-through rule and the gradient agree); other activations and BatchNorm pass relevance
-    through and average pooling normalises, as in zennit. The first layer's flat rule changes only the input
-    relevance, which this composite never computes.
+    ``nn.Linear`` gets :class:`Epsilon`, ``nn.Conv2d`` with numeric zero padding :class:`ZPlus`, their
+    subclasses and other convolutions zennit's epsilon and z+; ReLU keeps its gradient (the rule above it already gives zero relevance
+    wherever a ReLU outputs zero, so zennit's pass-through rule and the gradient agree); other activations
+    and BatchNorm pass relevance through and average pooling normalises, as in zennit. The first layer's
+    flat rule changes only the input relevance, which this composite never computes.
     """
-    rules = {"linear": Epsilon(epsilon), "conv": ZPlus(stabilizer), "other_conv": ZennitZPlus(stabilizer=stabilizer),
-             "pass": Pass(), "norm": Norm(stabilizer=stabilizer)}
+    rules = {"linear": Epsilon(epsilon), "conv": ZPlus(stabilizer), "other_linear": ZennitEpsilon(epsilon=epsilon),
+             "other_conv": ZennitZPlus(stabilizer=stabilizer), "pass": Pass(), "norm": Norm(stabilizer=stabilizer)}
 
     def module_map(ctx, name, module):
         if isinstance(module, nn.ReLU):
             return None
         if type(module) is nn.Linear:
             return rules["linear"]
-        if type(module) is nn.Conv2d and module.padding_mode == "zeros":
+        if type(module) is nn.Conv2d and module.padding_mode == "zeros" and not isinstance(module.padding, str):
             return rules["conv"]
+        if isinstance(module, nn.Linear):
+            return rules["other_linear"]
         if isinstance(module, Convolution):
             return rules["other_conv"]
         if isinstance(module, (Activation, BatchNorm)):

@@ -17,9 +17,11 @@ from conftest import digits_mlp, loader
 
 
 def signed_cnn():
-    """In-place ReLU, a Tanh that feeds a convolution signed inputs, average pooling, BatchNorm."""
+    """In-place ReLU, a Tanh that feeds a convolution signed inputs, average pooling, BatchNorm, "same" padding
+    (left to zennit's own z+ rule)."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.Conv2d(8, 8, 3, padding=1),
+    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+                         nn.Conv2d(8, 8, 3, padding="same"),
                          nn.Tanh(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
                          nn.Linear(8 * 2 * 2, 16), nn.ReLU(), nn.Linear(16, 10))
 
