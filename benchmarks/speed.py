@@ -64,10 +64,10 @@ def task_data(stream, k: int, split: str, n: int):
     return (1.0 - x if k >= 5 else x), y
 
 
-def learn(stream, n_tasks, epochs, device, per_task, detector=None):
+def learn(stream, n_tasks, epochs, device, per_task):
     """A learner over ``n_tasks`` digit-pair tasks (see :func:`task_data`), default options otherwise."""
     torch.manual_seed(0)
-    learner = ReReLRP(small_cnn(1, 2 * n_tasks), epochs=epochs, device=device, progress=False, detector=detector)
+    learner = ReReLRP(small_cnn(1, 2 * n_tasks), epochs=epochs, device=device, progress=False)
     for k in range(n_tasks):
         x, y = task_data(stream, k, "train", per_task)
         learner.fit_task(loader(x, y, 64, seed=k), val_loader=[task_data(stream, k, "val", per_task)])
