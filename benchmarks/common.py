@@ -14,7 +14,6 @@ import argparse
 import copy
 import json
 import os
-import pickle
 import platform
 import sys
 import time
@@ -32,7 +31,8 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from tqdm.auto import tqdm
 
 import rerelrp
-from rerelrp.recognize import default_detector
+from rerelrp.persist import bytes_beyond_weights
+from rerelrp.recognize import RECOGNIZERS, default_detector
 
 METHODS = ("rerelrp", "finetune", "joint", "ewc", "lwf", "replay")
 #: Baseline hyperparameters, taken from the literature and the Avalanche examples, not tuned on test data;
@@ -98,14 +98,18 @@ def detectors() -> dict[str, BaseEstimator | None]:
 
 
 class ReReLRPMethod:
-    """rerelrp with its default options; epochs, seed and device from the run; the detector by name."""
+    """rerelrp with its default options; epochs, seed and device from the run; recognizer options by name
+    (None: the learner's default)."""
 
     name = "rerelrp"
 
     def __init__(self, model: nn.Module, *, epochs: int, seed: int, device: str, batch_size: int, lr: float,
-                 progress: bool, detector: str = "default", **_):
+                 progress: bool, recognizer: str = "gaussian", detector: str = "default",
+                 n_features: int | None = None, min_keep: float | None = None, **_):
+        options = {k: v for k, v in (("n_features", n_features), ("min_keep", min_keep)) if v is not None}
         self.learner = rerelrp.ReReLRP(model, epochs=epochs, lr=lr, random_state=seed, device=device,
-                                       progress=progress, detector=detectors()[detector])
+                                       progress=progress, recognizer=recognizer,
+                                       detector=detectors()[detector] if recognizer == "paper" else None, **options)
         self.batch_size, self.seed = batch_size, seed
 
     def fit_task(self, t: int, stream: Stream) -> None:
@@ -119,10 +123,8 @@ class ReReLRPMethod:
         return self.learner.predict(x, task_id=t)
 
     def bytes_kept(self) -> int:
-        """Masks as bits, stored relevance vectors and pickled detectors."""
-        masks = sum((k.numel() + 7) // 8 for keep in self.learner.masks_ for k in keep)
-        detectors = sum(len(pickle.dumps(d)) for d in self.learner.recognizer_.detectors_)
-        return masks + self.learner.memory_.nbytes + detectors
+        """Bytes that ``save()`` writes beyond the model's weights (masks, memory, detectors, description)."""
+        return bytes_beyond_weights(self.learner)
 
 
 class AvalancheMethod:
@@ -461,9 +463,17 @@ def parser(description: str, default_epochs: int, quick_epochs: int) -> argparse
     p.add_argument("--quick", action="store_true",
                    help="a reduced run for CI (a few hundred samples per task, few epochs): checks the pipeline, "
                         "its numbers mean little")
+    p.add_argument("--recognizer", default="gaussian", choices=RECOGNIZERS,
+                   help="rerelrp's task recognizer: gaussian (class-conditional Gaussians of activations through "
+                        "the subnetworks, the default) or paper (forests on relevance vectors, as published)")
     p.add_argument("--detector", default="default", choices=list(detectors()),
-                   help="rerelrp's task detectors: the learner's default (a forest of 100 trees of depth 12), the "
-                        "paper's forest (300 trees of depth 40), or scikit-learn's histogram gradient boosting")
+                   help="with --recognizer paper, the detectors: a forest of 100 trees of depth 12, the paper's "
+                        "forest (300 trees of depth 40), or scikit-learn's histogram gradient boosting")
+    p.add_argument("--n-features", type=int, default=None,
+                   help="units each rerelrp detector reads (default: the learner's, 64)")
+    p.add_argument("--min-keep", type=float, default=None,
+                   help="fraction of each layer every rerelrp task keeps (default: the learner's, 0.15; 0: the "
+                        "paper's pruning)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
@@ -486,7 +496,8 @@ def main(args: argparse.Namespace, stream_fn: Callable[[argparse.Namespace], Str
           f"{sum(len(y) for _, y in stream.train)} training images; {epochs} epochs; seeds {args.seeds}; "
           f"device {args.device}" + (f"\n{stream.note}" if stream.note else ""), flush=True)
     run = dict(epochs=epochs, device=args.device, batch_size=args.batch_size, lr=args.lr,
-               progress=not args.no_progress, detector=args.detector)
+               progress=not args.no_progress, recognizer=args.recognizer, detector=args.detector,
+               n_features=args.n_features, min_keep=args.min_keep)
     results, learner = run_all(stream, lambda: model_fn(stream), args.methods, args.seeds, args.tune, **run)
     table = markdown_table(results, args.methods)
     plots = plot_results(results, stream, args.methods, out)

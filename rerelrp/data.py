@@ -28,6 +28,7 @@ class TaskData:
     ----------
     classes: sorted global class ids of the task.
     train: loader of the training share.
+    train_x, train_y: ``(n_train, *input_shape)`` inputs and ``(n_train,)`` labels of the training share.
     val_x, val_y: ``(n_val, *input_shape)`` inputs and ``(n_val,)`` labels for the pruning threshold.
     ref_x, ref_y: ``(n_ref, *input_shape)`` reference inputs and ``(n_ref,)`` labels.
     input_shape: shape of one input, without the batch dimension.
@@ -35,6 +36,8 @@ class TaskData:
 
     classes: list[int]
     train: Iterable
+    train_x: torch.Tensor
+    train_y: torch.Tensor
     val_x: torch.Tensor
     val_y: torch.Tensor
     ref_x: torch.Tensor
@@ -150,4 +153,5 @@ def prepare_task(
     ref_idx = np.concatenate([
         rng.permutation(train_idx[(y[train_idx] == c).numpy()])[:n_reference] for c in classes
     ])
-    return TaskData(classes, train, val_x, val_y, x[ref_idx], y[ref_idx], tuple(x.shape[1:]))
+    return TaskData(classes, train, x[train_idx], y[train_idx], val_x, val_y, x[ref_idx], y[ref_idx],
+                    tuple(x.shape[1:]))

@@ -2,10 +2,11 @@
 
 ``fit_task`` runs the method's stages in order (see METHOD.md):
 train -> reference set -> relevance -> prune -> freeze -> remember -> recognize.
-Prediction without a task id runs one LRP pass per task's subnetwork, asks
-the detector chain which task the input's relevance pattern belongs to
-(stopping for an input once its task is certain), and reads the class from
-that task's subnetwork and head.
+Prediction without a task id reads each detector's features (by default the
+activations of the subnetworks S_0..S_m together, one forward pass each; with
+``recognizer="paper"`` the relevance of S_m, one LRP pass each), asks the
+detector chain which task the input belongs to (stopping for an input once its
+task is certain), and reads the class from that task's subnetwork and head.
 """
 from __future__ import annotations
 
@@ -26,11 +27,11 @@ from zennit.core import Composite
 
 from .data import check_input, prepare_task
 from .freeze import FrozenParameters
-from .network import eval_mode, find_units, masked
+from .network import eval_mode, find_units, masked, unit_outputs
 from .prune import PruneResult, prune_to_threshold
-from .recognize import TaskRecognizer, chain_scores, decided, default_detector
+from .recognize import RECOGNIZERS, GaussianRecognizer, TaskRecognizer, chain_scores, decided, default_detector
 from .relevance import lrp, normalize_units
-from .remember import RelevanceMemory
+from .remember import ActivationStatistics, RelevanceMemory
 from .train import OptimizerFactory, train_task
 
 __all__ = ["ReReLRP"]
@@ -51,14 +52,20 @@ class ReReLRP(BaseEstimator):
     optimizer: factory ``(params, lr=...) -> torch.optim.Optimizer``
         (default ``torch.optim.Adam``; e.g. ``functools.partial(torch.optim.SGD, momentum=0.9)``).
     acc_drop: pruning threshold, in percentage points of validation accuracy.
-    n_reference: reference samples per class (paper: 132; 500 gave 4 points more task-agnostic
-        accuracy on Split MNIST validation data, 0.874 against 0.832).
+    min_keep: fraction of every unit layer, its most relevant units, that each task keeps whatever
+        the accuracy (see :func:`rerelrp.prune.prune_to_threshold`); 0 is the paper's pruning.
+    n_reference: reference samples per class for the relevance that ranks units (paper: 132; 500
+        gave 4 points more task-agnostic accuracy on Split MNIST validation data, 0.874 against 0.832).
     n_features: units each task detector reads (paper: 40).
+    recognizer: ``"gaussian"`` (default): class-conditional Gaussians of activations through
+        S_0..S_m (:class:`rerelrp.recognize.GaussianRecognizer`); ``"paper"``: the paper's forests on
+        relevance vectors (:class:`rerelrp.recognize.TaskRecognizer`).
     val_fraction: share of a task held out for pruning when no ``val_loader`` is given.
     composite: zennit composite for LRP (default: EpsilonPlusFlat's rules, BatchNorm canonized; see
         :func:`rerelrp.relevance.lrp`).
-    detector: unfitted scikit-learn classifier for the detector chain (default:
-        a RandomForestClassifier of 100 trees of depth 12, see :func:`rerelrp.recognize.default_detector`).
+    detector: with ``recognizer="paper"``, an unfitted scikit-learn classifier for the detector chain
+        (default: a RandomForestClassifier of 100 trees of depth 12, see
+        :func:`rerelrp.recognize.default_detector`).
     batch_size: samples per pass during relevance, pruning and prediction.
     device: where to train and predict (default: where the model's parameters are).
     random_state: seed of splits, reference draws, training shuffles and detectors.
@@ -70,8 +77,10 @@ class ReReLRP(BaseEstimator):
     masks_: per task, one bool tensor ``(n_units,)`` per unit layer: the kept units of S_t.
     prune_results_: per task, the :class:`rerelrp.prune.PruneResult`.
     fit_times_: per task, seconds spent in each stage of ``fit_task``.
-    memory_: :class:`rerelrp.remember.RelevanceMemory`, the stored relevance vectors.
-    recognizer_: :class:`rerelrp.recognize.TaskRecognizer`, the detector chain.
+    memory_: what is kept of past data: :class:`rerelrp.remember.ActivationStatistics`, or
+        :class:`rerelrp.remember.RelevanceMemory` with ``recognizer="paper"``.
+    recognizer_: the detector chain: :class:`rerelrp.recognize.GaussianRecognizer`, or
+        :class:`rerelrp.recognize.TaskRecognizer` with ``recognizer="paper"``.
     input_shape_: shape of one input, without the batch dimension.
     """
 
@@ -83,8 +92,10 @@ class ReReLRP(BaseEstimator):
         lr: float = 1e-3,
         optimizer: OptimizerFactory = torch.optim.Adam,
         acc_drop: float = 2.0,
+        min_keep: float = 0.15,
         n_reference: int = 500,
-        n_features: int = 40,
+        n_features: int = 64,
+        recognizer: str = "gaussian",
         val_fraction: float = 0.1,
         composite: Composite | None = None,
         detector: BaseEstimator | None = None,
@@ -98,8 +109,10 @@ class ReReLRP(BaseEstimator):
         self.lr = lr
         self.optimizer = optimizer
         self.acc_drop = acc_drop
+        self.min_keep = min_keep
         self.n_reference = n_reference
         self.n_features = n_features
+        self.recognizer = recognizer
         self.val_fraction = val_fraction
         self.composite = composite
         self.detector = detector
@@ -154,7 +167,7 @@ class ReReLRP(BaseEstimator):
             result = prune_to_threshold(
                 scores, self.units_.sizes,
                 lambda keep: float((self._predict_head(val_x, task.classes, keep) == val_y).float().mean()),
-                self.acc_drop)
+                self.acc_drop, self.min_keep)
         self.tasks_.append(task.classes)
         self.masks_.append([k.to(self.device_) for k in result.keep])
         self.prune_results_.append(result)
@@ -164,12 +177,15 @@ class ReReLRP(BaseEstimator):
             self.frozen_.freeze_head(task.classes)
             if t == 0:
                 self.frozen_.freeze_batchnorm()
-        # 6. Remember: the reference samples' relevance through every subnetwork.
+        # 6. Remember: the task's statistics (or its reference samples' relevance) through every subnetwork.
         with _timed(times, "remember"):
-            self.memory_.add_task([self._unit_relevance(ref_x, m)[1] for m in range(t + 1)])
-        # 7. Recognize: refit the detector chain.
+            self._remember(task, ref_x)
+        # 7. Recognize: rebuild the detector chain.
         with _timed(times, "recognize"):
-            self.recognizer_.fit(self.memory_)
+            if self.recognizer == "gaussian":
+                self.recognizer_.fit(self.memory_, self.tasks_)
+            else:
+                self.recognizer_.fit(self.memory_)
         self.input_shape_ = task.input_shape
         self.fit_times_.append(times)
         return self
@@ -227,9 +243,13 @@ class ReReLRP(BaseEstimator):
         self.model.to(self.device_)
         self.composite_ = self.composite
         self.frozen_ = FrozenParameters(self.units_)
-        self.memory_ = RelevanceMemory(self.n_features)
-        detector = default_detector() if self.detector is None else self.detector
-        self.recognizer_ = TaskRecognizer(detector, random_state=self.random_state)
+        if self.recognizer == "gaussian":
+            self.memory_ = ActivationStatistics(self.n_features)
+            self.recognizer_ = GaussianRecognizer()
+        else:
+            self.memory_ = RelevanceMemory(self.n_features)
+            detector = default_detector() if self.detector is None else self.detector
+            self.recognizer_ = TaskRecognizer(detector, random_state=self.random_state)
         self.tasks_: list[list[int]] = []
         self.masks_: list[list[torch.Tensor]] = []
         self.prune_results_: list[PruneResult] = []
@@ -241,6 +261,16 @@ class ReReLRP(BaseEstimator):
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.recognizer not in RECOGNIZERS:
+            raise ValueError(f"recognizer must be one of {', '.join(map(repr, RECOGNIZERS))}, got {self.recognizer!r}")
+        if self.detector is not None and self.recognizer != "paper":
+            raise ValueError(f"detector applies to recognizer='paper' only (the forests on relevance vectors); "
+                             f"recognizer={self.recognizer!r} takes no detector")
+        if hasattr(self, "memory_") and isinstance(self.memory_, ActivationStatistics) != (self.recognizer == "gaussian"):
+            raise ValueError("recognizer cannot change once a task is learned: the memory of the earlier tasks "
+                             "was kept for the other one")
+        if not 0 <= self.min_keep <= 1:
+            raise ValueError(f"min_keep must lie in [0, 1] (a fraction of each layer's units), got {self.min_keep!r}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction!r}")
         if not 0 <= self.acc_drop <= 100:
@@ -284,28 +314,58 @@ class ReReLRP(BaseEstimator):
                               for i in range(0, len(x), self.batch_size)])
         return head[best]
 
-    def _unit_relevance(self, x: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """S_m's predicted classes ``(n,)`` and normalised unit relevance ``(n, total_units)`` from them."""
+    def _unit_relevance(self, x: torch.Tensor, m: int) -> torch.Tensor:
+        """Normalised unit relevance ``(n, total_units)`` of S_m, from its predicted classes."""
         rel = lrp(self.model, self.units_, x, self.tasks_[m], keep=self.masks_[m], composite=self.composite_,
                   batch_size=self.batch_size)
-        return rel.target, normalize_units(rel.units)
+        return normalize_units(rel.units)
+
+    def _union(self, m: int) -> list[torch.Tensor]:
+        """Masks of the units kept by any of the tasks 0..m: frozen from task m on, so their outputs never change."""
+        return [torch.stack(per_task[:m + 1]).any(0) for per_task in zip(*self.masks_)]
+
+    def _last_layer(self, x: torch.Tensor, m: int) -> torch.Tensor:
+        """Outputs ``(n, last layer units)`` of the last hidden unit layer through S_0..S_m together."""
+        return unit_outputs(self.model, self.units_, x, self._union(m), batch_size=self.batch_size)
+
+    def _detector_features(self, x: torch.Tensor, m: int) -> np.ndarray:
+        """Detector m's ``(n, d_m)`` features of inputs ``x``."""
+        if self.recognizer == "gaussian":
+            return self.memory_.select(m, self._last_layer(x, m))
+        return self.memory_.select(m, self._unit_relevance(x, m))
+
+    def _remember(self, task, ref_x: torch.Tensor) -> None:
+        """Add the newest task t to the memory, as seen by detectors 0..t."""
+        t = len(self.tasks_) - 1
+        if self.recognizer == "paper":
+            self.memory_.add_task([self._unit_relevance(ref_x, m) for m in range(t + 1)])
+            return
+        x, y = task.train_x.to(self.device_), task.train_y.to(self.device_)
+        for m in range(t + 1):
+            outputs = self._last_layer(x, m)
+            if m == t:
+                candidates = self._union(t)[-1].nonzero()[:, 0]
+                if not len(candidates):
+                    raise RuntimeError(f"task {t} keeps no unit of the last hidden layer "
+                                       f"{self.units_.layers[-1].name!r}; use min_keep > 0")
+                self.memory_.choose_units(candidates.cpu(), outputs.cpu())
+            for c in task.classes:
+                self.memory_.add_class(m, c, self.memory_.select(m, outputs[y == c]))
 
     def _route(self, x: torch.Tensor, stop_early: bool = True) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
         """Run the detector chain: probabilities ``(n, T-1)``, argmax task ``(n,)``, its predicted class ``(n,)``.
 
-        Detector m reads the relevance of subnetwork m, whose argmax inside head m is also the class the input
-        gets if m wins. With ``stop_early`` the chain stops for the rows whose best task is already certain
+        With ``stop_early`` the chain stops for the rows whose best task is already certain
         (:func:`rerelrp.recognize.decided`; their later probabilities are NaN): a row recognized as task
-        m < T - 1 costs m + 1 relevance passes instead of T - 1, with the same task and class.
+        m < T - 1 costs m + 1 detector passes instead of T - 1, with the same task and class. The class is
+        the argmax inside head m of subnetwork m, for the task m the row is recognized as.
         """
         T, n = len(self.tasks_), len(x)
         task = torch.full((n,), T - 1, dtype=torch.long)
-        targets = torch.zeros((T, n), dtype=torch.long, device=x.device)
         p = np.full((n, T - 1), np.nan)
         rows = np.arange(n)
         for m in range(T - 1):
-            targets[m, rows], relevance = self._unit_relevance(x[rows], m)
-            p[rows, m] = self.recognizer_.detector_proba(m, self.memory_.select(m, relevance))
+            p[rows, m] = self.recognizer_.detector_proba(m, self._detector_features(x[rows], m))
             scores = chain_scores(p[rows, :m + 1])
             last = m == T - 2  # the whole chain is known: every row is done
             done = decided(scores) if stop_early and not last else np.full(len(rows), last)
@@ -313,11 +373,11 @@ class ReReLRP(BaseEstimator):
             rows = rows[~done]
             if not len(rows):
                 break
-        newest = (task == T - 1).nonzero()[:, 0].numpy()
-        if len(newest):
-            targets[T - 1, newest] = self._predict_head(x[newest], self.tasks_[-1], self.masks_[-1])
-        task = task.to(x.device)
-        return p, task, targets.gather(0, task[None])[0]
+        predictions = torch.empty(n, dtype=torch.long, device=x.device)
+        for m in task.unique().tolist():
+            members = (task == m).nonzero()[:, 0].to(x.device)
+            predictions[members] = self._predict_head(x[members], self.tasks_[m], self.masks_[m])
+        return p, task.to(x.device), predictions
 
 @contextlib.contextmanager
 def _timed(times: dict[str, float], stage: str):

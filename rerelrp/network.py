@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from zennit.types import Activation
 
-__all__ = ["UnitLayer", "Units", "find_units", "masked", "eval_mode"]
+__all__ = ["UnitLayer", "Units", "find_units", "masked", "eval_mode", "unit_outputs"]
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -147,3 +147,26 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def unit_outputs(model: nn.Module, units: Units, x: torch.Tensor, keep: Sequence[torch.Tensor] | None,
+                 layer: int = -1, batch_size: int = 256) -> torch.Tensor:
+    """Outputs ``(n, n_units)`` of one unit layer (where its mask applies) for inputs ``x``, batch by batch.
+
+    ``keep``: masks of the subnetwork to run (None: whole network); ``layer``: index into ``units.layers``.
+    A convolution's channels are averaged over spatial positions. No gradient is recorded.
+    """
+    closing = units.layers[layer].closing
+    outputs: list[torch.Tensor] = []
+
+    def capture(module, inputs, output):
+        outputs.append(output.detach().flatten(2).mean(2) if output.dim() > 2 else output.detach())
+
+    with torch.no_grad(), eval_mode(model), masked(units, keep):
+        handle = closing.register_forward_hook(capture)  # after the mask's hook: sees the masked output
+        try:
+            for start in range(0, len(x), batch_size):
+                model(x[start:start + batch_size])
+        finally:
+            handle.remove()
+    return torch.cat(outputs)

@@ -5,11 +5,13 @@ A save is one zip file:
 - ``meta.json``: package and format version, the model's architecture
   (parameter and buffer names, shapes, dtypes), options, tasks, timings;
 - ``tensors.safetensors``: the model's weights and buffers, the unit masks of
-  every task, the freeze masks, the stored relevance vectors and feature
-  indices (safetensors holds raw tensors only: nothing in it can run code);
-- ``detector-<m>.skops`` and ``detector.skops``: the fitted detectors and the
-  detector template, in skops' format, loaded only if every type in them is
-  one scikit-learn trusts or one listed in ``trusted``.
+  every task, the freeze masks, and the memory: each detector's unit indices
+  with its class means and covariance triangles (default recognizer), or the
+  stored relevance vectors (``recognizer="paper"``); safetensors holds raw
+  tensors only: nothing in it can run code;
+- with ``recognizer="paper"``, ``detector-<m>.skops`` and ``detector.skops``: the
+  fitted detectors and the detector template, in skops' format, loaded only if
+  every type in them is one scikit-learn trusts or one listed in ``trusted``.
 
 Nothing is ever unpickled. The file is written beside its final path and
 moved over it with ``os.replace``, so a save killed halfway leaves the
@@ -34,10 +36,11 @@ from torch import nn
 from ._version import __version__
 from .learner import ReReLRP
 from .prune import PruneResult
+from .remember import ActivationStatistics, ClassStatistics
 
-__all__ = ["save", "load", "UntrustedFileError", "TRUSTED_TYPES"]
+__all__ = ["save", "load", "bytes_beyond_weights", "UntrustedFileError", "TRUSTED_TYPES"]
 
-FORMAT = 1
+FORMAT = 2
 #: Types beyond skops' defaults that a saved detector may hold (the default RandomForest's trees).
 TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
 _UNSAVED = "__not saved: pass it to rerelrp.load__"
@@ -50,6 +53,11 @@ class UntrustedFileError(ValueError):
 def architecture(model: nn.Module) -> list[list]:
     """``[name, shape, dtype]`` of every parameter and buffer, in state-dict order."""
     return [[name, list(t.shape), str(t.dtype)] for name, t in model.state_dict().items()]
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict as CPU tensors named ``model.<name>``."""
+    return {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
 def _optimizer_spec(optimizer) -> Any:
@@ -80,17 +88,14 @@ def save(learner: ReReLRP, path: str | os.PathLike) -> Path:
     learner._check_fitted()
     path = Path(path)
     params = {p: name for name, p in learner.model.named_parameters()}
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in learner.model.state_dict().items()}
+    tensors = _weights(learner.model)
     for t, keep in enumerate(learner.masks_):
         for i, mask in enumerate(keep):
             tensors[f"mask.{t}.{i}"] = mask.cpu().contiguous()
     for param, mask in learner.frozen_.masks.items():
         tensors[f"frozen.{params[param]}"] = mask.cpu().contiguous()
     memory = learner.memory_
-    for m, features in enumerate(memory.features):
-        tensors[f"features.{m}"] = features.contiguous()
-        for s, vectors in memory.vectors[m].items():
-            tensors[f"vectors.{m}.{s}"] = torch.from_numpy(np.ascontiguousarray(vectors))
+    tensors.update(_memory_tensors(memory))
     options = learner.get_params()
     options.pop("model")
     options["optimizer"] = _optimizer_spec(options["optimizer"])
@@ -103,10 +108,10 @@ def save(learner: ReReLRP, path: str | os.PathLike) -> Path:
         "fit_times": learner.fit_times_, "n_features": memory.n_features,
         "prune_results": [{"n_pruned": r.n_pruned, "base_accuracy": r.base_accuracy, "accuracy": r.accuracy,
                            "trials": r.trials} for r in learner.prune_results_],
-        "vectors": {str(m): sorted(v) for m, v in enumerate(memory.vectors)},
+        "memory": _memory_index(memory),
     }
     members = {"meta.json": json.dumps(meta, indent=1).encode(), "tensors.safetensors": save_tensors(tensors)}
-    for m, detector in enumerate(learner.recognizer_.detectors_):
+    for m, detector in enumerate(getattr(learner.recognizer_, "detectors_", [])):
         members[f"detector-{m}.skops"] = sio.dumps(detector)
     if learner.detector is not None:
         members["detector.skops"] = sio.dumps(learner.detector)
@@ -180,7 +185,8 @@ def load(path: str | os.PathLike, model: nn.Module, trusted: Sequence[str] = (),
         missing = [k for k, v in saved.items() if isinstance(v, str) and v == _UNSAVED]
         if missing:
             raise ValueError(f"options {missing} were not saved (custom objects); pass them to rerelrp.load")
-        detectors = [detector(f"detector-{m}.skops") for m in range(len(meta["tasks"]) - 1)]
+        detectors = [detector(f"detector-{m}.skops") for m in range(len(meta["tasks"]) - 1)
+                     if f"detector-{m}.skops" in names]
 
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     model.load_state_dict(state)
@@ -193,10 +199,11 @@ def load(path: str | os.PathLike, model: nn.Module, trusted: Sequence[str] = (),
     learner.frozen_.masks = {named[k[len("frozen."):]]: v.to(named[k[len("frozen."):]].device)
                              for k, v in tensors.items() if k.startswith("frozen.")}
     learner.memory_.n_features = meta["n_features"]
-    learner.memory_.features = [tensors[f"features.{m}"] for m in range(len(learner.tasks_))]
-    learner.memory_.vectors = [{int(s): tensors[f"vectors.{m}.{s}"].numpy() for s in meta["vectors"][str(m)]}
-                               for m in range(len(learner.tasks_))]
-    learner.recognizer_.detectors_ = detectors
+    _restore_memory(learner.memory_, meta["memory"], tensors)
+    if isinstance(learner.memory_, ActivationStatistics):
+        learner.recognizer_.fit(learner.memory_, learner.tasks_)
+    else:
+        learner.recognizer_.detectors_ = detectors
     learner.input_shape_ = tuple(meta["input_shape"])
     learner.prune_results_ = [
         PruneResult([k.cpu() for k in keep], r["n_pruned"], r["base_accuracy"], r["accuracy"],
@@ -204,6 +211,65 @@ def load(path: str | os.PathLike, model: nn.Module, trusted: Sequence[str] = (),
         for r, keep in zip(meta["prune_results"], learner.masks_)]
     learner.fit_times_ = meta["fit_times"]
     return learner
+
+
+def _memory_tensors(memory) -> dict[str, torch.Tensor]:
+    """The memory as named tensors: unit indices, and class means with covariance triangles or vectors."""
+    tensors = {}
+    if isinstance(memory, ActivationStatistics):
+        for m, units in enumerate(memory.units):
+            tensors[f"units.{m}"] = units.contiguous()
+            rows, cols = np.triu_indices(len(units))
+            for c, stats in memory.classes[m].items():
+                tensors[f"mean.{m}.{c}"] = torch.from_numpy(stats.mean.copy())
+                tensors[f"covariance.{m}.{c}"] = torch.from_numpy(stats.covariance[rows, cols].copy())
+        return tensors
+    for m, features in enumerate(memory.features):
+        tensors[f"features.{m}"] = features.contiguous()
+        for s, vectors in memory.vectors[m].items():
+            tensors[f"vectors.{m}.{s}"] = torch.from_numpy(np.ascontiguousarray(vectors))
+    return tensors
+
+
+def _memory_index(memory) -> dict:
+    """What :func:`_restore_memory` needs besides the tensors: class sample counts, or vector sources."""
+    if isinstance(memory, ActivationStatistics):
+        return {"counts": [{str(c): s.count for c, s in per.items()} for per in memory.classes]}
+    return {"vectors": [sorted(v) for v in memory.vectors]}
+
+
+def _restore_memory(memory, index: dict, tensors: dict[str, torch.Tensor]) -> None:
+    if isinstance(memory, ActivationStatistics):
+        memory.units = [tensors[f"units.{m}"] for m in range(len(index["counts"]))]
+        memory.classes = []
+        for m, counts in enumerate(index["counts"]):
+            d = len(memory.units[m])
+            rows, cols = np.triu_indices(d)
+            per = {}
+            for c, count in counts.items():
+                covariance = np.zeros((d, d), np.float32)
+                covariance[rows, cols] = tensors[f"covariance.{m}.{c}"].numpy()
+                covariance[cols, rows] = covariance[rows, cols]
+                per[int(c)] = ClassStatistics(tensors[f"mean.{m}.{c}"].numpy(), covariance, count)
+            memory.classes.append(per)
+        return
+    memory.features = [tensors[f"features.{m}"] for m in range(len(index["vectors"]))]
+    memory.vectors = [{int(s): tensors[f"vectors.{m}.{s}"].numpy() for s in sources}
+                      for m, sources in enumerate(index["vectors"])]
+
+
+def bytes_beyond_weights(learner: ReReLRP) -> int:
+    """Bytes that :func:`save` writes for ``learner`` beyond the model's own weights and buffers.
+
+    The size of the save minus the size of a zip, written the same way, that holds only the model's
+    state dict: masks, freeze masks, memory, detectors, options and the description.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        path = save(learner, Path(folder) / "learner.zip")
+        weights = Path(folder) / "weights.zip"
+        with zipfile.ZipFile(weights, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("tensors.safetensors", save_tensors(_weights(learner.model)))
+        return path.stat().st_size - weights.stat().st_size
 
 
 def _read_meta(archive: zipfile.ZipFile, path: Path, names: set[str]) -> dict:

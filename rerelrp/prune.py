@@ -3,10 +3,15 @@
 Units are ranked globally by relevance score (output layer excluded). The
 number of pruned units is found by bisection on validation accuracy: the
 largest count whose accuracy stays within ``acc_drop`` percentage points of
-the unpruned network. About ``log2(total units)`` evaluations.
+the unpruned network. About ``log2(total units)`` evaluations. A floor,
+``min_keep``, keeps each layer's most relevant share whatever the accuracy: a
+task that a handful of units can solve (0 against 1) would otherwise keep a
+subnetwork too narrow to tell its inputs from other tasks' (see
+:mod:`rerelrp.remember`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -40,6 +45,7 @@ def prune_to_threshold(
     sizes: Sequence[int],
     accuracy: Callable[[list[torch.Tensor]], float],
     acc_drop: float,
+    min_keep: float = 0.0,
 ) -> PruneResult:
     """Find the largest set of least relevant units that can be switched off.
 
@@ -49,6 +55,7 @@ def prune_to_threshold(
     sizes: units per layer, summing to ``total_units``.
     accuracy: maps per-layer keep masks to validation accuracy in [0, 1].
     acc_drop: allowed drop, in percentage points (e.g. 2.0 for 2 points).
+    min_keep: fraction in [0, 1] of each layer's units, its most relevant ones (rounded up), never pruned.
 
     Returns
     -------
@@ -59,7 +66,15 @@ def prune_to_threshold(
     total = int(sum(sizes))
     if scores.shape != (total,):
         raise ValueError(f"scores must have shape ({total},), got {tuple(scores.shape)}")
-    order = torch.argsort(scores.detach().cpu(), stable=True)
+    if not 0.0 <= min_keep <= 1.0:
+        raise ValueError(f"min_keep must lie in [0, 1], got {min_keep}")
+    scores = scores.detach().cpu().clone()
+    floor_units = 0
+    for block in torch.split(scores, list(sizes)):
+        n_floor = math.ceil(min_keep * len(block))
+        block[torch.topk(block, n_floor).indices] = math.inf  # a view: ranked last, never reached below
+        floor_units += n_floor
+    order = torch.argsort(scores, stable=True)
     trials: list[tuple[int, float]] = []
 
     def keep_for(n: int) -> list[torch.Tensor]:
@@ -75,7 +90,7 @@ def prune_to_threshold(
     base = evaluate(0)
     floor = base - acc_drop / 100.0
     results = {0: base}
-    lo, hi = 0, total
+    lo, hi = 0, total - floor_units
     results[hi] = evaluate(hi)
     if results[hi] >= floor:
         lo = hi

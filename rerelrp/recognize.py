@@ -1,24 +1,37 @@
 """Recognize: the chain of task detectors.
 
-Detector m is a binary scikit-learn classifier, "from task m" against "from a
-later task", fitted on the relevance vectors of S_m (see
-:class:`rerelrp.remember.RelevanceMemory`). Every source task carries the same
-total sample weight, so detector m's probability is calibrated for a uniform
-prior over the tasks m, m+1, ..., T-1. The chain turns the detectors'
-probabilities p_m into task scores that sum to one:
+Detector m gives the probability p_m that an input comes from task m rather
+than from a later task, under a uniform prior over the tasks m, m+1, ..., T-1.
+Two kinds (``ReReLRP(recognizer=...)``):
+
+- ``"gaussian"`` (default, :class:`GaussianRecognizer`): every class of the tasks
+  m..T-1 is a Gaussian in detector m's activation space (see
+  :class:`rerelrp.remember.ActivationStatistics`); p_m is the posterior of task
+  m's classes. Nothing to fit: new classes add Gaussians.
+- ``"paper"`` (:class:`TaskRecognizer`): a binary scikit-learn classifier, "from
+  task m" against "from a later task", fitted on the relevance vectors of S_m
+  (see :class:`rerelrp.remember.RelevanceMemory`), every source task with the
+  same total sample weight.
+
+The chain turns the detectors' probabilities p_m into task scores that sum to one:
 
     P(0) = p_0,  P(i) = p_i * prod_{j<i} (1 - p_j),  P(T-1) = prod_{j<T-1} (1 - p_j).
 """
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import logsumexp
+from scipy.stats import multivariate_normal
 from sklearn.base import BaseEstimator, clone
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.utils.validation import has_fit_parameter
 
-from .remember import RelevanceMemory
+from .remember import ActivationStatistics, RelevanceMemory
 
-__all__ = ["default_detector", "TaskRecognizer", "chain_scores", "decided"]
+__all__ = ["RECOGNIZERS", "default_detector", "GaussianRecognizer", "TaskRecognizer", "chain_scores", "decided"]
+
+#: Accepted values of ``ReReLRP(recognizer=...)``.
+RECOGNIZERS = ("gaussian", "paper")
 
 
 def default_detector(random_state: int | None = None) -> RandomForestClassifier:
@@ -100,3 +113,39 @@ class TaskRecognizer:
         """Detector m's probability ``(n,)`` that inputs come from task m, from their ``(n, k)`` features."""
         detector = self.detectors_[m]
         return detector.predict_proba(features)[:, list(detector.classes_).index(1)]
+
+
+class GaussianRecognizer:
+    """Detectors made of class-conditional Gaussians, one set per detector.
+
+    Detector m scores an input's ``(n, d_m)`` features under every class c of the
+    tasks m..T-1: ``log N(f; mu_c, Sigma_c)``; a task's likelihood is the mean over
+    its classes, and p_m is task m's share of the tasks m..T-1 (equal priors).
+
+    Attributes
+    ----------
+    tasks_: class ids of every task, in order.
+    gaussians_: per detector m, ``{class id: scipy frozen multivariate_normal}``.
+    """
+
+    def __init__(self):
+        self.tasks_: list[list[int]] = []
+        self.gaussians_: list[dict[int, object]] = []
+
+    def fit(self, statistics: ActivationStatistics, tasks: list[list[int]]) -> "GaussianRecognizer":
+        """Build detectors 0..T-2 from ``statistics`` of the classes of ``tasks``."""
+        self.tasks_ = [list(classes) for classes in tasks]
+        self.gaussians_ = [
+            {c: multivariate_normal(s.mean.astype(np.float64), s.covariance.astype(np.float64))
+             for c, s in statistics.classes[m].items()}
+            for m in range(len(tasks) - 1)]
+        return self
+
+    def detector_proba(self, m: int, features: np.ndarray) -> np.ndarray:
+        """Detector m's probability ``(n,)`` that inputs come from task m, from their ``(n, d_m)`` features."""
+        gaussians = self.gaussians_[m]
+        task_loglik = np.stack([
+            logsumexp(np.stack([np.atleast_1d(gaussians[c].logpdf(features)) for c in classes], 1), axis=1)
+            - np.log(len(classes))
+            for classes in self.tasks_[m:]], axis=1)
+        return np.exp(task_loglik[:, 0] - logsumexp(task_loglik, axis=1))

@@ -47,6 +47,24 @@ def default_learner(digits):
     return learner
 
 
+@pytest.fixture(scope="session")
+def paper_learner(digits):
+    """The published method on the same 5 digit tasks: forests on relevance vectors, the paper's pruning."""
+    train, _ = digits
+    model = digits_mlp()
+    learner = rerelrp.ReReLRP(model, recognizer="paper", min_keep=0.0, progress=False)
+    for x, y in train:
+        learner.fit_task(loader(x, y))
+    return learner
+
+
+def task_recognition(learner, test) -> float:
+    """Share of the test inputs whose task ``learner.predict_task`` recognizes."""
+    x = torch.cat([x for x, _ in test])
+    truth = torch.cat([torch.full((len(y),), t) for t, (_, y) in enumerate(test)])
+    return float((learner.predict_task(x) == truth).float().mean())
+
+
 def shared_data_root():
     """$RERELRP_DATA, or skip: the full data sets live outside the repository (CI points at them)."""
     root = os.environ.get("RERELRP_DATA")

