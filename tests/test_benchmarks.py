@@ -73,8 +73,10 @@ def test_speed_quick(tmp_path):
     assert report["relevance"]["relevance_s"] > 0 and report["relevance"]["plain_forward_backward_s"] > 0
     assert set(report["predict"]) == {"2", "4"}
     for T, timing in report["predict"].items():
-        assert 0 < timing["relevance_passes_per_input"] <= timing["without_early_stop"] == int(T) - 1
+        assert 0 < timing["detector_passes_per_input"] <= timing["without_early_stop"] == int(T) - 1
+        assert timing["bytes_beyond_weights"] > 0
     memory = report["memory"]
     assert memory["replay_200_images_bytes"] == 200 * 28 * 28 * 4 + 200 * 8
-    assert all(0 <= v["task_recognition"] <= 1 and v["detector_bytes"] > 0 for v in memory["detectors"].values())
+    assert len(memory["recognizers"]) == 4
+    assert all(0 <= v["task_recognition"] <= 1 and v["bytes"] > 0 for v in memory["recognizers"].values())
     assert "| unit-relevance pass / plain forward+backward" in (tmp_path / "speed.md").read_text()
