@@ -182,10 +182,7 @@ class ReReLRP(BaseEstimator):
             self._remember(task, ref_x)
         # 7. Recognize: rebuild the detector chain.
         with _timed(times, "recognize"):
-            if self.recognizer == "gaussian":
-                self.recognizer_.fit(self.memory_, self.tasks_)
-            else:
-                self.recognizer_.fit(self.memory_)
+            self.recognizer_.fit(self.memory_, self.tasks_)
         self.input_shape_ = task.input_shape
         self.fit_times_.append(times)
         return self

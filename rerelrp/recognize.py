@@ -92,8 +92,9 @@ class TaskRecognizer:
         self.random_state = random_state
         self.detectors_: list[BaseEstimator] = []
 
-    def fit(self, memory: RelevanceMemory) -> "TaskRecognizer":
-        """Fit detectors 0..T-2 on the memory's relevance datasets."""
+    def fit(self, memory: RelevanceMemory, tasks: list[list[int]] | None = None) -> "TaskRecognizer":
+        """Fit detectors 0..T-2 on the memory's relevance datasets (``tasks``: unused, as in
+        :meth:`GaussianRecognizer.fit`)."""
         detectors = []
         for m in range(memory.n_tasks - 1):
             X, y, w = memory.dataset(m)

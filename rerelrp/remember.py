@@ -88,12 +88,6 @@ class ActivationStatistics:
             raise ValueError(f"class {c} has {len(features)} training sample(s); its statistics need at least 2")
         self.classes[m][c] = ClassStatistics.of(features)
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the statistics as saved: float32 means and covariance triangles, unit indices."""
-        stats = sum(4 * (len(s.mean) + len(s.mean) * (len(s.mean) + 1) // 2) for d in self.classes for s in d.values())
-        return stats + sum(u.numel() * u.element_size() for u in self.units)
-
 
 class RelevanceMemory:
     """Relevance vectors per detector and source task.
