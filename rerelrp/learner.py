@@ -28,7 +28,7 @@ from zennit.core import Composite
 from .data import check_input, prepare_task
 from .freeze import FrozenParameters
 from .network import eval_mode, find_units, masked, unit_outputs
-from .prune import PruneResult, prune_to_threshold
+from .prune import PruneResult, prune_to_threshold, unit_scores
 from .recognize import RECOGNIZERS, GaussianRecognizer, TaskRecognizer, chain_scores, decided, default_detector
 from .relevance import lrp, normalize_units
 from .remember import ActivationStatistics, RelevanceMemory
@@ -57,6 +57,9 @@ class ReReLRP(BaseEstimator):
     n_reference: reference samples per class for the relevance that ranks units (paper: 132; 500
         gave 4 points more task-agnostic accuracy on Split MNIST validation data, 0.874 against 0.832).
     n_features: units each task detector reads (paper: 40).
+    n_components: with ``recognizer="gaussian"``, the most Gaussian mixture components per class (the number is
+        chosen by BIC per class; see :class:`rerelrp.remember.ClassStatistics`). 4 recognized Split MNIST
+        validation data 1 point better than 1 (97.4 % against 96.4 %, 2 seeds).
     recognizer: ``"gaussian"`` (default): class-conditional Gaussians of activations through
         S_0..S_m (:class:`rerelrp.recognize.GaussianRecognizer`); ``"paper"``: the paper's forests on
         relevance vectors (:class:`rerelrp.recognize.TaskRecognizer`).
@@ -94,7 +97,8 @@ class ReReLRP(BaseEstimator):
         acc_drop: float = 2.0,
         min_keep: float = 0.15,
         n_reference: int = 500,
-        n_features: int = 64,
+        n_features: int = 48,
+        n_components: int = 4,
         recognizer: str = "gaussian",
         val_fraction: float = 0.1,
         composite: Composite | None = None,
@@ -112,6 +116,7 @@ class ReReLRP(BaseEstimator):
         self.min_keep = min_keep
         self.n_reference = n_reference
         self.n_features = n_features
+        self.n_components = n_components
         self.recognizer = recognizer
         self.val_fraction = val_fraction
         self.composite = composite
@@ -160,7 +165,7 @@ class ReReLRP(BaseEstimator):
         with _timed(times, "relevance"):
             rel = lrp(self.model, self.units_, ref_x, task.classes, target=ref_y,
                       composite=self.composite_, batch_size=self.batch_size)
-            scores = normalize_units(rel.units).sum(0)
+            scores = unit_scores(rel.units)
         # 4. Prune to the accuracy threshold on validation data.
         with _timed(times, "prune"):
             val_x, val_y = task.val_x.to(self.device_), task.val_y.to(self.device_)
@@ -241,7 +246,7 @@ class ReReLRP(BaseEstimator):
         self.composite_ = self.composite
         self.frozen_ = FrozenParameters(self.units_)
         if self.recognizer == "gaussian":
-            self.memory_ = ActivationStatistics(self.n_features)
+            self.memory_ = ActivationStatistics(self.n_features, self.n_components, self.random_state)
             self.recognizer_ = GaussianRecognizer()
         else:
             self.memory_ = RelevanceMemory(self.n_features)
@@ -254,7 +259,7 @@ class ReReLRP(BaseEstimator):
 
     def _check_params(self) -> None:
         positive = {"epochs": self.epochs, "n_reference": self.n_reference, "n_features": self.n_features,
-                    "batch_size": self.batch_size}
+                    "n_components": self.n_components, "batch_size": self.batch_size}
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -6,7 +6,7 @@ A save is one zip file:
   (parameter and buffer names, shapes, dtypes), options, tasks, timings;
 - ``tensors.safetensors``: the model's weights and buffers, the unit masks of
   every task, the freeze masks, and the memory: each detector's unit indices
-  with its class means and covariance triangles (default recognizer), or the
+  with its classes' mixture weights, means and covariance triangles (default recognizer), or the
   stored relevance vectors (``recognizer="paper"``); safetensors holds raw
   tensors only: nothing in it can run code;
 - with ``recognizer="paper"``, ``detector-<m>.skops`` and ``detector.skops``: the
@@ -40,7 +40,7 @@ from .remember import ActivationStatistics, ClassStatistics
 
 __all__ = ["save", "load", "bytes_beyond_weights", "UntrustedFileError", "TRUSTED_TYPES"]
 
-FORMAT = 2
+FORMAT = 3
 #: Types beyond skops' defaults that a saved detector may hold (the default RandomForest's trees).
 TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
 _UNSAVED = "__not saved: pass it to rerelrp.load__"
@@ -214,15 +214,16 @@ def load(path: str | os.PathLike, model: nn.Module, trusted: Sequence[str] = (),
 
 
 def _memory_tensors(memory) -> dict[str, torch.Tensor]:
-    """The memory as named tensors: unit indices, and class means with covariance triangles or vectors."""
+    """The memory as named tensors: unit indices, and class mixtures (covariance triangles) or vectors."""
     tensors = {}
     if isinstance(memory, ActivationStatistics):
         for m, units in enumerate(memory.units):
             tensors[f"units.{m}"] = units.contiguous()
             rows, cols = np.triu_indices(len(units))
             for c, stats in memory.classes[m].items():
-                tensors[f"mean.{m}.{c}"] = torch.from_numpy(stats.mean.copy())
-                tensors[f"covariance.{m}.{c}"] = torch.from_numpy(stats.covariance[rows, cols].copy())
+                tensors[f"weights.{m}.{c}"] = torch.from_numpy(stats.weights.copy())
+                tensors[f"means.{m}.{c}"] = torch.from_numpy(stats.means.copy())
+                tensors[f"covariances.{m}.{c}"] = torch.from_numpy(stats.covariances[:, rows, cols].copy())
         return tensors
     for m, features in enumerate(memory.features):
         tensors[f"features.{m}"] = features.contiguous()
@@ -247,10 +248,12 @@ def _restore_memory(memory, index: dict, tensors: dict[str, torch.Tensor]) -> No
             rows, cols = np.triu_indices(d)
             per = {}
             for c, count in counts.items():
-                covariance = np.zeros((d, d), np.float32)
-                covariance[rows, cols] = tensors[f"covariance.{m}.{c}"].numpy()
-                covariance[cols, rows] = covariance[rows, cols]
-                per[int(c)] = ClassStatistics(tensors[f"mean.{m}.{c}"].numpy(), covariance, count)
+                triangles = tensors[f"covariances.{m}.{c}"].numpy()
+                covariances = np.zeros((len(triangles), d, d), np.float32)
+                covariances[:, rows, cols] = triangles
+                covariances[:, cols, rows] = triangles
+                per[int(c)] = ClassStatistics(tensors[f"weights.{m}.{c}"].numpy(), tensors[f"means.{m}.{c}"].numpy(),
+                                              covariances, count)
             memory.classes.append(per)
         return
     memory.features = [tensors[f"features.{m}"] for m in range(len(index["vectors"]))]

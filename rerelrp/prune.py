@@ -1,6 +1,14 @@
 """Prune: switch off the least relevant units while the head's accuracy holds.
 
-Units are ranked globally by relevance score (output layer excluded). The
+A unit's score (:func:`unit_scores`) is its share of its layer's relevance,
+per sample, times the layer's size, summed over samples: 1 per sample for a unit
+that gets its layer's mean share, whatever the layer's size. METHOD.md's shares
+alone rank a unit of a 16-channel convolution 8 times above an equally relevant
+unit of a 128-unit dense layer, so the first task kept 29 of 32 channels of the
+small CNN's second convolution, and the last task of Split MNIST, with almost
+no free channel left, reached 93.4 % task-aware accuracy against 97-99 % for the
+others (validation, seed 0; task-agnostic over 2 seeds 95.4 % against 94.9 %).
+Units are ranked globally by score (output layer excluded). The
 number of pruned units is found by bisection on validation accuracy: the
 largest count whose accuracy stays within ``acc_drop`` percentage points of
 the unpruned network. About ``log2(total units)`` evaluations. A floor,
@@ -17,7 +25,9 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["PruneResult", "prune_to_threshold"]
+from .relevance import normalize_units
+
+__all__ = ["PruneResult", "prune_to_threshold", "unit_scores"]
 
 
 @dataclass
@@ -38,6 +48,17 @@ class PruneResult:
     base_accuracy: float
     accuracy: float
     trials: list[tuple[int, float]] = field(default_factory=list)
+
+
+def unit_scores(layers: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Pruning score ``(total_units,)`` of every unit from its relevance, one ``(n, n_units)`` tensor per layer.
+
+    Each sample's relevance is L1-normalised per layer and scaled by the layer's number of units (mean 1 per
+    unit), then summed over samples; the layers are concatenated in order.
+    """
+    sizes = torch.tensor([r.shape[1] for r in layers], dtype=torch.float32)
+    scale = torch.repeat_interleave(sizes, sizes.long()).to(layers[0].device)
+    return normalize_units(layers).sum(0) * scale
 
 
 def prune_to_threshold(

@@ -5,7 +5,7 @@ than from a later task, under a uniform prior over the tasks m, m+1, ..., T-1.
 Two kinds (``ReReLRP(recognizer=...)``):
 
 - ``"gaussian"`` (default, :class:`GaussianRecognizer`): every class of the tasks
-  m..T-1 is a Gaussian in detector m's activation space (see
+  m..T-1 is a Gaussian mixture in detector m's activation space (see
   :class:`rerelrp.remember.ActivationStatistics`); p_m is the posterior of task
   m's classes. Nothing to fit: new classes add Gaussians.
 - ``"paper"`` (:class:`TaskRecognizer`): a binary scikit-learn classifier, "from
@@ -117,16 +117,16 @@ class TaskRecognizer:
 
 
 class GaussianRecognizer:
-    """Detectors made of class-conditional Gaussians, one set per detector.
+    """Detectors made of class-conditional Gaussian mixtures, one set per detector.
 
     Detector m scores an input's ``(n, d_m)`` features under every class c of the
-    tasks m..T-1: ``log N(f; mu_c, Sigma_c)``; a task's likelihood is the mean over
-    its classes, and p_m is task m's share of the tasks m..T-1 (equal priors).
+    tasks m..T-1: ``log sum_j w_cj N(f; mu_cj, Sigma_cj)``; a task's likelihood is the
+    mean over its classes, and p_m is task m's share of the tasks m..T-1 (equal priors).
 
     Attributes
     ----------
     tasks_: class ids of every task, in order.
-    gaussians_: per detector m, ``{class id: scipy frozen multivariate_normal}``.
+    gaussians_: per detector m, ``{class id: (log weights (k,), k scipy frozen multivariate_normal)}``.
     """
 
     def __init__(self):
@@ -137,16 +137,22 @@ class GaussianRecognizer:
         """Build detectors 0..T-2 from ``statistics`` of the classes of ``tasks``."""
         self.tasks_ = [list(classes) for classes in tasks]
         self.gaussians_ = [
-            {c: multivariate_normal(s.mean.astype(np.float64), s.covariance.astype(np.float64))
+            {c: (np.log(s.weights.astype(np.float64)),
+                 [multivariate_normal(mean.astype(np.float64), covariance.astype(np.float64))
+                  for mean, covariance in zip(s.means, s.covariances)])
              for c, s in statistics.classes[m].items()}
             for m in range(len(tasks) - 1)]
         return self
 
+    def class_loglik(self, m: int, c: int, features: np.ndarray) -> np.ndarray:
+        """Log density ``(n,)`` of ``(n, d_m)`` features under class c's mixture in detector m's space."""
+        log_weights, components = self.gaussians_[m][c]
+        return logsumexp(np.stack([np.atleast_1d(g.logpdf(features)) for g in components], 1) + log_weights, axis=1)
+
     def detector_proba(self, m: int, features: np.ndarray) -> np.ndarray:
         """Detector m's probability ``(n,)`` that inputs come from task m, from their ``(n, d_m)`` features."""
-        gaussians = self.gaussians_[m]
         task_loglik = np.stack([
-            logsumexp(np.stack([np.atleast_1d(gaussians[c].logpdf(features)) for c in classes], 1), axis=1)
+            logsumexp(np.stack([self.class_loglik(m, c, features) for c in classes], 1), axis=1)
             - np.log(len(classes))
             for classes in self.tasks_[m:]], axis=1)
         return np.exp(task_loglik[:, 0] - logsumexp(task_loglik, axis=1))

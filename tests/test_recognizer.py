@@ -114,3 +114,35 @@ def test_the_recognizer_cannot_change_between_tasks(digits):
     learner.set_params(recognizer="paper")
     with pytest.raises(ValueError, match="recognizer cannot change once a task is learned"):
         learner.fit_task(loader(*digits[0][1]))
+
+
+def test_a_class_gets_a_mixture_only_when_its_data_supports_one():
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    from rerelrp.remember import ClassStatistics
+
+    x, y = sklearn_digits(return_X_y=True)
+    two_digits = x[(y == 0) | (y == 1)]  # one "class" made of two digits: two clusters at least
+    two_digits = two_digits[:, two_digits.var(0).argsort()[-16:]]  # its 16 most varying pixels
+    mixture = ClassStatistics.of(two_digits, max_components=4, random_state=0)
+    few = ClassStatistics.of(two_digits[:40], max_components=4, random_state=0)  # 40 samples in 16 dimensions
+    print(f"components: two digits {len(mixture.weights)}, forty samples {len(few.weights)}")
+    assert len(mixture.weights) == 4 and len(few.weights) == 1
+    assert mixture.means.shape == (4, 16) and mixture.covariances.shape == (4, 16, 16)
+    assert math.isclose(float(mixture.weights.sum()), 1.0, rel_tol=1e-5)
+
+
+def test_pruning_scores_do_not_favour_small_layers(default_learner, digits):
+    from rerelrp.prune import unit_scores
+    from rerelrp.relevance import lrp
+
+    train, _ = digits
+    x, y = train[0]
+    units = default_learner.units_
+    rel = [r.abs() for r in lrp(default_learner.model, units, x, default_learner.tasks_[0], target=y).units]
+    # the first layer's relevance summed into a layer 4 times smaller
+    layers = [rel[0], rel[0].view(len(x), 32, 4).sum(2), rel[1]]
+    scores = torch.split(unit_scores(layers), [128, 32, rel[1].shape[1]])
+    for block in scores:  # every layer's scores sum to its size per sample: a unit of mean share scores 1
+        assert math.isclose(float(block.sum()), block.numel() * len(x), rel_tol=1e-4)
+    assert math.isclose(float(scores[1].mean()), float(scores[0].mean()), rel_tol=1e-4)
