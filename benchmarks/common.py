@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import json
 import os
 import platform
@@ -37,6 +38,8 @@ from rerelrp.recognize import RECOGNIZERS, default_detector
 METHODS = ("rerelrp", "finetune", "joint", "ewc", "lwf", "replay")
 #: Baseline hyperparameters, taken from the literature and the Avalanche examples, not tuned on test data;
 #: ``--tune`` picks them on validation data instead.
+#: The learner's own defaults, named in --help.
+LEARNER_DEFAULTS = {name: p.default for name, p in inspect.signature(rerelrp.ReReLRP).parameters.items()}
 DEFAULT_HPARAMS = {"ewc": {"ewc_lambda": 1000.0}, "lwf": {"alpha": 1.0, "temperature": 2.0},
                    "replay": {"mem_size": 200}}
 TUNE_GRID = {"ewc": [{"ewc_lambda": v} for v in (10.0, 1000.0, 100000.0)],
@@ -105,8 +108,9 @@ class ReReLRPMethod:
 
     def __init__(self, model: nn.Module, *, epochs: int, seed: int, device: str, batch_size: int, lr: float,
                  progress: bool, recognizer: str = "gaussian", detector: str = "default",
-                 n_features: int | None = None, min_keep: float | None = None, **_):
-        options = {k: v for k, v in (("n_features", n_features), ("min_keep", min_keep)) if v is not None}
+                 n_features: int | None = None, n_components: int | None = None, min_keep: float | None = None, **_):
+        options = {k: v for k, v in (("n_features", n_features), ("n_components", n_components),
+                                     ("min_keep", min_keep)) if v is not None}
         self.learner = rerelrp.ReReLRP(model, epochs=epochs, lr=lr, random_state=seed, device=device,
                                        progress=progress, recognizer=recognizer,
                                        detector=detectors()[detector] if recognizer == "paper" else None, **options)
@@ -297,8 +301,8 @@ def run_all(stream: Stream, model_fn: Callable[[], nn.Module], methods: Sequence
             results.append(run_stream(method, stream, seed))
             learner = method.learner if isinstance(method, ReReLRPMethod) else learner
             last = results[-1]
-            print(f"  {name:8s} seed {seed}: TAg {last.average(last.tag)[-1]:.3f}  TAw {last.average(last.taw)[-1]:.3f}"
-                  f"  ({last.train_seconds:.0f}s train)", flush=True)
+            tqdm.write(f"  {name:8s} seed {seed}: TAg {last.average(last.tag)[-1]:.3f}  "
+                       f"TAw {last.average(last.taw)[-1]:.3f}  ({last.train_seconds:.0f}s train)")  # above the bar
     return results, learner
 
 
@@ -470,10 +474,13 @@ def parser(description: str, default_epochs: int, quick_epochs: int) -> argparse
                    help="with --recognizer paper, the detectors: a forest of 100 trees of depth 12, the paper's "
                         "forest (300 trees of depth 40), or scikit-learn's histogram gradient boosting")
     p.add_argument("--n-features", type=int, default=None,
-                   help="units each rerelrp detector reads (default: the learner's, 64)")
+                   help=f"units each rerelrp detector reads (default: the learner's, {LEARNER_DEFAULTS['n_features']})")
+    p.add_argument("--n-components", type=int, default=None,
+                   help=f"most Gaussian mixture components per class with --recognizer gaussian (default: the "
+                        f"learner's, {LEARNER_DEFAULTS['n_components']}; 1: one Gaussian per class)")
     p.add_argument("--min-keep", type=float, default=None,
-                   help="fraction of each layer every rerelrp task keeps (default: the learner's, 0.15; 0: the "
-                        "paper's pruning)")
+                   help=f"fraction of each layer every rerelrp task keeps (default: the learner's, "
+                        f"{LEARNER_DEFAULTS['min_keep']}; 0: the paper's pruning)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
@@ -485,7 +492,8 @@ def main(args: argparse.Namespace, stream_fn: Callable[[argparse.Namespace], Str
     try:
         stream = stream_fn(args)
     except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error}; name the data folder with --data-root DIR or the environment variable RERELRP_DATA "
+              f"(a folder holding mnist/ and medmnist/), or pass --download where there is internet", file=sys.stderr)
         return 2
     epochs = args.epochs or (quick_epochs if args.quick else default_epochs)
     if args.quick:
@@ -497,7 +505,7 @@ def main(args: argparse.Namespace, stream_fn: Callable[[argparse.Namespace], Str
           f"device {args.device}" + (f"\n{stream.note}" if stream.note else ""), flush=True)
     run = dict(epochs=epochs, device=args.device, batch_size=args.batch_size, lr=args.lr,
                progress=not args.no_progress, recognizer=args.recognizer, detector=args.detector,
-               n_features=args.n_features, min_keep=args.min_keep)
+               n_features=args.n_features, n_components=args.n_components, min_keep=args.min_keep)
     results, learner = run_all(stream, lambda: model_fn(stream), args.methods, args.seeds, args.tune, **run)
     table = markdown_table(results, args.methods)
     plots = plot_results(results, stream, args.methods, out)

@@ -208,9 +208,10 @@ class ReReLRP(BaseEstimator):
         """Recognized task index ``(n,)`` of each input: the argmax of :meth:`predict_proba_task`."""
         return self._route(self._check_x(x))[1].cpu()
 
-    def predict_proba_task(self, x: torch.Tensor) -> np.ndarray:
-        """Chain scores ``(n, T)``, one column per learned task; rows sum to 1."""
-        return chain_scores(self._route(self._check_x(x), stop_early=False)[0])
+    def predict_proba_task(self, x: torch.Tensor) -> torch.Tensor:
+        """Chain scores ``(n, T)`` (float64, CPU, like every answer of the learner a CPU tensor), one column
+        per learned task; rows sum to 1."""
+        return torch.from_numpy(chain_scores(self._route(self._check_x(x), stop_early=False)[0]))
 
     def explain(self, x: torch.Tensor) -> torch.Tensor:
         """Input relevance, same shape as ``x``, for the predicted class through the recognized task's subnetwork."""

@@ -19,8 +19,11 @@ mean relevance on task m's own reference samples).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 __all__ = ["ActivationStatistics", "ClassStatistics", "RelevanceMemory", "SHRINKAGE"]
@@ -55,8 +58,12 @@ class ClassStatistics:
         added to every diagonal), the one with the lower BIC, so that a small class gets one Gaussian. (BIC over
         every count in between recognized Split MNIST as well at twice the fitting time.)"""
         reg = SHRINKAGE * max(float(features.var(0).mean()), np.finfo(np.float32).tiny)
-        fits = [GaussianMixture(k, covariance_type="full", reg_covar=reg, random_state=random_state).fit(features)
-                for k in sorted({1, min(max_components, len(features))})]
+        with warnings.catch_warnings():
+            # EM stopped at max_iter still leaves a valid mixture, at least as likely as its k-means start;
+            # BIC then judges it like any other
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fits = [GaussianMixture(k, covariance_type="full", reg_covar=reg, random_state=random_state).fit(features)
+                    for k in sorted({1, min(max_components, len(features))})]
         best = min(fits, key=lambda g: g.bic(features))
         return cls(best.weights_, best.means_, best.covariances_, len(features))
 

@@ -55,6 +55,7 @@ def test_missing_medmnist_file_is_one_line_without_traceback(tmp_path):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "bloodmnist.npz" in lines[0] and str(tmp_path) in lines[0]
+    assert all(way in lines[0] for way in ("--data-root", "RERELRP_DATA", "--download"))  # how to fix it
     assert "Traceback" not in done.stderr
 
 
