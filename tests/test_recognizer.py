@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load as load_tensors
 
-from benchmarks.common import small_cnn
+from benchmarks.backbones import small_cnn
 from rerelrp import ReReLRP
 from rerelrp.persist import bytes_beyond_weights
 from rerelrp.prune import prune_to_threshold

@@ -7,7 +7,7 @@ Each task gets 800-1,000 training images to keep the test fast.
 import pytest
 import torch
 
-from benchmarks.common import small_cnn
+from benchmarks.backbones import small_cnn
 from rerelrp import ReReLRP
 from rerelrp.datasets import class_splits, load_mnist, task_indices
 from conftest import finetune_accuracy, loader, shared_data_root

@@ -1,0 +1,105 @@
+"""The benchmarks' command line: options shared by mnist.py and medical.py, and the run they start."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from rerelrp.recognize import RECOGNIZERS
+
+from benchmarks.methods import LEARNER_DEFAULTS, METHODS, detectors
+from benchmarks.protocol import run_all
+from benchmarks.reports import environment, markdown_table, plot_heatmaps, plot_results
+from benchmarks.stream import Stream
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults in --help, except None: those options say in their own help what they default to."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def parser(description: str, default_epochs: int, quick_epochs: int) -> argparse.ArgumentParser:
+    """The options mnist.py and medical.py share; each script adds its own."""
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    p.add_argument("--data-root", default=None,
+                   help="folder with the data files (mnist/, medmnist/); default: $RERELRP_DATA, else the "
+                        "data library's own default folder")
+    p.add_argument("--out", default=None, help="folder for results.json, results.md and the PNG plots "
+                                               "(default: results/<benchmark>)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds; each runs every method once")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"training epochs per task for every method (default {default_epochs}; {quick_epochs} with --quick)")
+    p.add_argument("--batch-size", type=int, default=64, help="training batch size for every method")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate for every method")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, metavar="METHOD",
+                   help=f"methods to run, from: {', '.join(METHODS)}")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--tune", action="store_true",
+                   help="pick EWC's lambda and LwF's alpha on the validation data (3 extra runs each) instead of "
+                        "the literature defaults")
+    p.add_argument("--download", action="store_true", help="let the data library download missing files")
+    p.add_argument("--quick", action="store_true",
+                   help="a reduced run for CI (a few hundred samples per task, few epochs): checks the pipeline, "
+                        "its numbers mean little")
+    p.add_argument("--recognizer", default="gaussian", choices=RECOGNIZERS,
+                   help="rerelrp's task recognizer: gaussian (class-conditional Gaussians of activations through "
+                        "the subnetworks, the default) or paper (forests on relevance vectors, as published)")
+    p.add_argument("--detector", default="default", choices=list(detectors()),
+                   help="with --recognizer paper, the detectors: a forest of 100 trees of depth 12, the paper's "
+                        "forest (300 trees of depth 40), or scikit-learn's histogram gradient boosting")
+    p.add_argument("--n-features", type=int, default=None,
+                   help=f"units each rerelrp detector reads (default: the learner's, {LEARNER_DEFAULTS['n_features']})")
+    p.add_argument("--n-components", type=int, default=None,
+                   help=f"most Gaussian mixture components per class with --recognizer gaussian (default: the "
+                        f"learner's, {LEARNER_DEFAULTS['n_components']}; 1: one Gaussian per class)")
+    p.add_argument("--min-keep", type=float, default=None,
+                   help=f"fraction of each layer every rerelrp task keeps (default: the learner's, "
+                        f"{LEARNER_DEFAULTS['min_keep']}; 0: the paper's pruning)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def main(args: argparse.Namespace, stream_fn: Callable[[argparse.Namespace], Stream],
+         model_fn: Callable[[Stream], nn.Module], default_epochs: int, quick_epochs: int, quick_per_task: int) -> int:
+    """Run every method on the stream, write JSON/Markdown/PNGs to --out, print the table and the wall time."""
+    wall = time.perf_counter()
+    try:
+        stream = stream_fn(args)
+    except FileNotFoundError as error:
+        print(f"error: {error}; name the data folder with --data-root DIR or the environment variable RERELRP_DATA "
+              f"(a folder holding mnist/ and medmnist/), or pass --download where there is internet", file=sys.stderr)
+        return 2
+    epochs = args.epochs or (quick_epochs if args.quick else default_epochs)
+    if args.quick:
+        stream = stream.subsample(quick_per_task, seed=0)
+    out = Path(args.out or Path("results") / stream.name.lower().replace(" ", "-"))
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"{stream.name}: {len(stream.tasks)} tasks {stream.task_names}, classes {stream.tasks}; "
+          f"{sum(len(y) for _, y in stream.train)} training images; {epochs} epochs; seeds {args.seeds}; "
+          f"device {args.device}" + (f"\n{stream.note}" if stream.note else ""), flush=True)
+    run = dict(epochs=epochs, device=args.device, batch_size=args.batch_size, lr=args.lr,
+               progress=not args.no_progress, recognizer=args.recognizer, detector=args.detector,
+               n_features=args.n_features, n_components=args.n_components, min_keep=args.min_keep)
+    results, learner = run_all(stream, lambda: model_fn(stream), args.methods, args.seeds, args.tune, **run)
+    table = markdown_table(results, args.methods)
+    plots = plot_results(results, stream, args.methods, out)
+    if learner is not None:
+        plots.append(plot_heatmaps(learner, stream, out))
+    payload = {"benchmark": stream.name, "tasks": stream.tasks, "task_names": stream.task_names, "note": stream.note,
+               "config": {**vars(args), "epochs": epochs}, "environment": environment(args.device),
+               "results": [asdict(r) for r in results], "table": table,
+               "wall_seconds": time.perf_counter() - wall}
+    (out / "results.md").write_text(f"# {stream.name}\n\n{table}\n")
+    (out / "results.json").write_text(json.dumps(payload, indent=2))
+    print(f"\n{table}\n\nwrote {out / 'results.json'}, {out / 'results.md'}, "
+          f"{', '.join(str(p) for p in plots)}\nwall time {time.perf_counter() - wall:.0f} s")
+    return 0

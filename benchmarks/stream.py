@@ -1,0 +1,41 @@
+"""A class-incremental stream of tasks, and the training loader every method reads it through."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+
+
+def loader(x: torch.Tensor, y: torch.Tensor, batch_size: int = 64, seed: int = 0) -> DataLoader:
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+@dataclass
+class Stream:
+    """A class-incremental stream: per task, ``(x, y)`` tensors of its train, val and test data."""
+
+    name: str
+    tasks: list[list[int]]
+    train: list[tuple[torch.Tensor, torch.Tensor]]
+    val: list[tuple[torch.Tensor, torch.Tensor]]
+    test: list[tuple[torch.Tensor, torch.Tensor]]
+    n_classes: int
+    task_names: list[str]
+    note: str = ""
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train[0][0].shape[1:])
+
+    def subsample(self, per_task: int, seed: int) -> "Stream":
+        """The same stream with at most ``per_task`` samples per task and split (for --quick)."""
+        g = torch.Generator().manual_seed(seed)
+
+        def cut(parts):
+            return [(x[i], y[i]) for x, y in parts for i in [torch.randperm(len(y), generator=g)[:per_task]]]
+
+        return Stream(self.name, self.tasks, cut(self.train), cut(self.val), cut(self.test), self.n_classes,
+                      self.task_names, self.note)
