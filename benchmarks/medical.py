@@ -42,7 +42,9 @@ def load_stream(args) -> Stream:
                 splits[split].append((x, y + offset))
             offset += n
         names = [f.replace("mnist", "").capitalize() for f in flags]
-        return Stream("MedMNIST cross-domain", tasks, splits["train"], splits["val"], splits["test"], offset, names)
+        classes = [f"{name}: {label}" for flag, name in zip(flags, names) for label in class_labels(flag)]
+        return Stream("MedMNIST cross-domain", tasks, splits["train"], splits["val"], splits["test"], offset, names,
+                      class_names=classes)
     parts = data[0]
     n_classes = int(parts["train"][1].max()) + 1
     tasks = class_splits(n_classes, PAPER_TASKS[args.scenario])
@@ -52,7 +54,15 @@ def load_stream(args) -> Stream:
         return [(x[mask], y[mask]) for mask in (sum(y == c for c in task).bool() for task in tasks)]
 
     return Stream(args.scenario, tasks, per_task("train"), per_task("val"), per_task("test"), n_classes,
-                  [f"{{{','.join(map(str, t))}}}" for t in tasks])
+                  [f"{{{','.join(map(str, t))}}}" for t in tasks], class_names=class_labels(flags[0]))
+
+
+def class_labels(flag: str) -> list[str]:
+    """MedMNIST's names of the data set's classes, in label order, cut to their first words."""
+    import medmnist
+
+    labels = medmnist.INFO[flag]["label"]
+    return [labels[str(i)].split("(")[0].strip() for i in range(len(labels))]
 
 
 if __name__ == "__main__":

@@ -48,21 +48,25 @@ def plot_results(results: Sequence[StreamResult], stream: Stream, methods: Seque
 
     paths = []
     T = len(stream.tasks)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+    styles = ["-", "--", "-.", ":"]
     for ax, matrix, title in zip(axes, ("tag", "taw"), ("task-agnostic (no task id)", "task-aware (task id given)")):
-        for name in methods:
+        for i, name in enumerate(methods):
             curves = np.array([StreamResult.average(getattr(r, matrix)) for r in results if r.method == name])
-            if len(curves):
+            if len(curves):  # a marker and a line style per method: overlapping curves stay visible
                 mean, std = curves.mean(0) * 100, curves.std(0) * 100
-                ax.plot(range(1, T + 1), mean, marker="o", label=name, linewidth=2.5 if name == "rerelrp" else 1.5)
+                ax.plot(range(1, T + 1), mean, marker="os^Dvx"[i % 6], linestyle=styles[i % len(styles)],
+                        markersize=7 if name == "rerelrp" else 5, label=name,
+                        linewidth=2.5 if name == "rerelrp" else 1.5, zorder=3 if name == "rerelrp" else 2)
                 ax.fill_between(range(1, T + 1), mean - std, mean + std, alpha=0.15)
         ax.set_title(f"{stream.name}: {title}")
         ax.set_xlabel("tasks learned")
         ax.set_xticks(range(1, T + 1))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("average accuracy over tasks seen (%)")
-    axes[1].legend()
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)  # one legend for both panels
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     paths.append(out / "accuracy_per_task.png")
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
@@ -79,13 +83,16 @@ def plot_results(results: Sequence[StreamResult], stream: Stream, methods: Seque
                 axes[0].text(j, i, f"{v:.0f}", ha="center", va="center", color="w" if v < 60 else "k")
         axes[0].set_xticks(range(T), stream.task_names, rotation=20)
         axes[0].set_yticks(range(T), [f"after {n}" for n in stream.task_names])
+        axes[0].set_xlabel("task evaluated (its test data)")
+        axes[0].set_ylabel("tasks learned so far")
         axes[0].set_title("rerelrp task-agnostic accuracy (%) per task")
-        fig.colorbar(im, ax=axes[0])
+        fig.colorbar(im, ax=axes[0], label="accuracy (%)")
         free = np.array([r.free_capacity for r in ours]) * 100
         mean, std = free.mean(0), free.std(0)
         axes[1].bar(range(1, T + 1), mean, yerr=[np.minimum(std, mean), np.minimum(std, 100 - mean)],
                     color="tab:green")  # ± one std over seeds, clipped to [0, 100]
         axes[1].set_xticks(range(1, T + 1), stream.task_names, rotation=20)
+        axes[1].set_xlabel("after learning task")
         axes[1].set_ylim(0, 100)
         axes[1].set_ylabel("units still free (%)")
         axes[1].set_title("rerelrp free capacity after each task")
@@ -122,15 +129,20 @@ def plot_heatmaps(learner: rerelrp.ReReLRP, stream: Stream, out: Path, per_task:
         pred = learner.predict(x)
         for i in range(len(x)):
             axes[t, 2 * i].imshow(_image(x[i]), cmap="gray")
-            axes[t, 2 * i].set_title(f"y={int(y[i])} ŷ={int(pred[i])}", fontsize=7)
+            axes[t, 2 * i].set_title(f"true: {stream.class_name(int(y[i]))}"[:24], fontsize=7)
             bound = float(heat[i].abs().max()) or 1.0
-            axes[t, 2 * i + 1].imshow(_image(heat[i]), cmap="bwr", vmin=-bound, vmax=bound)
+            shown = axes[t, 2 * i + 1].imshow(_image(heat[i]) / bound, cmap="bwr", vmin=-1, vmax=1)
+            axes[t, 2 * i + 1].set_title(f"predicted: {stream.class_name(int(pred[i]))}"[:24], fontsize=7,
+                                         color="k" if pred[i] == y[i] else "tab:red")
         axes[t, 0].set_ylabel(stream.task_names[t], fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("rerelrp.explain: input relevance of the predicted class (red +, blue −)", fontsize=9)
-    fig.tight_layout()
+    fig.suptitle("rerelrp.explain: input relevance of the predicted class (red +, blue −; wrong predictions in red)",
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.93, 1))
+    fig.colorbar(shown, cax=fig.add_axes((0.945, 0.15, 0.012, 0.7)),
+                 label="relevance / max |relevance| of the image")
     path = out / "lrp_heatmaps.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)

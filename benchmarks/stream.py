@@ -1,11 +1,10 @@
 """A class-incremental stream of tasks, and the training loader every method reads it through."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
-
 
 
 def loader(x: torch.Tensor, y: torch.Tensor, batch_size: int = 64, seed: int = 0) -> DataLoader:
@@ -25,6 +24,11 @@ class Stream:
     n_classes: int
     task_names: list[str]
     note: str = ""
+    class_names: list[str] = field(default_factory=list)  # by global class id; empty: the ids themselves
+
+    def class_name(self, c: int) -> str:
+        """The name of global class ``c`` (its id when the stream has no names)."""
+        return self.class_names[c] if self.class_names else str(c)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -38,4 +42,4 @@ class Stream:
             return [(x[i], y[i]) for x, y in parts for i in [torch.randperm(len(y), generator=g)[:per_task]]]
 
         return Stream(self.name, self.tasks, cut(self.train), cut(self.val), cut(self.test), self.n_classes,
-                      self.task_names, self.note)
+                      self.task_names, self.note, self.class_names)

@@ -8,9 +8,9 @@ one number per unit and sample. Zennit's composite decides the rules; by
 default those of :class:`zennit.composites.EpsilonPlusFlat` (flat rule on the
 first layer, z+ on convolutions, epsilon on dense layers) with BatchNorm merged
 into the preceding layer by :class:`zennit.canonizers.SequentialMergeBatchNorm`:
-zennit's own rules when the input relevance is asked for, the same rules in
-one autograd step each (:func:`rerelrp.rules.unit_composite`) when only the
-units are read.
+the same rules in one autograd step each (:func:`rerelrp.rules.unit_composite`)
+when only the units are read; zennit's own rules, with its ZBox rule on the
+first layer (:func:`input_composite`), when the input relevance is asked for.
 """
 from __future__ import annotations
 
@@ -22,16 +22,28 @@ from torch import nn
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import EpsilonPlusFlat
 from zennit.core import Composite
+from zennit.rules import ZBox
+from zennit.types import Linear as AnyLinear
 
 from .network import Units, eval_mode, masked
 from .rules import unit_composite
 
-__all__ = ["Relevance", "default_composite", "lrp", "normalize_units"]
+__all__ = ["Relevance", "default_composite", "input_composite", "lrp", "normalize_units"]
 
 
 def default_composite() -> Composite:
     """EpsilonPlusFlat with BatchNorm canonized into the preceding layer."""
     return EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])
+
+
+def input_composite(low: float, high: float) -> Composite:
+    """:func:`default_composite` with zennit's ZBox rule, for inputs bounded by ``[low, high]``, on the first layer.
+
+    The flat rule spreads a first-layer unit's relevance evenly over its receptive field: the whole input of a
+    dense first layer, so every feature of an MLP's input got the same relevance. The rule of the first layer
+    decides only the input relevance; the units' relevance is the same under both composites.
+    """
+    return EpsilonPlusFlat(first_map=[(AnyLinear, ZBox(low, high))], canonizers=[SequentialMergeBatchNorm()])
 
 
 @dataclass
@@ -76,7 +88,7 @@ def lrp(
         argmax inside ``head``.
     keep: one bool mask ``(n_units,)`` per unit layer (None: whole network).
     composite: zennit composite (None: :func:`rerelrp.rules.unit_composite`, or
-        :func:`default_composite` when ``with_input``).
+        :func:`input_composite` bounded by the smallest and largest value of ``x`` when ``with_input``).
     batch_size: samples per forward/backward pass.
     with_input: also return the input relevance.
 
@@ -86,7 +98,7 @@ def lrp(
     every layer's relevance sums to about that logit where rules conserve it.
     """
     if composite is None:
-        composite = default_composite() if with_input else unit_composite()
+        composite = input_composite(float(x.min()), float(x.max())) if with_input else unit_composite()
     head_t = torch.as_tensor(list(head), dtype=torch.long, device=x.device)
     # the input needs a gradient only for its own relevance, or when parameters without one would leave the
     # first units' outputs outside the autograd graph

@@ -56,6 +56,8 @@ def test_explain_gives_input_relevance_of_the_prediction(digits, default_learner
     heat = default_learner.explain(x)
     assert heat.shape == x.shape and torch.isfinite(heat).all()
     assert (heat.abs().sum(1) > 0).all()
+    # a heatmap, not a constant: the flat rule on a dense first layer gave every pixel the same relevance
+    assert (heat.std(1) > 0.1 * heat.abs().mean(1)).all()
 
 
 def test_free_capacity_reports_units_kept_by_no_task(default_learner):
