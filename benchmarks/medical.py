@@ -42,7 +42,7 @@ def load_stream(args) -> Stream:
                 splits[split].append((x, y + offset))
             offset += n
         names = [f.replace("mnist", "").capitalize() for f in flags]
-        classes = [f"{name}: {label}" for flag, name in zip(flags, names) for label in class_labels(flag)]
+        classes = [label for flag in flags for label in class_labels(flag)]
         return Stream("MedMNIST cross-domain", tasks, splits["train"], splits["val"], splits["test"], offset, names,
                       class_names=classes)
     parts = data[0]
@@ -58,11 +58,13 @@ def load_stream(args) -> Stream:
 
 
 def class_labels(flag: str) -> list[str]:
-    """MedMNIST's names of the data set's classes, in label order, cut to their first words."""
+    """MedMNIST's names of the data set's classes, in label order, without parenthesized details; a grade
+    ("grade 3") where the name is only a number (RetinaMNIST)."""
     import medmnist
 
-    labels = medmnist.INFO[flag]["label"]
-    return [labels[str(i)].split("(")[0].strip() for i in range(len(labels))]
+    names = medmnist.INFO[flag]["label"]
+    labels = [names[str(i)].split("(")[0].strip() for i in range(len(names))]
+    return [f"grade {label}" if label.isdigit() else label for label in labels]
 
 
 if __name__ == "__main__":

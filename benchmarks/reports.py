@@ -129,16 +129,16 @@ def plot_heatmaps(learner: rerelrp.ReReLRP, stream: Stream, out: Path, per_task:
         pred = learner.predict(x)
         for i in range(len(x)):
             axes[t, 2 * i].imshow(_image(x[i]), cmap="gray")
-            axes[t, 2 * i].set_title(f"true: {stream.class_name(int(y[i]))}"[:24], fontsize=7)
+            axes[t, 2 * i].set_title(f"true: {stream.class_name(int(y[i]))}"[:20], fontsize=7)
             bound = float(heat[i].abs().max()) or 1.0
             shown = axes[t, 2 * i + 1].imshow(_image(heat[i]) / bound, cmap="bwr", vmin=-1, vmax=1)
-            axes[t, 2 * i + 1].set_title(f"predicted: {stream.class_name(int(pred[i]))}"[:24], fontsize=7,
+            axes[t, 2 * i + 1].set_title(f"→ {stream.class_name(int(pred[i]))}"[:20], fontsize=7,
                                          color="k" if pred[i] == y[i] else "tab:red")
         axes[t, 0].set_ylabel(stream.task_names[t], fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("rerelrp.explain: input relevance of the predicted class (red +, blue −; wrong predictions in red)",
+    fig.suptitle("rerelrp.explain: input relevance of the predicted class (→, in red when wrong); red +, blue −",
                  fontsize=9)
     fig.tight_layout(rect=(0, 0, 0.93, 1))
     fig.colorbar(shown, cax=fig.add_axes((0.945, 0.15, 0.012, 0.7)),
