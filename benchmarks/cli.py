@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -18,6 +19,25 @@ from benchmarks.methods import LEARNER_DEFAULTS, METHODS, detectors
 from benchmarks.protocol import run_all
 from benchmarks.reports import environment, markdown_table, plot_heatmaps, plot_results
 from benchmarks.stream import Stream
+
+
+def add_threads_option(p: argparse.ArgumentParser) -> None:
+    """``--threads``: torch's intra-op threads for the run (see :func:`set_threads`)."""
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads; 0: one per CPU this process may use (os.sched_getaffinity). 1 is "
+                        "the default because these models are small: on 2 idle cores 2 threads fit the small CNN "
+                        "1.2x faster and the digits MLP 1.3x slower, while on cores busy with other jobs 2 threads "
+                        "were 1.3x (small CNN) to 24x (digits MLP) slower than 1 (README, Speed and memory)")
+
+
+def set_threads(threads: int) -> int:
+    """Set torch's intra-op threads (0: one per CPU this process may use); returns the number set."""
+    if threads < 0:
+        raise SystemExit(f"error: --threads must be >= 0, got {threads}")
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    n = threads or usable
+    torch.set_num_threads(n)
+    return n
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -65,6 +85,7 @@ def parser(description: str, default_epochs: int, quick_epochs: int) -> argparse
                    help=f"fraction of each layer every rerelrp task keeps (default: the learner's, "
                         f"{LEARNER_DEFAULTS['min_keep']}; 0: the paper's pruning)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_threads_option(p)
     return p
 
 
@@ -72,6 +93,7 @@ def main(args: argparse.Namespace, stream_fn: Callable[[argparse.Namespace], Str
          model_fn: Callable[[Stream], nn.Module], default_epochs: int, quick_epochs: int, quick_per_task: int) -> int:
     """Run every method on the stream, write JSON/Markdown/PNGs to --out, print the table and the wall time."""
     wall = time.perf_counter()
+    set_threads(args.threads)
     try:
         stream = stream_fn(args)
     except FileNotFoundError as error:

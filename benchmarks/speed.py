@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.backbones import small_cnn  # noqa: E402
-from benchmarks.cli import HelpFormatter  # noqa: E402
+from benchmarks.cli import HelpFormatter, add_threads_option, set_threads  # noqa: E402
 from benchmarks.methods import detectors  # noqa: E402
 from benchmarks.reports import environment  # noqa: E402
 from benchmarks.stream import loader  # noqa: E402
@@ -124,7 +124,9 @@ def main() -> int:
                                                           "task, 2 repeats, T = 2 and 4): the pipeline runs, ratios "
                                                           "are rough")
     cli.add_argument("--download", action="store_true", help=argparse.SUPPRESS)
+    add_threads_option(cli)
     args = cli.parse_args()
+    set_threads(args.threads)
     if not all(1 <= T <= 10 for T in args.tasks):
         cli.error(f"--tasks must lie in 1..10 (5 digit pairs, plain and inverted), got {args.tasks}")
     if args.quick:

@@ -63,7 +63,7 @@ def test_missing_medmnist_file_is_one_line_without_traceback(tmp_path):
 def test_help_explains_every_option(script):
     done = run(script, "--help")
     assert done.returncode == 0
-    for option in ("--data-root", "--out", "--seeds", "--epochs", "--methods", "--device", "--quick"):
+    for option in ("--data-root", "--out", "--seeds", "--epochs", "--methods", "--device", "--quick", "--threads"):
         assert option in done.stdout
 
 
