@@ -15,7 +15,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, Union
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from .remember import ActivationStatistics, RelevanceMemory
 from .train import OptimizerFactory, train_task
 
 __all__ = ["ReReLRP"]
+
+#: Inputs a prediction accepts: one tensor ``(n, *input_shape)``, or an iterable of batches (a DataLoader).
+Batches = Union[torch.Tensor, Iterable]
 
 STAGES = ("data", "train", "relevance", "prune", "freeze", "remember", "recognize")
 
@@ -193,25 +196,30 @@ class ReReLRP(BaseEstimator):
         return self
 
     # ---------------------------------------------------------------- prediction
-    def predict(self, x: torch.Tensor, task_id: int | None = None) -> torch.Tensor:
+    def predict(self, x: Batches, task_id: int | None = None) -> torch.Tensor:
         """Global class ids ``(n,)`` for inputs ``x`` of shape ``(n, *input_shape)``.
 
         ``task_id=None``: task-agnostic (the detector chain picks the task).
         ``task_id=t``: task-aware, the argmax within task t's classes of subnetwork t.
+        ``x`` may also be a DataLoader or any iterable of batches (tensors, or tuples whose first element is
+        the input): it is answered batch by batch, holding one batch at a time, with the answers of the
+        concatenated tensor (scores up to floating-point rounding, which depends on the batch size).
         """
-        x = self._check_x(x)
+        self._check_fitted()
         if task_id is not None:
-            return self._predict_head(x, self.tasks_[self._check_task_id(task_id)], self.masks_[task_id]).cpu()
-        return self._route(x)[2].cpu()
+            task_id = self._check_task_id(task_id)
+            return self._per_batch(x, lambda b: self._predict_head(b, self.tasks_[task_id], self.masks_[task_id]))
+        return self._per_batch(x, lambda b: self._route(b)[2])
 
-    def predict_task(self, x: torch.Tensor) -> torch.Tensor:
-        """Recognized task index ``(n,)`` of each input: the argmax of :meth:`predict_proba_task`."""
-        return self._route(self._check_x(x))[1].cpu()
+    def predict_task(self, x: Batches) -> torch.Tensor:
+        """Recognized task index ``(n,)`` of each input: the argmax of :meth:`predict_proba_task`.
+        ``x``: a tensor or an iterable of batches, as for :meth:`predict`."""
+        return self._per_batch(x, lambda b: self._route(b)[1])
 
-    def predict_proba_task(self, x: torch.Tensor) -> torch.Tensor:
+    def predict_proba_task(self, x: Batches) -> torch.Tensor:
         """Chain scores ``(n, T)`` (float64, CPU, like every answer of the learner a CPU tensor), one column
-        per learned task; rows sum to 1."""
-        return torch.from_numpy(chain_scores(self._route(self._check_x(x), stop_early=False)[0]))
+        per learned task; rows sum to 1. ``x``: a tensor or an iterable of batches, as for :meth:`predict`."""
+        return self._per_batch(x, lambda b: torch.from_numpy(chain_scores(self._route(b, stop_early=False)[0])))
 
     def explain(self, x: torch.Tensor) -> torch.Tensor:
         """Input relevance, same shape as ``x``, for the predicted class through the recognized task's subnetwork."""
@@ -304,6 +312,15 @@ class ReReLRP(BaseEstimator):
         check_input(x, self.input_shape_)
         return x.to(self.device_)
 
+    def _per_batch(self, x: Batches, answer) -> torch.Tensor:
+        """``answer`` of the checked tensor ``x``, or of each batch of an iterable ``x``, concatenated on the CPU."""
+        if isinstance(x, torch.Tensor) or not isinstance(x, Iterable) or isinstance(x, np.ndarray):
+            return answer(self._check_x(x)).cpu()  # a tensor, or something _check_x names as not one
+        answers = [answer(self._check_x(_batch_input(batch))).cpu() for batch in x]
+        if not answers:
+            raise ValueError("x yielded no batch: pass a tensor (n, *input_shape) or a non-empty iterable of batches")
+        return torch.cat(answers)
+
     def _check_task_id(self, task_id: int) -> int:
         if not isinstance(task_id, (int, np.integer)) or not 0 <= task_id < len(self.tasks_):
             raise ValueError(f"task_id must be None or an int in [0, {len(self.tasks_) - 1}], got {task_id!r}")
@@ -381,6 +398,16 @@ class ReReLRP(BaseEstimator):
             members = (task == m).nonzero()[:, 0].to(x.device)
             predictions[members] = self._predict_head(x[members], self.tasks_[m], self.masks_[m])
         return p, task.to(x.device), predictions
+
+def _batch_input(batch) -> torch.Tensor:
+    """The input of one batch of an iterable: the batch itself, or the first element of a tuple or list."""
+    if isinstance(batch, (tuple, list)) and batch:
+        batch = batch[0]
+    if not isinstance(batch, torch.Tensor):
+        raise TypeError(f"each batch must be a tensor, or a tuple/list whose first element is the input tensor; "
+                        f"got {type(batch).__name__}")
+    return batch
+
 
 @contextlib.contextmanager
 def _timed(times: dict[str, float], stage: str):

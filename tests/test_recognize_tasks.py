@@ -1,5 +1,6 @@
 """Promise 2: without a task id, rerelrp is far above a model that forgets."""
 import numpy as np
+import pytest
 import torch
 
 from rerelrp.network import masked
@@ -66,3 +67,21 @@ def test_free_capacity_reports_units_kept_by_no_task(default_learner):
     assert capacity["overall"] == 1 - used / default_learner.units_.total
     assert set(capacity["per_layer"]) == {layer.name for layer in default_learner.units_.layers}
     assert all(0 <= v <= 1 for v in capacity["per_layer"].values())
+
+
+def test_predictions_over_a_dataloader_equal_those_over_the_tensor(digits, default_learner):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    _, test = digits
+    x_te, y_te = torch.cat([x for x, _ in test]), torch.cat([y for _, y in test])
+    batches = DataLoader(TensorDataset(x_te, y_te), batch_size=37)  # (x, y) tuples; a last batch of another size
+    assert torch.equal(default_learner.predict(batches), default_learner.predict(x_te))
+    assert torch.equal(default_learner.predict(batches, task_id=1), default_learner.predict(x_te, task_id=1))
+    assert torch.equal(default_learner.predict_task(x_te.split(50)), default_learner.predict_task(x_te))  # bare tensors
+    # scores agree up to rounding: float32 products of a 37-row batch round differently from those of the whole set
+    torch.testing.assert_close(default_learner.predict_proba_task(batches), default_learner.predict_proba_task(x_te),
+                               rtol=1e-5, atol=1e-9)
+    with pytest.raises(TypeError, match="first element is the input tensor"):
+        default_learner.predict([["not", "a tensor"]])
+    with pytest.raises(ValueError, match="yielded no batch"):
+        default_learner.predict([])
