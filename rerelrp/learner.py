@@ -63,7 +63,7 @@ class ReReLRP(BaseEstimator):
     n_components: with ``recognizer="gaussian"``, the most Gaussian mixture components per class (the number is
         chosen by BIC per class; see :class:`rerelrp.remember.ClassStatistics`). 4 recognized Split MNIST
         validation data 1 point better than 1 (97.4 % against 96.4 %, 2 seeds).
-    recognizer: ``"gaussian"`` (default): class-conditional Gaussians of activations through
+    recognizer: ``"gaussian"`` (default): class-conditional Gaussian mixtures of activations through
         S_0..S_m (:class:`rerelrp.recognize.GaussianRecognizer`); ``"paper"``: the paper's forests on
         relevance vectors (:class:`rerelrp.recognize.TaskRecognizer`).
     val_fraction: share of a task held out for pruning when no ``val_loader`` is given.

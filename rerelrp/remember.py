@@ -69,7 +69,7 @@ class ClassStatistics:
 
 
 class ActivationStatistics:
-    """Class-conditional Gaussian statistics of activations, per detector.
+    """Class-conditional Gaussian mixtures of activations, per detector.
 
     Parameters
     ----------
