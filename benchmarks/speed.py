@@ -147,7 +147,7 @@ def main() -> int:
     plain = timed(lambda: forward_backward(model, x, head), args.repeat)
     relevance = timed(lambda: lrp(model, units, x, head, keep=keep, composite=learner.composite_,
                                   batch_size=len(x)), args.repeat)
-    zennit = timed(lambda: lrp(model, units, x, head, keep=keep, composite=default_composite(), batch_size=len(x)),
+    zennit = timed(lambda: lrp(model, units, x, head, keep=keep, composite=default_composite(units), batch_size=len(x)),
                    args.repeat)
     n_single = min(len(x), 32)
     single = timed(lambda: lrp(model, units, x[:n_single], head, keep=keep, composite=learner.composite_,

@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from .network import _BATCHNORMS, Units
+from .network import Units
 
 __all__ = ["FrozenParameters"]
 
@@ -56,10 +56,11 @@ class FrozenParameters:
         self._freeze_rows(self.units.output, torch.as_tensor(list(classes), dtype=torch.long))
 
     def freeze_batchnorm(self) -> None:
-        """Freeze the affine parameters of every BatchNorm that closes a unit layer."""
-        for layer in self.units.layers:
-            if isinstance(layer.closing, _BATCHNORMS):
-                self._freeze_rows(layer.closing, torch.ones(layer.closing.num_features, dtype=torch.bool))
+        """Freeze the affine parameters of every BatchNorm the model's forward calls (``units.batchnorms``),
+        whether it closes a unit layer or not: each may feed a kept unit."""
+        for norm in self.units.batchnorms:
+            if norm.affine:
+                self._freeze_rows(norm, torch.ones(norm.num_features, dtype=torch.bool))
 
     @contextlib.contextmanager
     def enforced(self, optimizer: torch.optim.Optimizer) -> Iterator[None]:

@@ -67,7 +67,7 @@ class ReReLRP(BaseEstimator):
         S_0..S_m (:class:`rerelrp.recognize.GaussianRecognizer`); ``"paper"``: the paper's forests on
         relevance vectors (:class:`rerelrp.recognize.TaskRecognizer`).
     val_fraction: share of a task held out for pruning when no ``val_loader`` is given.
-    composite: zennit composite for LRP (default: EpsilonPlusFlat's rules, BatchNorm canonized; see
+    composite: zennit composite for LRP (default: EpsilonPlusFlat's rules with the model's canonizers; see
         :func:`rerelrp.relevance.lrp`).
     detector: with ``recognizer="paper"``, an unfitted scikit-learn classifier for the detector chain
         (default: a RandomForestClassifier of 100 trees of depth 12, see

@@ -1,8 +1,10 @@
 """The units of a network, and masks that switch units off.
 
 A *unit* is one output neuron of an ``nn.Linear`` or one output channel of an
-``nn.Conv2d``. The last ``nn.Linear`` of the model is its output layer (one row
-per class id); its rows are task heads, never units.
+``nn.Conv2d``. The last ``nn.Linear`` that forward calls is the model's output
+layer (one row per class id); its rows are task heads, never units. Units are
+read from the data flow of forward (:mod:`rerelrp.dataflow`), so models that
+are not ``nn.Sequential``, such as torchvision's ResNets, are found correctly.
 
 Masks follow ``torch.nn.utils.prune``: explicit boolean tensors, applied by
 forward hooks, removable. A masked unit outputs exactly zero. When a
@@ -17,7 +19,11 @@ from typing import Iterator, Sequence
 
 import torch
 from torch import nn
+from zennit.canonizers import Canonizer
 from zennit.types import Activation
+
+from .canonizers import block_canonizers, merge_batchnorm
+from .dataflow import trace
 
 __all__ = ["UnitLayer", "Units", "find_units", "masked", "eval_mode", "unit_outputs"]
 
@@ -48,10 +54,13 @@ class UnitLayer:
 
 @dataclass(frozen=True)
 class Units:
-    """The unit layers of a model, in forward order, and its output layer."""
+    """The unit layers of a model, in forward order, its output layer, the canonizers LRP needs for it, and
+    every BatchNorm module forward calls (closing a unit layer or not)."""
 
     layers: tuple[UnitLayer, ...]
     output: nn.Linear
+    canonizers: tuple[Canonizer, ...] = ()
+    batchnorms: tuple[nn.Module, ...] = ()
 
     @property
     def sizes(self) -> list[int]:
@@ -69,43 +78,56 @@ class Units:
 
 
 def find_units(model: nn.Module) -> Units:
-    """Find the unit layers and the output layer of ``model``.
+    """Find the unit layers and the output layer of ``model`` from the data flow of its forward.
 
-    Modules are read in registration order, which must be the forward order
-    (as in ``nn.Sequential``); the last ``nn.Linear`` is the output layer.
+    Modules are taken in the order forward calls them (:func:`rerelrp.dataflow.trace`); the last
+    ``nn.Linear`` called is the output layer and must produce forward's result. A BatchNorm closes a unit
+    layer when it is the only reader of that layer's output; the canonizers merge it into the layer for LRP.
 
     Raises
     ------
-    TypeError: if ``model`` has no ``nn.Linear`` output layer, or no unit layer before it.
+    TypeError: naming the module or operation, if ``model`` has no ``nn.Linear`` output layer, no unit layer
+        before it, no activation module, a unit layer called more than once, or an operation LRP cannot be
+        propagated through (see :mod:`rerelrp.dataflow`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    leaves = [(name, m) for name, m in model.named_modules() if not list(m.children())]
-    linear_positions = [i for i, (_, m) in enumerate(leaves) if isinstance(m, nn.Linear)]
-    if not linear_positions:
+    blocks = block_canonizers(model)
+    flow = trace(model, blocks)
+    linears = [name for name in flow.calls if isinstance(flow.modules[name], nn.Linear)]
+    if not linears:
         raise TypeError("model has no nn.Linear module: its last nn.Linear must be the output layer")
-    output_position = linear_positions[-1]
-    layers = []
-    for i, (name, module) in enumerate(leaves[:output_position]):
+    output = linears[-1]
+    if flow.output != output:
+        raise TypeError(f"the model's output must be the output of its last nn.Linear ('{output}'), as it is: "
+                        f"LRP starts from a logit; forward returns {flow.output or 'something else'!r}")
+    layers, pairs = [], []
+    for name in dict.fromkeys(flow.calls[:flow.calls.index(output)]):
+        module = flow.modules[name]
         if not isinstance(module, (nn.Linear, nn.Conv2d)):
             continue
-        following = leaves[i + 1][1]
-        closing = (
-            following
-            if isinstance(following, _BATCHNORMS) and following.num_features == module.weight.shape[0]
-            else module
-        )
-        layers.append(UnitLayer(name, module, closing))
+        if flow.count(name) > 1:
+            raise TypeError(f"module '{name}' ({type(module).__name__}) is called {flow.count(name)} times in "
+                            "forward: a unit needs one output to mask, freeze and explain; use one module per call")
+        reader = flow.modules.get(flow.reader.get(name, ""))
+        closing = name
+        if isinstance(reader, _BATCHNORMS) and reader.num_features == module.weight.shape[0] \
+                and flow.count(flow.reader[name]) == 1:
+            closing = flow.reader[name]
+            pairs.append((name, closing))
+        layers.append(UnitLayer(name, module, flow.modules[closing]))
     if not layers:
         raise TypeError(
             "model has no nn.Linear or nn.Conv2d layer before its output layer: there are no units to keep or free"
         )
-    if not any(isinstance(m, Activation) for _, m in leaves):
+    if not any(isinstance(flow.modules[name], Activation) for name in flow.calls):
         raise TypeError(
             "model has no activation module (nn.ReLU, ...): activations must be modules, since LRP cannot see "
             "functional calls such as torch.relu inside forward()"
         )
-    return Units(tuple(layers), leaves[output_position][1])
+    batchnorms = tuple(flow.modules[name] for name in dict.fromkeys(flow.calls)
+                       if isinstance(flow.modules[name], _BATCHNORMS))
+    return Units(tuple(layers), flow.modules[output], tuple(blocks + merge_batchnorm(pairs)), batchnorms)
 
 
 def _mask_hook(keep: torch.Tensor):

