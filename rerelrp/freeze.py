@@ -3,9 +3,10 @@
 Masking gradients is not enough: momentum, Adam's moments and weight decay
 move a parameter whose gradient is zero. ``FrozenParameters`` therefore keeps
 one boolean mask per parameter (like ``torch.nn.utils.prune`` keeps
-``weight_mask``) and, through removable optimizer hooks, copies the frozen
-entries back after every step. Nothing but the masks is kept between steps;
-the values are taken just before each step.
+``weight_mask``) and, through removable global optimizer hooks, copies the
+frozen entries back after every step of any optimizer, so it holds in a
+training loop rerelrp did not write. Nothing but the masks is kept between
+tasks; the values are taken just before each step.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from .network import Units
 
@@ -63,23 +65,43 @@ class FrozenParameters:
                 self._freeze_rows(norm, torch.ones(norm.num_features, dtype=torch.bool))
 
     @contextlib.contextmanager
-    def enforced(self, optimizer: torch.optim.Optimizer) -> Iterator[None]:
-        """Within the context, every ``optimizer.step()`` leaves frozen entries bit-identical."""
-        frozen = [(p, m) for p, m in self.masks.items() if m.any()]
-        saved: list[torch.Tensor] = []
+    def enforced(self, model: nn.Module) -> Iterator[None]:
+        """Within the context, every optimizer step leaves the frozen entries of ``model`` bit-identical.
 
-        def before(opt, args, kwargs) -> None:
-            saved[:] = [p.detach()[m] for p, m in frozen]
+        torch's global optimizer step hooks copy the frozen entries of the stepping optimizer's parameters back
+        after each step, whichever optimizer it is (several optimizers, parameter groups, a ``GradScaler``
+        calling ``step``). An optimizer holding none of ``model``'s parameters raises ``ValueError`` when it
+        steps. On leaving the context normally, every frozen entry is compared with its value at entry and a
+        change made outside ``optimizer.step()`` (a manual update, weight averaging) raises ``RuntimeError``.
+        """
+        frozen = {p: m for p, m in self.masks.items() if m.any()}
+        owned = {id(p) for p in model.parameters()}
+        at_entry = {p: p.detach()[m].clone() for p, m in frozen.items()}
+        saved: dict[int, list] = {}
 
-        def after(opt, args, kwargs) -> None:
+        def before(optimizer, args, kwargs) -> None:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if not any(id(p) in owned for p in params):
+                raise ValueError(
+                    f"{type(optimizer).__name__} stepped inside the task's training but holds none of the learner's "
+                    "model's parameters (an optimizer of another model, or of a copy of it): build the optimizer "
+                    "over the parameters of the model the learner was given")
+            saved[id(optimizer)] = [(p, frozen[p], p.detach()[frozen[p]].clone()) for p in params if p in frozen]
+
+        def after(optimizer, args, kwargs) -> None:
             with torch.no_grad():
-                for (p, m), values in zip(frozen, saved):
+                for p, m, values in saved.pop(id(optimizer), []):
                     p[m] = values
-            saved.clear()
 
-        handles = [optimizer.register_step_pre_hook(before), optimizer.register_step_post_hook(after)]
+        handles = [register_optimizer_step_pre_hook(before), register_optimizer_step_post_hook(after)]
         try:
             yield
         finally:
             for handle in handles:
                 handle.remove()
+        names = {id(p): name for name, p in model.named_parameters()}
+        moved = [names.get(id(p), "?") for p, values in at_entry.items() if not torch.equal(p.detach()[frozen[p]], values)]
+        if moved:
+            raise RuntimeError(f"frozen entries of {', '.join(moved)} changed during the task's training outside "
+                               "optimizer.step() (rerelrp restores them only after optimizer steps); the task is not "
+                               "learned and the learner is left as it was before it")

@@ -11,17 +11,19 @@ task is certain), and reads the class from that task's subnetwork and head.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import time
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from zennit.core import Composite
 
@@ -32,7 +34,7 @@ from .prune import PruneResult, prune_to_threshold, unit_scores
 from .recognize import RECOGNIZERS, GaussianRecognizer, TaskRecognizer, chain_scores, decided, default_detector
 from .relevance import lrp, normalize_units
 from .remember import ActivationStatistics, RelevanceMemory
-from .train import OptimizerFactory, train_task
+from .train import OptimizerFactory, TaskTraining, batchnorm_frozen, train_task
 
 __all__ = ["ReReLRP"]
 
@@ -40,6 +42,8 @@ __all__ = ["ReReLRP"]
 Batches = Union[torch.Tensor, Iterable]
 
 STAGES = ("data", "train", "relevance", "prune", "freeze", "remember", "recognize")
+#: Fitted lists that grow by one entry per task.
+_GROWING = ("tasks_", "masks_", "prune_results_", "fit_times_")
 
 
 class ReReLRP(BaseEstimator):
@@ -131,22 +135,61 @@ class ReReLRP(BaseEstimator):
 
     # ------------------------------------------------------------------ learning
     def fit_task(self, loader: DataLoader, val_loader: Iterable | None = None) -> "ReReLRP":
-        """Learn one more task from ``loader`` (batches ``(x, y)``, ``y`` global class ids).
+        """Learn one more task from ``loader`` (batches ``(x, y)``, ``y`` global class ids) in rerelrp's own loop:
+        ``epochs`` passes of ``optimizer`` at ``lr`` over the task's head, inside :meth:`training`.
 
         ``val_loader``: the task's validation data for the pruning threshold;
         None holds out a stratified ``val_fraction`` of ``loader``'s dataset.
         Returns ``self``.
         """
+        with self.training(loader, val_loader) as task, torch.random.fork_rng(devices=self._rng_devices()):
+            torch.manual_seed(task.seed)
+            train_task(self.model, task.loader, task.classes, epochs=self.epochs, lr=self.lr,
+                       optimizer=self.optimizer, device=self.device_, progress=self.progress,
+                       description=f"task {task.index} train")
+        return self
+
+    @contextlib.contextmanager
+    def training(self, loader: DataLoader, val_loader: Iterable | None = None) -> Iterator[TaskTraining]:
+        """Learn one more task in your own training loop, run inside this context.
+
+        On entry the task's data is read and checked (as by :meth:`fit_task`) and a :class:`TaskTraining` is
+        returned: its ``classes``, the ``loader`` to train on (``loader`` itself, with its own sampler, when a
+        ``val_loader`` is given; else the training share) and ``loss(logits, y)``, the cross-entropy over the
+        task's head. Inside, any optimizer that steps the model's parameters leaves frozen entries bit-identical,
+        and after the first task BatchNorm statistics stay fixed even under ``model.train()``. On leaving the
+        context normally the method's other stages run (reference set, relevance, pruning, freezing, memory,
+        detectors). If the loop or a stage raises, or is interrupted, the learner and the model's parameters
+        and buffers are put back as they were before the task, and the error propagates.
+        """
         self._check_params()
-        if not hasattr(self, "tasks_"):
+        if getattr(self, "_open_task", None) is not None:
+            raise RuntimeError(f"task {self._open_task} is still being trained: a training() context was entered "
+                               "and not left; leave it (end the with block) before learning another task")
+        first = not hasattr(self, "tasks_")
+        if first:
             self._start()
+        before = self._checkpoint()
+        self._open_task = len(self.tasks_)
+        try:
+            with self._learning(loader, val_loader) as task:
+                yield task
+        except BaseException:
+            self._rollback(before, first)
+            raise
+        finally:
+            self._open_task = None
+
+    @contextlib.contextmanager
+    def _learning(self, loader: DataLoader, val_loader: Iterable | None) -> Iterator[TaskTraining]:
+        """The stages of METHOD.md around the caller's training (stage 1)."""
         t = len(self.tasks_)
         seed = self.random_state + 1000 * t
         if t > 0 and self.free_capacity()["overall"] == 0.0:
             warnings.warn(
                 f"capacity exhausted: all {self.units_.total} units are kept by the {t} tasks learned so far, so "
                 f"task {t} can train only its own head rows; use a wider model, or a larger acc_drop "
-                f"(now {self.acc_drop} points) for the tasks to come", RuntimeWarning, stacklevel=2)
+                f"(now {self.acc_drop} points) for the tasks to come", RuntimeWarning, stacklevel=5)
         times = dict.fromkeys(STAGES, 0.0)
         with _timed(times, "data"):
             task = prepare_task(
@@ -156,17 +199,15 @@ class ReReLRP(BaseEstimator):
                 n_reference=self.n_reference, seed=seed)
             if t == 0:
                 self._check_model_accepts(task.val_x[:1])
-        # 1. Train on the task's head; frozen entries are restored after every step.
-        with _timed(times, "train"), torch.random.fork_rng(devices=self._rng_devices()):
-            torch.manual_seed(seed)
-            train_task(self.model, task.train, task.classes, epochs=self.epochs, lr=self.lr,
-                       optimizer=self.optimizer, frozen=self.frozen_, freeze_batchnorm_stats=t > 0,
-                       device=self.device_, progress=self.progress, description=f"task {t} train")
+        # 1. Train (the caller's loop) on the task's head; frozen entries are restored after every step.
+        statistics = batchnorm_frozen(self.units_.batchnorms) if t > 0 else contextlib.nullcontext()
+        with _timed(times, "train"), self.frozen_.enforced(self.model), statistics:
+            yield TaskTraining(t, tuple(task.classes), task.train, seed)
         # 2. Reference set: drawn by prepare_task from the training share.
         ref_x, ref_y = task.ref_x.to(self.device_), task.ref_y.to(self.device_)
         # 3. Relevance of every unit, from the true class's logit through head t.
         with _timed(times, "relevance"):
-            rel = lrp(self.model, self.units_, ref_x, task.classes, target=ref_y,
+            rel = lrp(self._net, self.units_, ref_x, task.classes, target=ref_y,
                       composite=self.composite_, batch_size=self.batch_size)
             scores = unit_scores(rel.units)
         # 4. Prune to the accuracy threshold on validation data.
@@ -193,7 +234,28 @@ class ReReLRP(BaseEstimator):
             self.recognizer_.fit(self.memory_, self.tasks_)
         self.input_shape_ = task.input_shape
         self.fit_times_.append(times)
-        return self
+
+    def _checkpoint(self) -> dict:
+        """What :meth:`_rollback` needs to put the learner and its model back as they are now."""
+        return {"model": {k: v.detach().clone() for k, v in self._net.state_dict().items()},
+                "learner": {name: copy.copy(getattr(self, name)) for name in _GROWING},
+                "frozen": {p: m.clone() for p, m in self.frozen_.masks.items()},
+                "memory": copy.deepcopy((self.memory_, self.recognizer_)),
+                "input_shape": getattr(self, "input_shape_", None)}
+
+    def _rollback(self, before: dict, first: bool) -> None:
+        with torch.no_grad():
+            for key, value in self._net.state_dict().items():
+                value.copy_(before["model"][key])
+        if first:  # back to unfitted
+            for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("_")]:
+                delattr(self, name)
+            return
+        for name, value in before["learner"].items():
+            setattr(self, name, value)
+        self.frozen_.masks = before["frozen"]
+        self.memory_, self.recognizer_ = before["memory"]
+        self.input_shape_ = before["input_shape"]
 
     # ---------------------------------------------------------------- prediction
     def predict(self, x: Batches, task_id: int | None = None) -> torch.Tensor:
@@ -228,7 +290,7 @@ class ReReLRP(BaseEstimator):
         heatmap = torch.zeros_like(x)
         for m in task.unique().tolist():
             rows = (task == m).nonzero()[:, 0]
-            heatmap[rows] = lrp(self.model, self.units_, x[rows], self.tasks_[m], target=predictions[rows],
+            heatmap[rows] = lrp(self._net, self.units_, x[rows], self.tasks_[m], target=predictions[rows],
                                 keep=self.masks_[m], composite=self.composite_, batch_size=self.batch_size,
                                 with_input=True).input
         return heatmap.cpu()
@@ -248,10 +310,18 @@ class ReReLRP(BaseEstimator):
         return save(self, path)
 
     # ------------------------------------------------------------------ internals
+    @property
+    def _net(self) -> nn.Module:
+        """The network rerelrp reads: ``model``, or the module a DistributedDataParallel ``model`` wraps."""
+        return self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+
     def _start(self) -> None:
-        self.units_ = find_units(self.model)
-        self.device_ = torch.device(self.device) if self.device is not None else next(self.model.parameters()).device
-        self.model.to(self.device_)
+        if isinstance(self.model, nn.DataParallel):
+            raise TypeError("torch.nn.DataParallel is not supported (its replicas would each need the masks and hooks): "
+                            "use torch.nn.parallel.DistributedDataParallel, one process per device")
+        self.units_ = find_units(self._net)
+        self.device_ = torch.device(self.device) if self.device is not None else next(self._net.parameters()).device
+        self._net.to(self.device_)
         self.composite_ = self.composite
         self.frozen_ = FrozenParameters(self.units_)
         if self.recognizer == "gaussian":
@@ -291,8 +361,8 @@ class ReReLRP(BaseEstimator):
 
     def _check_model_accepts(self, x: torch.Tensor) -> None:
         try:
-            with torch.no_grad(), eval_mode(self.model):
-                out = self.model(x.to(self.device_))
+            with torch.no_grad(), eval_mode(self._net):
+                out = self._net(x.to(self.device_))
         except RuntimeError as error:
             raise ValueError(f"the model cannot take inputs of shape (n, {', '.join(map(str, x.shape[1:]))}): "
                              f"{error}") from error
@@ -329,14 +399,14 @@ class ReReLRP(BaseEstimator):
     def _predict_head(self, x: torch.Tensor, classes: Sequence[int], keep) -> torch.Tensor:
         """Argmax within ``classes`` of the subnetwork ``keep``: ``(n,)`` global class ids."""
         head = torch.as_tensor(list(classes), device=x.device)
-        with torch.no_grad(), eval_mode(self.model), masked(self.units_, keep):
-            best = torch.cat([self.model(x[i:i + self.batch_size])[:, head].argmax(1)
+        with torch.no_grad(), eval_mode(self._net), masked(self.units_, keep):
+            best = torch.cat([self._net(x[i:i + self.batch_size])[:, head].argmax(1)
                               for i in range(0, len(x), self.batch_size)])
         return head[best]
 
     def _unit_relevance(self, x: torch.Tensor, m: int) -> torch.Tensor:
         """Normalised unit relevance ``(n, total_units)`` of S_m, from its predicted classes."""
-        rel = lrp(self.model, self.units_, x, self.tasks_[m], keep=self.masks_[m], composite=self.composite_,
+        rel = lrp(self._net, self.units_, x, self.tasks_[m], keep=self.masks_[m], composite=self.composite_,
                   batch_size=self.batch_size)
         return normalize_units(rel.units)
 
@@ -346,7 +416,7 @@ class ReReLRP(BaseEstimator):
 
     def _last_layer(self, x: torch.Tensor, m: int) -> torch.Tensor:
         """Outputs ``(n, last layer units)`` of the last hidden unit layer through S_0..S_m together."""
-        return unit_outputs(self.model, self.units_, x, self._union(m), batch_size=self.batch_size)
+        return unit_outputs(self._net, self.units_, x, self._union(m), batch_size=self.batch_size)
 
     def _detector_features(self, x: torch.Tensor, m: int) -> np.ndarray:
         """Detector m's ``(n, d_m)`` features of inputs ``x``."""

@@ -1,28 +1,81 @@
-"""Train: fit the network on one task without moving a frozen parameter.
+"""Train: fit the network on one task, in rerelrp's loop or the caller's, without moving a frozen parameter.
 
-The loss is cross-entropy over the task's own classes (its head): logits of
-other classes are left out, so a task never pushes down the logits of earlier
-or later tasks. Frozen entries are restored after every optimizer step by
-:class:`rerelrp.freeze.FrozenParameters`. Once a task has been learned,
-BatchNorm statistics stay as they were (BatchNorm modules run in eval mode).
+:class:`TaskTraining` is what a training loop inside :meth:`rerelrp.ReReLRP.training` holds: the task's
+classes, the loader to train on, and the loss over the task's own classes (its head): logits of other classes
+are left out, so a task never pushes down the logits of earlier or later tasks. Frozen entries are restored
+after every optimizer step by :meth:`rerelrp.freeze.FrozenParameters.enforced`; once a task has been learned,
+BatchNorm statistics stay as they were (:func:`batchnorm_frozen`). :func:`train_task` is rerelrp's own loop,
+the one ``fit_task`` runs inside that context.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .freeze import FrozenParameters
-from .network import _BATCHNORMS
-
-__all__ = ["train_task", "OptimizerFactory"]
+__all__ = ["TaskTraining", "batchnorm_frozen", "head_loss", "train_task", "OptimizerFactory"]
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 """A callable ``(params, lr=...) -> Optimizer``, e.g. ``torch.optim.Adam`` or
 ``functools.partial(torch.optim.SGD, momentum=0.9)``."""
+
+
+@dataclass(frozen=True)
+class TaskTraining:
+    """The task a training loop learns inside :meth:`rerelrp.ReReLRP.training`.
+
+    Attributes
+    ----------
+    index: the task's position in the learner's sequence (0 for the first task).
+    classes: sorted global class ids of the task: its head.
+    loader: what to train on: the caller's loader as given when a ``val_loader`` was passed, else the loader of
+        the training share (the held-out validation share left out).
+    seed: the seed rerelrp's own loop trains with (``random_state + 1000 * index``).
+    """
+
+    index: int
+    classes: tuple[int, ...]
+    loader: Iterable
+    seed: int
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the task's head: ``logits`` ``(batch, n_outputs)``, ``y`` ``(batch,)`` global
+        class ids of the task; a scalar tensor."""
+        return head_loss(logits, y, self.classes)
+
+
+def head_loss(logits: torch.Tensor, y: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
+    """Mean cross-entropy of ``logits[:, classes]`` for labels ``y`` (global class ids, each one of ``classes``)."""
+    head = torch.as_tensor(list(classes), dtype=torch.long, device=logits.device)
+    position = torch.full((int(head.max()) + 1,), -1, dtype=torch.long, device=logits.device)
+    position[head] = torch.arange(len(head), device=logits.device)
+    y = y.to(logits.device)
+    if y.min() < 0 or y.max() > head.max() or (position[y] < 0).any():
+        raise ValueError(f"labels {sorted(set(y.tolist()) - set(classes))} are not classes of the task ({list(classes)})")
+    return nn.functional.cross_entropy(logits[:, head], position[y])
+
+
+@contextlib.contextmanager
+def batchnorm_frozen(norms: Sequence[nn.Module]) -> Iterator[None]:
+    """Within the context, the BatchNorm modules ``norms`` normalise with their running statistics and leave them
+    unchanged, even if the loop calls ``model.train()`` (a forward pre-hook puts each in eval mode before it runs);
+    their modes are restored on exit."""
+    modes = [norm.training for norm in norms]
+
+    def to_eval(module, args) -> None:
+        module.training = False
+
+    handles = [norm.register_forward_pre_hook(to_eval) for norm in norms]
+    try:
+        yield
+    finally:
+        for handle, norm, mode in zip(handles, norms, modes):
+            handle.remove()
+            norm.train(mode)
 
 
 def train_task(
@@ -33,8 +86,6 @@ def train_task(
     epochs: int,
     lr: float,
     optimizer: OptimizerFactory = torch.optim.Adam,
-    frozen: FrozenParameters | None = None,
-    freeze_batchnorm_stats: bool = False,
     device: torch.device | str = "cpu",
     progress: bool = False,
     description: str = "train",
@@ -49,8 +100,6 @@ def train_task(
     epochs: passes over ``loader``.
     lr: learning rate handed to ``optimizer``.
     optimizer: factory ``(params, lr=lr) -> torch.optim.Optimizer``.
-    frozen: entries that must stay bit-identical (None: nothing frozen).
-    freeze_batchnorm_stats: keep BatchNorm running statistics unchanged.
     device: where the batches go (the model must already be there).
     progress: show a tqdm bar over batches.
 
@@ -58,29 +107,20 @@ def train_task(
     -------
     The mean training loss of each epoch.
     """
-    head = torch.as_tensor(list(classes), dtype=torch.long, device=device)
-    # label -> position in the head, for cross-entropy over the head's logits
-    position = torch.full((int(head.max()) + 1,), -1, dtype=torch.long, device=device)
-    position[head] = torch.arange(len(head), device=device)
     opt = optimizer([p for p in model.parameters() if p.requires_grad], lr=lr)
-    enforced = frozen.enforced(opt) if frozen is not None else contextlib.nullcontext()
     losses = []
     was_training = model.training
     model.train()
-    if freeze_batchnorm_stats:
-        for module in model.modules():
-            if isinstance(module, _BATCHNORMS):
-                module.eval()
     try:
         n_batches = _len_or_none(loader)
         total = None if n_batches is None else epochs * n_batches
-        with enforced, tqdm(total=total, desc=description, disable=not progress, leave=False) as bar:
+        with tqdm(total=total, desc=description, disable=not progress, leave=False) as bar:
             for _ in range(epochs):
                 total, count = 0.0, 0
                 for x, y in loader:
                     x, y = x.to(device), y.to(device)
                     opt.zero_grad(set_to_none=True)
-                    loss = nn.functional.cross_entropy(model(x)[:, head], position[y])
+                    loss = head_loss(model(x), y, classes)
                     loss.backward()
                     opt.step()
                     total += loss.item() * len(y)

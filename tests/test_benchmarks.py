@@ -63,8 +63,15 @@ def test_missing_medmnist_file_is_one_line_without_traceback(tmp_path):
 def test_help_explains_every_option(script):
     done = run(script, "--help")
     assert done.returncode == 0
-    for option in ("--data-root", "--out", "--seeds", "--epochs", "--methods", "--device", "--quick", "--threads"):
+    for option in ("--data-root", "--out", "--seeds", "--epochs", "--methods", "--device", "--quick", "--threads",
+                   "--backbone"):
         assert option in done.stdout
+    assert all(name in done.stdout for name in ("small-cnn", "resnet18", "vgg11"))
+
+
+def test_digits_refuse_an_image_backbone():
+    done = run("mnist.py", "--dataset", "digits", "--backbone", "resnet18")
+    assert done.returncode == 2 and "--backbone resnet18 needs images" in done.stderr
 
 
 def test_speed_quick(tmp_path):
