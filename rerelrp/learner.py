@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from zennit.core import Composite
 
 from .data import check_input, prepare_task
+from .distributed import agree, from_rank0, is_distributed, is_rank0
 from .freeze import FrozenParameters
 from .network import eval_mode, find_units, masked, unit_outputs
 from .prune import PruneResult, prune_to_threshold, unit_scores
@@ -199,24 +200,29 @@ class ReReLRP(BaseEstimator):
                 n_reference=self.n_reference, seed=seed)
             if t == 0:
                 self._check_model_accepts(task.val_x[:1])
+            agree(task.classes, f"the classes of task {t}")
         # 1. Train (the caller's loop) on the task's head; frozen entries are restored after every step.
         statistics = batchnorm_frozen(self.units_.batchnorms) if t > 0 else contextlib.nullcontext()
         with _timed(times, "train"), self.frozen_.enforced(self.model), statistics:
             yield TaskTraining(t, tuple(task.classes), task.train, seed)
         # 2. Reference set: drawn by prepare_task from the training share.
         ref_x, ref_y = task.ref_x.to(self.device_), task.ref_y.to(self.device_)
-        # 3. Relevance of every unit, from the true class's logit through head t.
-        with _timed(times, "relevance"):
-            rel = lrp(self._net, self.units_, ref_x, task.classes, target=ref_y,
-                      composite=self.composite_, batch_size=self.batch_size)
-            scores = unit_scores(rel.units)
-        # 4. Prune to the accuracy threshold on validation data.
-        with _timed(times, "prune"):
-            val_x, val_y = task.val_x.to(self.device_), task.val_y.to(self.device_)
-            result = prune_to_threshold(
-                scores, self.units_.sizes,
-                lambda keep: float((self._predict_head(val_x, task.classes, keep) == val_y).float().mean()),
-                self.acc_drop, self.min_keep)
+        # 3-4 run on rank 0 only when distributed: the weights agree, so would the result.
+        def relevance_and_pruning() -> PruneResult:
+            # 3. Relevance of every unit, from the true class's logit through head t.
+            with _timed(times, "relevance"):
+                rel = lrp(self._net, self.units_, ref_x, task.classes, target=ref_y,
+                          composite=self.composite_, batch_size=self.batch_size)
+                scores = unit_scores(rel.units)
+            # 4. Prune to the accuracy threshold on validation data.
+            with _timed(times, "prune"):
+                val_x, val_y = task.val_x.to(self.device_), task.val_y.to(self.device_)
+                return prune_to_threshold(
+                    scores, self.units_.sizes,
+                    lambda keep: float((self._predict_head(val_x, task.classes, keep) == val_y).float().mean()),
+                    self.acc_drop, self.min_keep)
+
+        result = from_rank0(relevance_and_pruning)
         self.tasks_.append(task.classes)
         self.masks_.append([k.to(self.device_) for k in result.keep])
         self.prune_results_.append(result)
@@ -226,12 +232,17 @@ class ReReLRP(BaseEstimator):
             self.frozen_.freeze_head(task.classes)
             if t == 0:
                 self.frozen_.freeze_batchnorm()
-        # 6. Remember: the task's statistics (or its reference samples' relevance) through every subnetwork.
-        with _timed(times, "remember"):
-            self._remember(task, ref_x)
-        # 7. Recognize: rebuild the detector chain.
-        with _timed(times, "recognize"):
-            self.recognizer_.fit(self.memory_, self.tasks_)
+        # 6-7 run on rank 0 only when distributed, and every rank takes its memory and detectors.
+        def remember_and_recognize():
+            # 6. Remember: the task's statistics (or its reference samples' relevance) through every subnetwork.
+            with _timed(times, "remember"):
+                self._remember(task, ref_x)
+            # 7. Recognize: rebuild the detector chain.
+            with _timed(times, "recognize"):
+                self.recognizer_.fit(self.memory_, self.tasks_)
+            return self.memory_, self.recognizer_
+
+        self.memory_, self.recognizer_ = from_rank0(remember_and_recognize)
         self.input_shape_ = task.input_shape
         self.fit_times_.append(times)
 
@@ -304,10 +315,17 @@ class ReReLRP(BaseEstimator):
         return {"overall": overall, "per_layer": per_layer}
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Save everything needed to predict and to go on learning to ``path`` (see :func:`rerelrp.persist.save`)."""
+        """Save everything needed to predict and to go on learning to ``path`` (see :func:`rerelrp.persist.save`).
+        In a process group, rank 0 writes and every rank waits for it."""
         from .persist import save
 
-        return save(self, path)
+        if getattr(self, "_open_task", None) is not None:
+            raise RuntimeError(f"task {self._open_task} is still being trained: save after its training() context")
+        if not is_distributed():
+            return save(self, path)
+        written = save(self, path) if is_rank0() else Path(path)  # every rank holds the same learner: write once
+        torch.distributed.barrier()
+        return written
 
     # ------------------------------------------------------------------ internals
     @property

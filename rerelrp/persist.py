@@ -87,8 +87,8 @@ def save(learner: ReReLRP, path: str | os.PathLike) -> Path:
 
     learner._check_fitted()
     path = Path(path)
-    params = {p: name for name, p in learner.model.named_parameters()}
-    tensors = _weights(learner.model)
+    params = {p: name for name, p in learner._net.named_parameters()}
+    tensors = _weights(learner._net)
     for t, keep in enumerate(learner.masks_):
         for i, mask in enumerate(keep):
             tensors[f"mask.{t}.{i}"] = mask.cpu().contiguous()
@@ -103,7 +103,7 @@ def save(learner: ReReLRP, path: str | os.PathLike) -> Path:
     options["detector"] = None if options["detector"] is None else "detector.skops"
     options["device"] = None if options["device"] is None else str(options["device"])
     meta = {
-        "format": FORMAT, "rerelrp": __version__, "architecture": architecture(learner.model),
+        "format": FORMAT, "rerelrp": __version__, "architecture": architecture(learner._net),
         "options": options, "tasks": learner.tasks_, "input_shape": list(learner.input_shape_),
         "fit_times": learner.fit_times_, "n_features": memory.n_features,
         "prune_results": [{"n_pruned": r.n_pruned, "base_accuracy": r.base_accuracy, "accuracy": r.accuracy,
@@ -271,7 +271,7 @@ def bytes_beyond_weights(learner: ReReLRP) -> int:
         path = save(learner, Path(folder) / "learner.zip")
         weights = Path(folder) / "weights.zip"
         with zipfile.ZipFile(weights, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr("tensors.safetensors", save_tensors(_weights(learner.model)))
+            archive.writestr("tensors.safetensors", save_tensors(_weights(learner._net)))
         return path.stat().st_size - weights.stat().st_size
 
 

@@ -1,0 +1,89 @@
+"""DistributedDataParallel on 2 CPU processes (gloo): examples/ddp_digits.py, run as printed in the README."""
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+import rerelrp
+
+ROOT = Path(__file__).resolve().parent.parent
+EPOCHS, BATCH = 5, 16
+
+
+def example():
+    spec = importlib.util.spec_from_file_location("ddp_digits", ROOT / "examples" / "ddp_digits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "ddp_digits.py"), "--out", str(out),
+                           "--epochs", str(EPOCHS), "--batch-size", str(BATCH)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def test_every_rank_holds_the_same_learner_and_trained_on_its_shard(ranks):
+    out, (first, second) = ranks
+    for a, b in zip(first["masks"], second["masks"]):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    for name, (mask, value) in first["frozen"].items():
+        assert torch.equal(mask, second["frozen"][name][0]) and torch.equal(value, second["frozen"][name][1]), name
+    assert torch.equal(first["predictions"], second["predictions"])
+    ddp = example()
+    halves = sum((len(ddp.task_data(t)[0]) + 1) // 2 for t in range(len(ddp.TASKS))) * EPOCHS
+    assert first["seen"] == second["seen"] == halves  # each rank trained on its half, not on everything
+    saved = rerelrp.load(out / "learner.zip", ddp.mlp())  # written once, by rank 0, loads without DDP
+    x_test = torch.cat([ddp.task_data(t)[2][0] for t in range(len(ddp.TASKS))])
+    assert torch.equal(saved.predict(x_test), first["predictions"])
+
+
+class BothShards:
+    """Batches of one process holding what both ranks' DistributedSamplers give in one step: rank 0's batch
+    followed by rank 1's, so that the mean loss equals the mean of the two ranks' means DDP averages."""
+
+    def __init__(self, dataset, seed):
+        self.samplers = [DistributedSampler(dataset, 2, r, shuffle=True, seed=seed) for r in range(2)]
+        self.epoch = 0
+
+    def __iter__(self):
+        for sampler in self.samplers:
+            sampler.set_epoch(self.epoch)
+        self.epoch += 1
+        shards = [list(sampler) for sampler in self.samplers]
+        for start in range(0, len(shards[0]), BATCH):
+            yield shards[0][start:start + BATCH] + shards[1][start:start + BATCH]
+
+    def __len__(self):
+        return -(-len(self.samplers[0]) // BATCH)
+
+
+def test_one_process_with_the_same_data_order_keeps_the_same_units(ranks):
+    _, (first, _) = ranks
+    ddp = example()
+    model = ddp.mlp()
+    learner = rerelrp.ReReLRP(model, progress=False)
+    for t in range(len(ddp.TASKS)):
+        dataset, val, _ = ddp.task_data(t)
+        with learner.training(DataLoader(dataset, batch_sampler=BothShards(dataset, t)), val_loader=[val]) as task:
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+            for _ in range(EPOCHS):
+                for x, y in task.loader:
+                    optimizer.zero_grad()
+                    task.loss(model(x), y).backward()
+                    optimizer.step()
+    for a, b in zip(learner.masks_, first["masks"]):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    for name, p in model.named_parameters():
+        mask, value = first["frozen"][name]
+        assert torch.equal(learner.frozen_.masks[p], mask), name
+        # the same arithmetic up to the order of float additions (DDP averages two means)
+        torch.testing.assert_close(p.detach()[mask], value[mask], rtol=1e-4, atol=1e-5)
