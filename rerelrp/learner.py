@@ -33,7 +33,7 @@ from .freeze import FrozenParameters
 from .network import eval_mode, find_units, masked, unit_outputs
 from .prune import PruneResult, prune_to_threshold, unit_scores
 from .recognize import RECOGNIZERS, GaussianRecognizer, TaskRecognizer, chain_scores, decided, default_detector
-from .relevance import lrp, normalize_units
+from .relevance import input_composite, lrp, normalize_units
 from .remember import ActivationStatistics, RelevanceMemory
 from .train import OptimizerFactory, TaskTraining, batchnorm_frozen, train_task
 
@@ -93,6 +93,9 @@ class ReReLRP(BaseEstimator):
     recognizer_: the detector chain: :class:`rerelrp.recognize.GaussianRecognizer`, or
         :class:`rerelrp.recognize.TaskRecognizer` with ``recognizer="paper"``.
     input_shape_: shape of one input, without the batch dimension.
+    input_range_: ``(low, high)``, the smallest and largest input value of the training data so far: the
+        bounds of the first layer's ZBox rule in :meth:`explain` (None for a learner saved before it existed,
+        which bounds each call by its inputs' range).
     """
 
     def __init__(
@@ -244,6 +247,9 @@ class ReReLRP(BaseEstimator):
 
         self.memory_, self.recognizer_ = from_rank0(remember_and_recognize)
         self.input_shape_ = task.input_shape
+        low, high = float(task.train_x.min()), float(task.train_x.max())
+        previous = getattr(self, "input_range_", None) or (low, high)
+        self.input_range_ = (min(previous[0], low), max(previous[1], high))
         self.fit_times_.append(times)
 
     def _checkpoint(self) -> dict:
@@ -252,7 +258,7 @@ class ReReLRP(BaseEstimator):
                 "learner": {name: copy.copy(getattr(self, name)) for name in _GROWING},
                 "frozen": {p: m.clone() for p, m in self.frozen_.masks.items()},
                 "memory": copy.deepcopy((self.memory_, self.recognizer_)),
-                "input_shape": getattr(self, "input_shape_", None)}
+                "input": (getattr(self, "input_shape_", None), getattr(self, "input_range_", None))}
 
     def _rollback(self, before: dict, first: bool) -> None:
         with torch.no_grad():
@@ -266,7 +272,7 @@ class ReReLRP(BaseEstimator):
             setattr(self, name, value)
         self.frozen_.masks = before["frozen"]
         self.memory_, self.recognizer_ = before["memory"]
-        self.input_shape_ = before["input_shape"]
+        self.input_shape_, self.input_range_ = before["input"]
 
     # ---------------------------------------------------------------- prediction
     def predict(self, x: Batches, task_id: int | None = None) -> torch.Tensor:
@@ -294,17 +300,26 @@ class ReReLRP(BaseEstimator):
         per learned task; rows sum to 1. ``x``: a tensor or an iterable of batches, as for :meth:`predict`."""
         return self._per_batch(x, lambda b: torch.from_numpy(chain_scores(self._route(b, stop_early=False)[0])))
 
-    def explain(self, x: torch.Tensor) -> torch.Tensor:
-        """Input relevance, same shape as ``x``, for the predicted class through the recognized task's subnetwork."""
-        x = self._check_x(x)
+    def explain(self, x: Batches) -> torch.Tensor:
+        """Input relevance, same shape as ``x``, for the predicted class through the recognized task's subnetwork.
+
+        The first layer's ZBox rule is bounded by ``input_range_``, the smallest and largest input value of the
+        training data, so an input's heatmap does not depend on the batch it comes in. ``x``: a tensor or an
+        iterable of batches, as for :meth:`predict`."""
+        return self._per_batch(x, self._explain_batch)
+
+    def _explain_batch(self, x: torch.Tensor) -> torch.Tensor:
         _, task, predictions = self._route(x)
+        composite = self.composite_
+        if composite is None and self.input_range_ is not None:
+            composite = input_composite(self.units_, *self.input_range_)
         heatmap = torch.zeros_like(x)
         for m in task.unique().tolist():
             rows = (task == m).nonzero()[:, 0]
             heatmap[rows] = lrp(self._net, self.units_, x[rows], self.tasks_[m], target=predictions[rows],
-                                keep=self.masks_[m], composite=self.composite_, batch_size=self.batch_size,
+                                keep=self.masks_[m], composite=composite, batch_size=self.batch_size,
                                 with_input=True).input
-        return heatmap.cpu()
+        return heatmap
 
     def free_capacity(self) -> dict:
         """Fraction of units kept by no finished task: ``{"overall": float, "per_layer": {name: float}}``."""

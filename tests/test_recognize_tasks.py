@@ -81,6 +81,10 @@ def test_predictions_over_a_dataloader_equal_those_over_the_tensor(digits, defau
     # scores agree up to rounding: float32 products of a 37-row batch round differently from those of the whole set
     torch.testing.assert_close(default_learner.predict_proba_task(batches), default_learner.predict_proba_task(x_te),
                                rtol=1e-5, atol=1e-9)
+    # heatmaps too: the first layer's ZBox bounds are the training data's range, not each batch's
+    low, high = default_learner.input_range_
+    assert low == 0.0 and high == 1.0
+    torch.testing.assert_close(default_learner.explain(batches), default_learner.explain(x_te), rtol=1e-4, atol=1e-6)
     with pytest.raises(TypeError, match="first element is the input tensor"):
         default_learner.predict([["not", "a tensor"]])
     with pytest.raises(ValueError, match="yielded no batch"):
