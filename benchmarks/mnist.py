@@ -63,7 +63,7 @@ def split_stream(name, x_tr, y_tr, x_te, y_te, note) -> Stream:
 
 
 def model_for(stream: Stream, backbone: str) -> nn.Module:
-    if len(stream.input_shape) == 1:  # digits: the MLP 64-128-128-10
+    if backbone == "mlp":  # digits: the MLP 64-128-128-10
         return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
     return BACKBONES[backbone](1, stream.n_classes)
 
@@ -76,5 +76,5 @@ if __name__ == "__main__":
     args = cli.parse_args()
     if args.dataset == "digits" and args.backbone not in (None, "small-cnn"):
         cli.error(f"--backbone {args.backbone} needs images: --dataset digits is 64 features, read by an MLP")
-    args.backbone = args.backbone or "small-cnn"
+    args.backbone = args.backbone or ("mlp" if args.dataset == "digits" else "small-cnn")
     sys.exit(main(args, load_stream, model_for, DEFAULT_EPOCHS, QUICK_EPOCHS, QUICK_PER_TASK))

@@ -167,3 +167,30 @@ def test_labels_outside_the_task_are_named_by_the_loss(digits, one_task):
     with pytest.raises(ValueError, match=r"labels \[0\] are not classes of the task"), \
             one_task.training(loader(x, y)) as task:
         task.loss(one_task.model(x[:4]), torch.tensor([0, 2, 3, 2]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine: the CUDA path of the "
+                                                           "learner runs where one is present")
+def test_cuda_own_loop_prediction_and_explanation(digits, tmp_path):
+    train, test = digits
+    model = digits_mlp(batchnorm=True).cuda()
+    learner = ReReLRP(model, progress=False)
+    snapshots = []
+    for t, (x, y) in enumerate(train[:2]):
+        with learner.training(loader(x, y)) as task:
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+            for _ in range(20):
+                for xb, yb in task.loader:
+                    optimizer.zero_grad()
+                    task.loss(model(xb.cuda()), yb.cuda()).backward()
+                    optimizer.step()
+        snapshots.append(snapshot(learner))
+    for param, (mask, value) in snapshots[0].items():
+        assert param.is_cuda and torch.equal(param.detach()[mask], value[mask])
+    x_te, y_te = torch.cat([x for x, _ in test[:2]]), torch.cat([y for _, y in test[:2]])
+    batches = DataLoader(TensorDataset(x_te, y_te), batch_size=37)
+    assert float((learner.predict(batches) == y_te).float().mean()) > 0.9
+    assert learner.explain(x_te[:5]).shape == (5, 64)
+    again = learner.save(tmp_path / "cuda.rerelrp")
+    from rerelrp import load
+    assert torch.equal(load(again, digits_mlp(batchnorm=True)).predict(x_te), learner.predict(x_te).cpu())
