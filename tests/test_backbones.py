@@ -7,6 +7,7 @@ from functools import partial
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 from zennit.composites import EpsilonPlusFlat
 from zennit.rules import ZBox
@@ -85,6 +86,37 @@ def test_vgg11_relevance_is_zennits():
     x, _ = mnist_images()
     torch.manual_seed(0)
     assert_same_relevance(vgg11(1, 10).eval(), x[:32], range(10), [VGGCanonizer()])
+
+
+def test_vgg11_bn_merges_every_batchnorm_like_zennit():
+    x, _ = mnist_images()
+    torch.manual_seed(0)
+    model = torchvision.models.vgg11_bn(num_classes=10)
+    model.features[0] = nn.Conv2d(1, 64, 3, padding=1)
+    model.features[-1], model.avgpool = nn.Identity(), nn.AdaptiveAvgPool2d(1)
+    model.classifier = nn.Sequential(nn.Linear(512, 64), nn.ReLU(), nn.Linear(64, 10))
+    units = assert_same_relevance(with_batchnorm_statistics(model, x[:256]), x[:32], range(10), [VGGCanonizer()])
+    assert sum(isinstance(layer.closing, nn.BatchNorm2d) for layer in units.layers) == 8
+
+
+class TwoBranches(nn.Module):
+    """An Inception-like block: two convolutions of the same input, concatenated."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(4, 3, 3, padding=1), nn.Conv2d(4, 5, 1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return torch.cat([self.relu(self.a(x)), self.relu(self.b(x))], dim=1).flatten(1)
+
+
+def test_concatenated_branches_are_zennits(digits):
+    train, _ = images(digits)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), TwoBranches(), nn.Linear(8 * 64, 10)).eval()
+    units = assert_same_relevance(model, train[0][0][:64], range(10), [])
+    assert [layer.name for layer in units.layers] == ["0", "2.a", "2.b"]
 
 
 OPTIMIZERS = {"sgd-momentum": (partial(torch.optim.SGD, momentum=0.9), 0.01), "adam": (torch.optim.Adam, 1e-3)}
