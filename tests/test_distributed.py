@@ -87,3 +87,36 @@ def test_one_process_with_the_same_data_order_keeps_the_same_units(ranks):
         assert torch.equal(learner.frozen_.masks[p], mask), name
         # the same arithmetic up to the order of float additions (DDP averages two means)
         torch.testing.assert_close(p.detach()[mask], value[mask], rtol=1e-4, atol=1e-5)
+
+
+def disagreeing_rank(rank, port, out):
+    """Rank r learns classes {2r, 2r+1}: the ranks disagree on the task's classes."""
+    import os
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data import TensorDataset
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    ddp = example()
+    x, y, _, _ = ddp.load_digits()
+    rows = (y == 2 * rank) | (y == 2 * rank + 1)
+    learner = rerelrp.ReReLRP(DistributedDataParallel(ddp.mlp()), progress=False)
+    try:
+        learner.fit_task(DataLoader(TensorDataset(x[rows], y[rows]), batch_size=32), val_loader=[(x[rows], y[rows])])
+        message = "no error"
+    except ValueError as error:
+        message = str(error)
+    (Path(out) / f"rank{rank}.txt").write_text(f"{message}\nfitted: {hasattr(learner, 'tasks_')}")
+    dist.destroy_process_group()
+
+
+def test_ranks_that_disagree_on_the_classes_both_raise(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(disagreeing_rank, args=(example().free_port(), str(tmp_path)), nprocs=2)
+    for rank in range(2):
+        text = (tmp_path / f"rank{rank}.txt").read_text()
+        assert "the ranks disagree on the classes of task 0: rank 0: [0, 1]; rank 1: [2, 3]" in text
+        assert "fitted: False" in text  # the failed first task left the learner unfitted
