@@ -105,7 +105,8 @@ def save(learner: ReReLRP, path: str | os.PathLike) -> Path:
     meta = {
         "format": FORMAT, "rerelrp": __version__, "architecture": architecture(learner._net),
         "options": options, "tasks": learner.tasks_, "input_shape": list(learner.input_shape_),
-        "input_range": list(learner.input_range_), "fit_times": learner.fit_times_, "n_features": memory.n_features,
+        "input_range": None if learner.input_range_ is None else list(learner.input_range_),
+        "fit_times": learner.fit_times_, "n_features": memory.n_features,
         "prune_results": [{"n_pruned": r.n_pruned, "base_accuracy": r.base_accuracy, "accuracy": r.accuracy,
                            "trials": r.trials} for r in learner.prune_results_],
         "memory": _memory_index(memory),
@@ -205,7 +206,7 @@ def load(path: str | os.PathLike, model: nn.Module, trusted: Sequence[str] = (),
     else:
         learner.recognizer_.detectors_ = detectors
     learner.input_shape_ = tuple(meta["input_shape"])
-    learner.input_range_ = tuple(meta["input_range"]) if "input_range" in meta else None  # saved before it was kept
+    learner.input_range_ = tuple(meta["input_range"]) if meta.get("input_range") else None  # saved before it was kept
     learner.prune_results_ = [
         PruneResult([k.cpu() for k in keep], r["n_pruned"], r["base_accuracy"], r["accuracy"],
                     [tuple(x) for x in r["trials"]])

@@ -9,9 +9,10 @@ default those of :class:`zennit.composites.EpsilonPlusFlat` (flat rule on the
 first layer, z+ on convolutions, epsilon on dense layers, zennit's Norm rule on
 the Sum of a canonized residual block) with the model's canonizers
 (``units.canonizers``, see :mod:`rerelrp.canonizers`: BatchNorm merged into the
-layer it normalises, residual additions made modules): the same rules in one autograd step each (:func:`rerelrp.rules.unit_composite`)
-when only the units are read; zennit's own rules, with its ZBox rule on the
-first layer (:func:`input_composite`), when the input relevance is asked for.
+layer it normalises, residual additions made modules): the same rules in one
+autograd step each (:func:`rerelrp.rules.unit_composite`) when only the units
+are read; zennit's own rules, with its ZBox rule on the first layer
+(:func:`input_composite`), when the input relevance is asked for.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["TaskTraining", "batchnorm_frozen", "head_loss", "train_task", "OptimizerFactory"]
+__all__ = ["TaskTraining", "batchnorm_frozen", "HeadLoss", "train_task", "OptimizerFactory"]
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 """A callable ``(params, lr=...) -> Optimizer``, e.g. ``torch.optim.Adam`` or
@@ -42,21 +42,42 @@ class TaskTraining:
     loader: Iterable
     seed: int
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_loss", HeadLoss(self.classes))
+
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the task's head: ``logits`` ``(batch, n_outputs)``, ``y`` ``(batch,)`` global
-        class ids of the task; a scalar tensor."""
-        return head_loss(logits, y, self.classes)
+        class ids of the task; a scalar tensor (see :class:`HeadLoss`)."""
+        return self._loss(logits, y)
 
 
-def head_loss(logits: torch.Tensor, y: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
-    """Mean cross-entropy of ``logits[:, classes]`` for labels ``y`` (global class ids, each one of ``classes``)."""
-    head = torch.as_tensor(list(classes), dtype=torch.long, device=logits.device)
-    position = torch.full((int(head.max()) + 1,), -1, dtype=torch.long, device=logits.device)
-    position[head] = torch.arange(len(head), device=logits.device)
-    y = y.to(logits.device)
-    if y.min() < 0 or y.max() > head.max() or (position[y] < 0).any():
-        raise ValueError(f"labels {sorted(set(y.tolist()) - set(classes))} are not classes of the task ({list(classes)})")
-    return nn.functional.cross_entropy(logits[:, head], position[y])
+class HeadLoss:
+    """Mean cross-entropy of ``logits[:, classes]`` for labels ``y`` (global class ids, each one of ``classes``).
+
+    The head's index tables are built once per device; a call checks its labels with one reduction and raises
+    ``ValueError`` naming any label that is not one of ``classes``.
+    """
+
+    def __init__(self, classes: Sequence[int]):
+        self.classes = tuple(int(c) for c in classes)
+        self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _table(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._tables:
+            head = torch.as_tensor(self.classes, dtype=torch.long, device=device)
+            position = torch.full((max(self.classes) + 1,), -1, dtype=torch.long, device=device)
+            position[head] = torch.arange(len(head), device=device)  # label -> its column in the head
+            self._tables[device] = head, position
+        return self._tables[device]
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        head, position = self._table(logits.device)
+        y = y.to(logits.device)
+        target = position[y.clamp(0, len(position) - 1)]
+        if ((y < 0) | (y >= len(position)) | (target < 0)).any():
+            raise ValueError(f"labels {sorted(set(y.tolist()) - set(self.classes))} are not classes of the task "
+                             f"({list(self.classes)})")
+        return nn.functional.cross_entropy(logits[:, head], target)
 
 
 @contextlib.contextmanager
@@ -108,6 +129,7 @@ def train_task(
     The mean training loss of each epoch.
     """
     opt = optimizer([p for p in model.parameters() if p.requires_grad], lr=lr)
+    head_loss = HeadLoss(classes)
     losses = []
     was_training = model.training
     model.train()
@@ -120,7 +142,7 @@ def train_task(
                 for x, y in loader:
                     x, y = x.to(device), y.to(device)
                     opt.zero_grad(set_to_none=True)
-                    loss = head_loss(model(x), y, classes)
+                    loss = head_loss(model(x), y)
                     loss.backward()
                     opt.step()
                     total += loss.item() * len(y)

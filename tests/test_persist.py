@@ -46,6 +46,18 @@ def test_round_trip_gives_identical_predictions(saved, digits):
         assert torch.equal(loaded.predict(x, task_id=t), learner.predict(x, task_id=t))
     assert loaded.free_capacity() == learner.free_capacity()
     assert loaded.get_params()["optimizer"].keywords == {"weight_decay": 0.01}
+    assert loaded.input_range_ == learner.input_range_
+    torch.testing.assert_close(loaded.explain(x[:8]), learner.explain(x[:8]))
+
+
+def test_a_learner_without_input_range_saves_loads_and_explains(saved, digits, tmp_path):
+    learner, path = saved
+    old = rerelrp.load(path, digits_mlp(seed=99))
+    old.input_range_ = None  # as loaded from a file written before input_range_ was kept
+    again = rerelrp.load(old.save(tmp_path / "old.rerelrp"), digits_mlp(seed=98))
+    assert again.input_range_ is None
+    x = digits[1][0][0][:8]
+    torch.testing.assert_close(again.explain(x), learner.explain(x))  # digits span [0, 1] in any batch of them
 
 
 def test_learning_after_load_equals_learning_without_it(digits, tmp_path):
