@@ -44,5 +44,13 @@ def vgg11(in_channels: int, n_classes: int, side: int = 28) -> torchvision.model
     return model
 
 
+def mlp400(in_channels: int, n_classes: int, side: int = 28) -> nn.Sequential:
+    """The RNF paper's Permuted-MNIST network at 400 units a layer: the image flattened, two dense layers of
+    400 units (ReLU), the output layer: 800 units."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * side * side, 400), nn.ReLU(), nn.Linear(400, 400),
+                         nn.ReLU(), nn.Linear(400, n_classes))
+
+
 #: ``--backbone`` name -> factory ``(in_channels, n_classes, side) -> model``.
-BACKBONES: dict[str, Callable[..., nn.Module]] = {"small-cnn": small_cnn, "resnet18": resnet18, "vgg11": vgg11}
+BACKBONES: dict[str, Callable[..., nn.Module]] = {"small-cnn": small_cnn, "resnet18": resnet18, "vgg11": vgg11,
+                                                  "mlp-400": mlp400}

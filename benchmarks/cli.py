@@ -22,6 +22,11 @@ from benchmarks.reports import environment, markdown_table, plot_heatmaps, plot_
 from benchmarks.stream import Stream
 
 
+#: rerelrp options the command line sets when given (None: the learner's default); n_tasks is set apart.
+LEARNER_OPTIONS = ("n_features", "n_components", "min_keep", "acc_drop", "drop_confidence", "prune_rounds",
+                   "retrain_epochs")
+
+
 def add_threads_option(p: argparse.ArgumentParser) -> None:
     """``--threads``: torch's intra-op threads for the run (see :func:`set_threads`)."""
     p.add_argument("--threads", type=int, default=1,
@@ -90,6 +95,21 @@ def parser(description: str, default_epochs: int, quick_epochs: int) -> argparse
     p.add_argument("--min-keep", type=float, default=None,
                    help=f"fraction of each layer every rerelrp task keeps (default: the learner's, "
                         f"{LEARNER_DEFAULTS['min_keep']}; 0: the paper's pruning)")
+    p.add_argument("--acc-drop", type=float, default=None,
+                   help=f"rerelrp's pruning threshold in points of validation accuracy (default: the learner's, "
+                        f"{LEARNER_DEFAULTS['acc_drop']})")
+    p.add_argument("--drop-confidence", type=float, default=None,
+                   help=f"confidence of rerelrp's paired test that a pruning costs more than --acc-drop (default: "
+                        f"the learner's, {LEARNER_DEFAULTS['drop_confidence']}; 0.5: the raw accuracy difference)")
+    p.add_argument("--prune-rounds", type=int, default=None,
+                   help=f"rounds of relevance, pruning and retraining per rerelrp task (default: the learner's, "
+                        f"{LEARNER_DEFAULTS['prune_rounds']})")
+    p.add_argument("--retrain-epochs", type=int, default=None,
+                   help="epochs retraining the surviving units after each pruning round (default: the learner's, "
+                        "a tenth of --epochs, at least 1; 0: no retraining, the paper's pruning)")
+    p.add_argument("--n-tasks", type=int, default=None,
+                   help="tasks rerelrp expects, for its budget per task (each task keeps at most "
+                        "free units // (tasks left + 1)); default: the stream's number of tasks; 0: no budget")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_threads_option(p)
     return p
@@ -118,9 +138,11 @@ def main(args: argparse.Namespace, stream_fn: Callable[[argparse.Namespace], Str
           f"{sum(len(y) for _, y in stream.train)} training images; backbone {args.backbone}; {epochs} epochs; "
           f"seeds {args.seeds}; "
           f"device {args.device}" + (f"\n{stream.note}" if stream.note else ""), flush=True)
+    n_tasks = len(stream.tasks) if args.n_tasks is None else args.n_tasks or None
+    options = {name: getattr(args, name) for name in LEARNER_OPTIONS if getattr(args, name) is not None}
     run = dict(epochs=epochs, device=args.device, batch_size=args.batch_size, lr=args.lr,
                progress=not args.no_progress, recognizer=args.recognizer, detector=args.detector,
-               n_features=args.n_features, n_components=args.n_components, min_keep=args.min_keep)
+               options={**options, "n_tasks": n_tasks})
     results, learner = run_all(stream, lambda: model_fn(stream, args.backbone), args.methods, args.seeds, args.tune, **run)
     table = markdown_table(results, args.methods)
     plots = plot_results(results, stream, args.methods, out)

@@ -49,16 +49,15 @@ def detectors() -> dict[str, BaseEstimator | None]:
 
 
 class ReReLRPMethod:
-    """rerelrp with its default options; epochs, seed and device from the run; recognizer options by name
-    (None: the learner's default)."""
+    """rerelrp with its default options; epochs, seed and device from the run; the recognizer and detector by
+    name; ``options``: other learner options (see :class:`rerelrp.ReReLRP`)."""
 
     name = "rerelrp"
 
     def __init__(self, model: nn.Module, *, epochs: int, seed: int, device: str, batch_size: int, lr: float,
                  progress: bool, recognizer: str = "gaussian", detector: str = "default",
-                 n_features: int | None = None, n_components: int | None = None, min_keep: float | None = None, **_):
-        options = {k: v for k, v in (("n_features", n_features), ("n_components", n_components),
-                                     ("min_keep", min_keep)) if v is not None}
+                 options: dict | None = None, **_):
+        options = options or {}
         self.learner = rerelrp.ReReLRP(model, epochs=epochs, lr=lr, random_state=seed, device=device,
                                        progress=progress, recognizer=recognizer,
                                        detector=detectors()[detector] if recognizer == "paper" else None, **options)

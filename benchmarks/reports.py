@@ -22,9 +22,11 @@ def _mean_std(values: Sequence[float], scale: float = 100.0) -> str:
 
 def markdown_table(results: Sequence[StreamResult], methods: Sequence[str]) -> str:
     """Final TAg/TAw average accuracy, forgetting, task recognition, bytes kept and times; mean ± std over seeds."""
-    lines = ["| method | TAg acc (%) | TAw acc (%) | TAg forgetting (pts) | TAw forgetting (pts) | task recognition (%) "
+    label = bool(results and results[0].tag_label)  # a label-only accuracy (Permuted MNIST's digit)
+    lines = ["| method | TAg acc (%) | TAw acc (%) | " + ("label-only TAg acc (%) | " if label else "")
+             + "TAg forgetting (pts) | TAw forgetting (pts) | task recognition (%) "
              "| free capacity (%) | kept beyond weights (KiB) | train (s) | predict (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if label else "")]
     for name in methods:
         rs = [r for r in results if r.method == name]
         if not rs:
@@ -34,7 +36,8 @@ def markdown_table(results: Sequence[StreamResult], methods: Sequence[str]) -> s
         forget = {m: _mean_std([(r.forgetting(getattr(r, m)) or [0.0])[-1] for r in rs]) for m in ("tag", "taw")}
         lines.append(
             f"| {name} | {_mean_std([r.average(r.tag)[-1] for r in rs])} | {_mean_std([r.average(r.taw)[-1] for r in rs])} "
-            f"| {forget['tag']} | {forget['taw']} | {rec} | {free} "
+            + (f"| {_mean_std([r.average(r.tag_label)[-1] for r in rs])} " if label else "")
+            + f"| {forget['tag']} | {forget['taw']} | {rec} | {free} "
             f"| {np.mean([r.bytes_kept for r in rs]) / 1024:.1f} | {_mean_std([r.train_seconds for r in rs], 1)} "
             f"| {_mean_std([r.predict_seconds for r in rs], 1)} |")
     return "\n".join(lines)

@@ -25,6 +25,9 @@ class Stream:
     task_names: list[str]
     note: str = ""
     class_names: list[str] = field(default_factory=list)  # by global class id; empty: the ids themselves
+    #: when tasks reuse labels under new class ids (Permuted MNIST: task k's digit d is class 10 k + d), the
+    #: number of labels: ``class % label_count`` is the label, and results also report its accuracy
+    label_count: int | None = None
 
     def class_name(self, c: int) -> str:
         """The name of global class ``c`` (its id when the stream has no names)."""
@@ -42,4 +45,4 @@ class Stream:
             return [(x[i], y[i]) for x, y in parts for i in [torch.randperm(len(y), generator=g)[:per_task]]]
 
         return Stream(self.name, self.tasks, cut(self.train), cut(self.val), cut(self.test), self.n_classes,
-                      self.task_names, self.note, self.class_names)
+                      self.task_names, self.note, self.class_names, self.label_count)

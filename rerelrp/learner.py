@@ -1,7 +1,9 @@
 """The ReReLRP learner: one shared network, one unit mask and one head per task.
 
 ``fit_task`` runs the method's stages in order (see METHOD.md):
-train -> reference set -> relevance -> prune -> freeze -> remember -> recognize.
+train -> reference set -> relevance -> prune -> retrain -> freeze -> capacity -> remember -> recognize.
+Relevance, pruning and retraining repeat for ``prune_rounds`` rounds (PackNet's prune-then-retrain, in
+CPG's gradual steps), within the task's share of the free units (:mod:`rerelrp.capacity`).
 Prediction without a task id reads each detector's features (by default the
 activations of the subnetworks S_0..S_m together, one forward pass each; with
 ``recognizer="paper"`` the relevance of S_m, one LRP pass each), asks the
@@ -27,8 +29,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from zennit.core import Composite
 
+from . import capacity
 from .data import check_input, prepare_task
-from .distributed import agree, from_rank0, is_distributed, is_rank0
+from .distributed import agree, broadcast_state, from_rank0, is_distributed, is_rank0
 from .freeze import FrozenParameters
 from .network import eval_mode, find_units, masked, unit_outputs
 from .prune import PruneResult, prune_to_threshold, unit_scores
@@ -42,7 +45,7 @@ __all__ = ["ReReLRP"]
 #: Inputs a prediction accepts: one tensor ``(n, *input_shape)``, or an iterable of batches (a DataLoader).
 Batches = Union[torch.Tensor, Iterable]
 
-STAGES = ("data", "train", "relevance", "prune", "freeze", "remember", "recognize")
+STAGES = ("data", "train", "relevance", "prune", "retrain", "freeze", "remember", "recognize")
 #: Fitted lists that grow by one entry per task.
 _GROWING = ("tasks_", "masks_", "prune_results_", "fit_times_")
 
@@ -60,8 +63,20 @@ class ReReLRP(BaseEstimator):
     optimizer: factory ``(params, lr=...) -> torch.optim.Optimizer``
         (default ``torch.optim.Adam``; e.g. ``functools.partial(torch.optim.SGD, momentum=0.9)``).
     acc_drop: pruning threshold, in percentage points of validation accuracy.
+    drop_confidence: one-sided confidence in [0.5, 1) at which a pruning must be shown to cost more than
+        ``acc_drop`` points to be refused (a paired test on the validation images, see
+        :func:`rerelrp.prune.paired_drop`); 0.5 compares the raw accuracies, as the paper does.
     min_keep: fraction of every unit layer, its most relevant units, that each task keeps whatever
         the accuracy (see :func:`rerelrp.prune.prune_to_threshold`); 0 is the paper's pruning.
+    prune_rounds: rounds of relevance, pruning and retraining per task (1 with ``retrain_epochs=0``: the
+        paper's single pruning).
+    retrain_epochs: epochs that retrain the task's surviving free units after each pruning round, the pruned
+        ones switched off (default None: a tenth of ``epochs``, at least 1; 0: no retraining).
+    reset_free: re-initialise the units kept by no task before each task after the first
+        (:func:`rerelrp.capacity.reset_free_units`); False: they start from the weights the earlier tasks left.
+    n_tasks: how many tasks the stream will have, if known: each task then keeps at most its share of the
+        free units, ``free // (tasks left + 1)`` (:func:`rerelrp.capacity.task_budget`), and the capacity
+        forecast warns when a layer will not last until the last task. None: no budget.
     n_reference: reference samples per class for the relevance that ranks units (paper: 132; 500
         gave 4 points more task-agnostic accuracy on Split MNIST validation data, 0.874 against 0.832).
     n_features: units each task detector reads (paper: 40).
@@ -86,7 +101,8 @@ class ReReLRP(BaseEstimator):
     ----------
     tasks_: list of the sorted class ids of each learned task.
     masks_: per task, one bool tensor ``(n_units,)`` per unit layer: the kept units of S_t.
-    prune_results_: per task, the :class:`rerelrp.prune.PruneResult`.
+    prune_results_: per task, the :class:`rerelrp.prune.PruneResult` of its last pruning round (``accuracy``:
+        after retraining).
     fit_times_: per task, seconds spent in each stage of ``fit_task``.
     memory_: what is kept of past data: :class:`rerelrp.remember.ActivationStatistics`, or
         :class:`rerelrp.remember.RelevanceMemory` with ``recognizer="paper"``.
@@ -106,7 +122,12 @@ class ReReLRP(BaseEstimator):
         lr: float = 1e-3,
         optimizer: OptimizerFactory = torch.optim.Adam,
         acc_drop: float = 2.0,
+        drop_confidence: float = 0.5,
         min_keep: float = 0.15,
+        prune_rounds: int = 3,
+        retrain_epochs: int | None = None,
+        reset_free: bool = True,
+        n_tasks: int | None = None,
         n_reference: int = 500,
         n_features: int = 48,
         n_components: int = 4,
@@ -124,7 +145,12 @@ class ReReLRP(BaseEstimator):
         self.lr = lr
         self.optimizer = optimizer
         self.acc_drop = acc_drop
+        self.drop_confidence = drop_confidence
         self.min_keep = min_keep
+        self.prune_rounds = prune_rounds
+        self.retrain_epochs = retrain_epochs
+        self.reset_free = reset_free
+        self.n_tasks = n_tasks
         self.n_reference = n_reference
         self.n_features = n_features
         self.n_components = n_components
@@ -189,7 +215,7 @@ class ReReLRP(BaseEstimator):
         """The stages of METHOD.md around the caller's training (stage 1)."""
         t = len(self.tasks_)
         seed = self.random_state + 1000 * t
-        if t > 0 and self.free_capacity()["overall"] == 0.0:
+        if t > 0 and self.free_capacity()["overall"] == 0.0:  # warned ahead by the forecast, unless n_tasks lied
             warnings.warn(
                 f"capacity exhausted: all {self.units_.total} units are kept by the {t} tasks learned so far, so "
                 f"task {t} can train only its own head rows; use a wider model, or a larger acc_drop "
@@ -204,28 +230,19 @@ class ReReLRP(BaseEstimator):
             if t == 0:
                 self._check_model_accepts(task.val_x[:1])
             agree(task.classes, f"the classes of task {t}")
-        # 1. Train (the caller's loop) on the task's head; frozen entries are restored after every step.
+        # 1. Train (the caller's loop) on the task's head, the free units freshly initialised; frozen entries are
+        #    restored after every step.
+        if t > 0 and self.reset_free:
+            capacity.reset_free_units(self.units_, self.masks_, seed)
+            broadcast_state(self._net)
         statistics = batchnorm_frozen(self.units_.batchnorms) if t > 0 else contextlib.nullcontext()
         with _timed(times, "train"), self.frozen_.enforced(self.model), statistics:
             yield TaskTraining(t, tuple(task.classes), task.train, seed)
         # 2. Reference set: drawn by prepare_task from the training share.
         ref_x, ref_y = task.ref_x.to(self.device_), task.ref_y.to(self.device_)
-        # 3-4 run on rank 0 only when distributed: the weights agree, so would the result.
-        def relevance_and_pruning() -> PruneResult:
-            # 3. Relevance of every unit, from the true class's logit through head t.
-            with _timed(times, "relevance"):
-                rel = lrp(self._net, self.units_, ref_x, task.classes, target=ref_y,
-                          composite=self.composite_, batch_size=self.batch_size)
-                scores = unit_scores(rel.units)
-            # 4. Prune to the accuracy threshold on validation data.
-            with _timed(times, "prune"):
-                val_x, val_y = task.val_x.to(self.device_), task.val_y.to(self.device_)
-                return prune_to_threshold(
-                    scores, self.units_.sizes,
-                    lambda keep: float((self._predict_head(val_x, task.classes, keep) == val_y).float().mean()),
-                    self.acc_drop, self.min_keep)
-
-        result = from_rank0(relevance_and_pruning)
+        # 3-4 (and the retraining) run on rank 0 only when distributed: the weights agree, so would the result.
+        result = from_rank0(lambda: self._prune(task, ref_x, ref_y, seed, times))
+        broadcast_state(self._net)  # what rank 0's retraining changed
         self.tasks_.append(task.classes)
         self.masks_.append([k.to(self.device_) for k in result.keep])
         self.prune_results_.append(result)
@@ -235,6 +252,9 @@ class ReReLRP(BaseEstimator):
             self.frozen_.freeze_head(task.classes)
             if t == 0:
                 self.frozen_.freeze_batchnorm()
+        # Capacity: warn before a layer runs out, and when the budget cost accuracy.
+        for message in self._capacity_warnings(result):
+            warnings.warn(message, RuntimeWarning, stacklevel=5)
         # 6-7 run on rank 0 only when distributed, and every rank takes its memory and detectors.
         def remember_and_recognize():
             # 6. Remember: the task's statistics (or its reference samples' relevance) through every subnetwork.
@@ -251,6 +271,69 @@ class ReReLRP(BaseEstimator):
         previous = getattr(self, "input_range_", None) or (low, high)
         self.input_range_ = (min(previous[0], low), max(previous[1], high))
         self.fit_times_.append(times)
+
+    def _prune(self, task, ref_x: torch.Tensor, ref_y: torch.Tensor, seed: int, times: dict) -> PruneResult:
+        """Stages 3-4 in rounds: relevance of every unit through head t (from the true class's logit, through
+        the survivors so far), pruning of free units to the threshold within the task's budget, and
+        retraining of the survivors with the pruned units switched off."""
+        t = len(self.tasks_)
+        val_x, val_y = task.val_x.to(self.device_), task.val_y.to(self.device_)
+
+        def correct(keep) -> torch.Tensor:
+            return (self._predict_head(val_x, task.classes, keep) == val_y).cpu()
+
+        frozen = capacity.kept_by(self.masks_, len(self.units_.layers)) if t else None
+        free = self.units_.total - (sum(int(f.sum()) for f in frozen) if frozen else 0)
+        budget = capacity.task_budget(free, t, self.n_tasks)
+        base = correct(None)
+        if not capacity.above_chance(base, val_y):
+            warnings.warn(
+                f"task {t} reached {float(base.float().mean()):.1%} validation accuracy before pruning, no better "
+                f"than always answering its most frequent class; {free} of {self.units_.total} units were free "
+                "for it. It is learned as it is: to leave later tasks more room, set n_tasks (a budget per task) "
+                "or a larger acc_drop from the first task on, or use a wider model or more epochs",
+                RuntimeWarning, stacklevel=6)
+        result = None
+        for r in range(self.prune_rounds):
+            with _timed(times, "relevance"):
+                rel = lrp(self._net, self.units_, ref_x, task.classes, target=ref_y, keep=None if result is None else result.keep,
+                          composite=self.composite_, batch_size=self.batch_size)
+            with _timed(times, "prune"):
+                result = prune_to_threshold(
+                    unit_scores(rel.units), self.units_.sizes, correct, self.acc_drop, self.min_keep,
+                    frozen=frozen, pruned=None if r == 0 else [~k for k in result.keep], budget=budget,
+                    confidence=self.drop_confidence, base=base)
+            if self._retrain_epochs:
+                with _timed(times, "retrain"):
+                    self._retrain(task, result.keep, seed + 1 + r)
+        if self._retrain_epochs and self.prune_rounds:
+            result.accuracy = float(correct(result.keep).float().mean())
+        return result
+
+    def _retrain(self, task, keep: list[torch.Tensor], seed: int) -> None:
+        """Train the task again in rerelrp's loop with only the units of ``keep`` on: the survivors of the
+        pruning take over the work of the pruned units, which stay free for later tasks (PackNet)."""
+        t = len(self.tasks_)
+        statistics = batchnorm_frozen(self.units_.batchnorms) if t > 0 else contextlib.nullcontext()
+        with self.frozen_.enforced(self._net), statistics, masked(self.units_, keep), \
+                torch.random.fork_rng(devices=self._rng_devices()):
+            torch.manual_seed(seed)
+            train_task(self._net, task.train, task.classes, epochs=self._retrain_epochs, lr=self.lr,
+                       optimizer=self.optimizer, device=self.device_, progress=self.progress,
+                       description=f"task {t} retrain")
+
+    def _capacity_warnings(self, result: PruneResult) -> list[str]:
+        t = len(self.tasks_) - 1
+        messages = []
+        if result.over_threshold:
+            messages.append(
+                f"task {t} needed more than its budget of {result.budget} free units (n_tasks={self.n_tasks}): "
+                f"its subnetwork reaches {result.accuracy:.1%} validation accuracy against {result.base_accuracy:.1%} "
+                "unpruned, more than acc_drop below it; a wider model leaves every task more room")
+        forecast = capacity.running_out(self.units_, self.masks_, self.n_tasks)
+        if forecast:
+            messages.append(forecast)
+        return messages
 
     def _checkpoint(self) -> dict:
         """What :meth:`_rollback` needs to put the learner and its model back as they are now."""
@@ -324,10 +407,13 @@ class ReReLRP(BaseEstimator):
     def free_capacity(self) -> dict:
         """Fraction of units kept by no finished task: ``{"overall": float, "per_layer": {name: float}}``."""
         self._check_fitted()
-        used = [torch.stack(per_task).any(0) for per_task in zip(*self.masks_)]
-        per_layer = {layer.name: 1.0 - float(u.float().mean()) for layer, u in zip(self.units_.layers, used)}
-        overall = 1.0 - sum(int(u.sum()) for u in used) / self.units_.total
-        return {"overall": overall, "per_layer": per_layer}
+        return capacity.free_capacity(self.units_, self.masks_)
+
+    def capacity_report(self) -> list[dict]:
+        """Per task and unit layer, the units the task kept, took new from the free pool, reused, and left free
+        (see :func:`rerelrp.capacity.capacity_report`): a list of dicts, one row each."""
+        self._check_fitted()
+        return capacity.capacity_report(self.units_, self.masks_)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Save everything needed to predict and to go on learning to ``path`` (see :func:`rerelrp.persist.save`).
@@ -343,6 +429,11 @@ class ReReLRP(BaseEstimator):
         return written
 
     # ------------------------------------------------------------------ internals
+    @property
+    def _retrain_epochs(self) -> int:
+        """Epochs of retraining after each pruning round: ``retrain_epochs``, or a tenth of ``epochs`` (>= 1)."""
+        return max(1, self.epochs // 10) if self.retrain_epochs is None else self.retrain_epochs
+
     @property
     def _net(self) -> nn.Module:
         """The network rerelrp reads: ``model``, or the module a DistributedDataParallel ``model`` wraps."""
@@ -391,6 +482,16 @@ class ReReLRP(BaseEstimator):
             raise ValueError(f"acc_drop must lie in [0, 100] percentage points, got {self.acc_drop!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not 0.5 <= self.drop_confidence < 1:
+            raise ValueError(f"drop_confidence must lie in [0.5, 1) (0.5: the raw accuracy difference), "
+                             f"got {self.drop_confidence!r}")
+        if not isinstance(self.prune_rounds, int) or self.prune_rounds < 1:
+            raise ValueError(f"prune_rounds must be a positive int, got {self.prune_rounds!r}")
+        if self.retrain_epochs is not None and (not isinstance(self.retrain_epochs, int) or self.retrain_epochs < 0):
+            raise ValueError(f"retrain_epochs must be None or an int >= 0, got {self.retrain_epochs!r}")
+        if self.n_tasks is not None and (not isinstance(self.n_tasks, int) or self.n_tasks < 1):
+            raise ValueError(f"n_tasks must be None or a positive int (the tasks the stream will have), "
+                             f"got {self.n_tasks!r}")
 
     def _check_model_accepts(self, x: torch.Tensor) -> None:
         try:
@@ -445,7 +546,7 @@ class ReReLRP(BaseEstimator):
 
     def _union(self, m: int) -> list[torch.Tensor]:
         """Masks of the units kept by any of the tasks 0..m: frozen from task m on, so their outputs never change."""
-        return [torch.stack(per_task[:m + 1]).any(0) for per_task in zip(*self.masks_)]
+        return [u.to(self.device_) for u in capacity.kept_by(self.masks_, len(self.units_.layers), m + 1)]
 
     def _last_layer(self, x: torch.Tensor, m: int) -> torch.Tensor:
         """Outputs ``(n, last layer units)`` of the last hidden unit layer through S_0..S_m together."""

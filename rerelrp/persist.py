@@ -108,7 +108,8 @@ def save(learner: ReReLRP, path: str | os.PathLike) -> Path:
         "input_range": None if learner.input_range_ is None else list(learner.input_range_),
         "fit_times": learner.fit_times_, "n_features": memory.n_features,
         "prune_results": [{"n_pruned": r.n_pruned, "base_accuracy": r.base_accuracy, "accuracy": r.accuracy,
-                           "trials": r.trials} for r in learner.prune_results_],
+                           "trials": r.trials, "budget": r.budget, "over_threshold": r.over_threshold}
+                          for r in learner.prune_results_],
         "memory": _memory_index(memory),
     }
     members = {"meta.json": json.dumps(meta, indent=1).encode(), "tensors.safetensors": save_tensors(tensors)}
@@ -209,7 +210,7 @@ def load(path: str | os.PathLike, model: nn.Module, trusted: Sequence[str] = (),
     learner.input_range_ = tuple(meta["input_range"]) if meta.get("input_range") else None  # saved before it was kept
     learner.prune_results_ = [
         PruneResult([k.cpu() for k in keep], r["n_pruned"], r["base_accuracy"], r["accuracy"],
-                    [tuple(x) for x in r["trials"]])
+                    [tuple(x) for x in r["trials"]], r.get("budget"), bool(r.get("over_threshold", False)))
         for r, keep in zip(meta["prune_results"], learner.masks_)]
     learner.fit_times_ = meta["fit_times"]
     return learner

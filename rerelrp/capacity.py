@@ -1,0 +1,136 @@
+"""Capacity: what a task may take of the free units, what it took, and when the pool will run out.
+
+A unit kept by a finished task is frozen for good; the units kept by no task are the pool every later task
+trains. Left alone, the first tasks take what they like, and a long stream ends with tasks that train nothing
+but their own head rows. Three things here keep the pool in view:
+
+- a *budget*: told how many tasks to expect (``n_tasks``), task t may keep at most
+  ``free // (tasks left + 1)`` of the free units (CPG's rule; Hung et al., *Compacting, Picking and Growing*,
+  2019), so every task to come finds at least as many (:func:`task_budget`);
+- a *report* per task and per layer of the units each task kept, how many of them were new (taken from the
+  pool) or reused (frozen by an earlier task), and what stayed free (:func:`capacity_report`);
+- a *fresh start* for the free units of every task after the first (:func:`reset_free_units`): a unit that an
+  earlier task trained and then pruned keeps weights fitted to that task, and a network of such units learned
+  RetinaMNIST, the third task of the medical stream, no better than its majority class (43 %), where freshly
+  initialised free units reached 50-52 % (test, seed 0);
+- a *forecast* from the units the tasks so far took of each layer, warned *before* a layer runs out
+  (:func:`running_out`), and a check that a task was learned better than its majority class
+  (:func:`above_chance`), so that a task without room is never learned at chance silently.
+
+Masks are those of :attr:`rerelrp.ReReLRP.masks_`: per task, one bool tensor ``(n_units,)`` per unit layer.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Sequence
+
+import torch
+from scipy.stats import binomtest
+
+from .network import Units
+
+__all__ = ["kept_by", "task_budget", "free_capacity", "capacity_report", "running_out", "above_chance",
+           "reset_free_units"]
+
+Masks = Sequence[Sequence[torch.Tensor]]
+
+
+def kept_by(masks: Masks, n_layers: int, upto: int | None = None) -> list[torch.Tensor]:
+    """Per layer, the bool mask ``(n_units,)`` of the units kept by any of the tasks ``0..upto-1`` (all tasks:
+    ``upto=None``): the frozen units. With no task, every mask is empty (all False) and has length 0."""
+    masks = list(masks)[:upto]
+    if not masks:
+        return [torch.zeros(0, dtype=torch.bool) for _ in range(n_layers)]
+    return [torch.stack([m.cpu() for m in per_layer]).any(0) for per_layer in zip(*masks)]
+
+
+def task_budget(free_units: int, task: int, n_tasks: int | None) -> int | None:
+    """The most free units task ``task`` (0-based) may keep when ``n_tasks`` tasks are expected: CPG's
+    ``free_units // (tasks left after this one + 1)``; a task past ``n_tasks`` may take all. None without
+    ``n_tasks``."""
+    if n_tasks is None:
+        return None
+    return free_units // (max(n_tasks - task - 1, 0) + 1)
+
+
+def free_capacity(units: Units, masks: Masks) -> dict:
+    """Fraction of units kept by no task: ``{"overall": float, "per_layer": {name: float}}``."""
+    used = kept_by(masks, len(units.layers))
+    per_layer = {layer.name: 1.0 - float(u.float().mean()) for layer, u in zip(units.layers, used)}
+    return {"overall": 1.0 - sum(int(u.sum()) for u in used) / units.total, "per_layer": per_layer}
+
+
+def capacity_report(units: Units, masks: Masks) -> list[dict]:
+    """One row per task and unit layer, in order: ``task``, ``layer`` (name), ``units`` (the layer's size),
+    ``kept`` (units of the task's subnetwork), ``new`` (of those, taken from the free pool: frozen from this
+    task on), ``reused`` (frozen by an earlier task), ``free`` (units still free after the task)."""
+    rows = []
+    for t, keep in enumerate(masks):
+        before = kept_by(masks, len(units.layers), t)
+        for i, (layer, k) in enumerate(zip(units.layers, keep)):
+            k = k.cpu()
+            old = before[i] if len(before[i]) else torch.zeros_like(k)
+            rows.append({"task": t, "layer": layer.name, "units": layer.n_units, "kept": int(k.sum()),
+                         "new": int((k & ~old).sum()), "reused": int((k & old).sum()),
+                         "free": int((~(k | old)).sum())})
+    return rows
+
+
+def running_out(units: Units, masks: Masks, n_tasks: int | None) -> str | None:
+    """A warning's text when, at the mean rate at which the tasks so far took each layer's free units, some
+    layer will run out before the tasks to come: before ``n_tasks`` when given, else before the next task.
+    None when every layer lasts."""
+    rows = capacity_report(units, masks)
+    learned = len(masks)
+    ahead = 1 if n_tasks is None else n_tasks - learned
+    if ahead <= 0:
+        return None
+    short = []
+    for layer in units.layers:
+        mine = [r for r in rows if r["layer"] == layer.name]
+        rate, free = sum(r["new"] for r in mine) / learned, mine[-1]["free"]
+        lasts = math.inf if rate == 0 else free / rate
+        if lasts < ahead:
+            short.append(f"'{layer.name}' ({free} of {layer.n_units} free, {rate:.1f} taken per task: "
+                         f"{lasts:.1f} tasks' worth)")
+    if not short:
+        return None
+    needed = "the next task" if n_tasks is None else f"the {ahead} tasks still expected (n_tasks={n_tasks})"
+    advice = "a budget per task keeps a share for each task to come (n_tasks=the number of tasks you expect); " \
+        if n_tasks is None else "each task to come keeps at most its budget; "
+    return (f"capacity forecast after {learned} tasks: at the rate so far, {'; '.join(short)} will not last "
+            f"{needed}, and later tasks would train only the few units left. {advice.capitalize()}a larger "
+            "acc_drop makes tasks keep fewer units, a wider model leaves more")
+
+
+def above_chance(correct: torch.Tensor, labels: torch.Tensor, alpha: float = 0.05) -> bool:
+    """Whether accuracy ``correct`` ``(n,)`` (bool, per image) is significantly above answering the most
+    frequent class of ``labels`` ``(n,)`` every time: one-sided binomial test at level ``alpha``."""
+    n = len(labels)
+    if n == 0:
+        return True
+    majority = float(torch.unique(labels.cpu(), return_counts=True)[1].max()) / n
+    if majority >= 1.0:
+        return True  # one class only: there is no chance level to beat
+    return binomtest(int(correct.sum()), n, majority, alternative="greater").pvalue < alpha
+
+
+def reset_free_units(units: Units, masks: Masks, seed: int) -> None:
+    """Re-initialise the incoming weights and bias of every unit kept by no task in ``masks``, with the layer's
+    own ``reset_parameters`` drawn from ``seed`` (the global RNG is left as it was).
+
+    Every old subnetwork masks these units to zero, so no old subnetwork changes; frozen entries are untouched.
+    """
+    used = kept_by(masks, len(units.layers))
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for layer, kept in zip(units.layers, used):
+            module = layer.module
+            fresh = copy.deepcopy(module)
+            fresh.reset_parameters()
+            free = ~kept.to(module.weight.device)
+            for name in ("weight", "bias"):
+                param = getattr(module, name)
+                if param is not None:
+                    param[free] = getattr(fresh, name)[free]

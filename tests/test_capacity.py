@@ -1,0 +1,172 @@
+"""Capacity: retraining after pruning, budgets per task, the report, the early warning, fresh free units and the
+warning for a task learned at chance. Real data: scikit-learn's 8x8 digits, five tasks of two digits."""
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import rerelrp
+from rerelrp.capacity import capacity_report, kept_by, reset_free_units, task_budget
+from rerelrp.network import masked
+from rerelrp.prune import paired_drop, prune_to_threshold
+from conftest import TASKS, digits_mlp, loader
+
+
+def old_logits(learner, x, t):
+    with torch.no_grad(), masked(learner.units_, learner.masks_[t]):
+        learner.model.eval()
+        return learner.model(x)[:, learner.tasks_[t]]  # task t's head
+
+
+@pytest.fixture(scope="module")
+def budgeted(digits):
+    """Five digit tasks with a budget for five tasks; after each task, the freeze masks with the parameters'
+    values and task 0's logits through its subnetwork."""
+    train, test = digits
+    learner = rerelrp.ReReLRP(digits_mlp(), epochs=10, n_tasks=5, progress=False)
+    snapshots = []
+    for x, y in train:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            learner.fit_task(loader(x, y))
+        frozen = {name: (learner.frozen_.masks[p].clone(), p.detach().clone())
+                  for name, p in learner.model.named_parameters() if p in learner.frozen_.masks}
+        snapshots.append((frozen, old_logits(learner, test[0][0], 0)))
+    return learner, snapshots
+
+
+def test_retraining_and_fresh_free_units_leave_every_frozen_entry_and_old_subnetwork_bit_identical(budgeted):
+    learner, snapshots = budgeted
+    final = dict(learner.model.named_parameters())
+    for frozen, logits in snapshots:
+        for name, (mask, values) in frozen.items():
+            assert mask.any()
+            assert torch.equal(final[name].detach()[mask], values[mask]), name
+        assert torch.equal(logits, snapshots[0][1])
+
+
+def test_retraining_runs_and_the_recorded_accuracy_is_the_retrained_subnetworks(digits):
+    train, test = digits
+    # one task of all ten digits: hard enough that the first pruning stops above the floor
+    x, y = torch.cat([x for x, _ in train]), torch.cat([y for _, y in train])
+    vx, vy = torch.cat([x for x, _ in test]), torch.cat([y for _, y in test])
+    once = rerelrp.ReReLRP(digits_mlp(), epochs=10, min_keep=0.0, prune_rounds=1, retrain_epochs=0, progress=False)
+    retrained = rerelrp.ReReLRP(digits_mlp(), epochs=10, min_keep=0.0, prune_rounds=3, retrain_epochs=3,
+                                progress=False)
+    for learner in (once, retrained):
+        learner.fit_task(loader(x, y), val_loader=loader(vx, vy))
+    result = retrained.prune_results_[0]
+    assert result.accuracy == float((retrained.predict(vx, task_id=0) == vy).float().mean())
+    assert retrained.fit_times_[0]["retrain"] > 0 and once.fit_times_[0]["retrain"] == 0
+    # retraining lets later rounds prune more than one pruning of the same trained network
+    assert result.n_pruned > once.prune_results_[0].n_pruned
+
+
+def test_each_task_keeps_at_most_its_budget_of_free_units_and_reuses_every_frozen_unit(budgeted):
+    learner, _ = budgeted
+    rows = learner.capacity_report()
+    free_before = learner.units_.total
+    for t in range(len(TASKS)):
+        mine = [r for r in rows if r["task"] == t]
+        new = sum(r["new"] for r in mine)
+        assert learner.prune_results_[t].budget == task_budget(free_before, t, 5) == free_before // (5 - t)
+        assert new <= learner.prune_results_[t].budget or learner.prune_results_[t].over_threshold
+        for r in mine:
+            assert r["kept"] == r["new"] + r["reused"]
+            assert r["reused"] == sum(q["new"] for q in rows if q["task"] < t and q["layer"] == r["layer"])
+        free_before -= new
+        assert free_before == sum(r["free"] for r in mine)
+    assert learner.free_capacity()["overall"] == pytest.approx(free_before / learner.units_.total)
+
+
+def test_report_matches_the_masks(budgeted):
+    learner, _ = budgeted
+    rows = capacity_report(learner.units_, learner.masks_)
+    assert len(rows) == len(TASKS) * len(learner.units_.layers)
+    for r in rows:
+        i = [layer.name for layer in learner.units_.layers].index(r["layer"])
+        assert r["kept"] == int(learner.masks_[r["task"]][i].sum())
+
+
+def test_free_units_start_each_task_fresh_and_frozen_ones_do_not(digits):
+    train, _ = digits
+    learner = rerelrp.ReReLRP(digits_mlp(), epochs=5, prune_rounds=1, retrain_epochs=0, progress=False)
+    learner.fit_task(loader(*train[0]))
+    first = learner.units_.layers[0].module
+    free = ~kept_by(learner.masks_, len(learner.units_.layers))[0]
+    before = first.weight.detach().clone()
+    reset_free_units(learner.units_, learner.masks_, seed=1)
+    assert not torch.equal(first.weight[free], before[free])
+    assert torch.equal(first.weight[~free], before[~free])
+    bound = 1 / first.in_features ** 0.5  # nn.Linear's default initialisation
+    assert first.weight[free].abs().max() <= bound
+
+
+def test_a_narrow_network_warns_before_its_pool_runs_out(digits):
+    train, _ = digits
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 10))
+    learner = rerelrp.ReReLRP(model, epochs=10, min_keep=0.3, progress=False)
+    warned_with_free = None
+    for t, (x, y) in enumerate(train):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            learner.fit_task(loader(x, y))
+        if any("capacity forecast" in str(w.message) for w in caught) and warned_with_free is None:
+            warned_with_free = learner.free_capacity()["overall"]
+        if learner.free_capacity()["overall"] == 0:
+            break
+    assert warned_with_free is not None and warned_with_free > 0
+
+
+def test_a_task_learned_at_chance_is_not_learned_silently(digits):
+    train, _ = digits
+    x, y = train[0]
+    shuffled = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))]  # labels carry no signal
+    learner = rerelrp.ReReLRP(digits_mlp(), epochs=3, progress=False)
+    with pytest.warns(RuntimeWarning, match="no better than always answering its most frequent class.*n_tasks"):
+        learner.fit_task(loader(x, shuffled))
+    learner = rerelrp.ReReLRP(digits_mlp(), epochs=3, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        learner.fit_task(loader(x, y))  # the real labels: no warning
+
+
+def test_pruning_never_prunes_frozen_units_and_honours_the_budget():
+    scores = torch.arange(20.0)  # unit 0 is the least relevant
+    frozen = [torch.arange(10) < 4, torch.zeros(10, dtype=torch.bool)]
+    result = prune_to_threshold(scores, [10, 10], lambda keep: 1.0, acc_drop=2.0, frozen=frozen)
+    assert torch.cat(result.keep)[:4].all() and result.n_pruned == 16  # every free unit pruned at no cost
+
+    def needs_eight(keep):  # accurate while at least 8 free units are kept
+        return 1.0 if int(torch.cat(keep)[4:].sum()) >= 8 else 0.5
+
+    free = prune_to_threshold(scores, [10, 10], needs_eight, acc_drop=2.0, frozen=frozen)
+    assert torch.cat(free.keep)[12:].all() and not torch.cat(free.keep)[4:12].any()  # the 8 most relevant
+    roomy = prune_to_threshold(scores, [10, 10], needs_eight, acc_drop=2.0, frozen=frozen, budget=10)
+    assert torch.equal(torch.cat(roomy.keep), torch.cat(free.keep)) and not roomy.over_threshold
+    tight = prune_to_threshold(scores, [10, 10], needs_eight, acc_drop=2.0, frozen=frozen, budget=5)
+    assert torch.cat(tight.keep)[15:].all() and int(torch.cat(tight.keep)[4:].sum()) == 5  # the budget wins
+    assert tight.over_threshold and tight.budget == 5 and tight.accuracy == 0.5
+
+
+def test_paired_drop_is_the_raw_difference_at_half_confidence_and_lower_above():
+    base = torch.tensor([True] * 70 + [False] * 8)
+    pruned = base.clone()
+    pruned[:3] = False
+    assert paired_drop(base, pruned, 0.5) == pytest.approx(3 / 78)
+    assert paired_drop(base, pruned, 0.9) < 3 / 78
+    assert paired_drop(base, base, 0.99) == 0.0
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"n_tasks": 0}, "n_tasks must be None or a positive int"),
+    ({"prune_rounds": 0}, "prune_rounds must be a positive int"),
+    ({"retrain_epochs": -1}, r"retrain_epochs must be None or an int >= 0"),
+    ({"drop_confidence": 1.0}, r"drop_confidence must lie in \[0.5, 1\)"),
+])
+def test_capacity_options_are_checked(digits, options, message):
+    train, _ = digits
+    with pytest.raises(ValueError, match=message):
+        rerelrp.ReReLRP(digits_mlp(), progress=False, **options).fit_task(loader(*train[0]))
