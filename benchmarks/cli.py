@@ -149,7 +149,7 @@ def main(args: argparse.Namespace, stream_fn: Callable[[argparse.Namespace], Str
     if learner is not None:
         plots.append(plot_heatmaps(learner, stream, out))
     payload = {"benchmark": stream.name, "tasks": stream.tasks, "task_names": stream.task_names, "note": stream.note,
-               "config": {**vars(args), "epochs": epochs}, "environment": environment(args.device),
+               "config": {**vars(args), "epochs": epochs, "script": Path(sys.argv[0]).name}, "environment": environment(args.device),
                "results": [asdict(r) for r in results], "table": table,
                "wall_seconds": time.perf_counter() - wall}
     (out / "results.md").write_text(f"# {stream.name}, {args.backbone}\n\n{table}\n")

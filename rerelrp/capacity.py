@@ -5,7 +5,7 @@ trains. Left alone, the first tasks take what they like, and a long stream ends 
 but their own head rows. Three things here keep the pool in view:
 
 - a *budget*: told how many tasks to expect (``n_tasks``), task t may keep at most
-  ``free // (tasks left + 1)`` of the free units (CPG's rule; Hung et al., *Compacting, Picking and Growing*,
+  ``free // (tasks left + 1)`` of each layer's free units (CPG's rule, per layer; Hung et al., *Compacting, Picking and Growing*,
   2019), so every task to come finds at least as many (:func:`task_budget`);
 - a *report* per task and per layer of the units each task kept, how many of them were new (taken from the
   pool) or reused (frozen by an earlier task), and what stayed free (:func:`capacity_report`);
@@ -45,13 +45,14 @@ def kept_by(masks: Masks, n_layers: int, upto: int | None = None) -> list[torch.
     return [torch.stack([m.cpu() for m in per_layer]).any(0) for per_layer in zip(*masks)]
 
 
-def task_budget(free_units: int, task: int, n_tasks: int | None) -> int | None:
-    """The most free units task ``task`` (0-based) may keep when ``n_tasks`` tasks are expected: CPG's
-    ``free_units // (tasks left after this one + 1)``; a task past ``n_tasks`` may take all. None without
-    ``n_tasks``."""
+def task_budget(free_units: Sequence[int], task: int, n_tasks: int | None) -> list[int] | None:
+    """Per unit layer, the most of its ``free_units`` that task ``task`` (0-based) may keep when ``n_tasks``
+    tasks are expected: CPG's ``free // (tasks left after this one + 1)``, layer by layer (a layer that one kind
+    of task needs most, such as the first layer of Permuted MNIST, is not emptied by the others' thrift); a
+    task past ``n_tasks`` may take all. None without ``n_tasks``."""
     if n_tasks is None:
         return None
-    return free_units // (max(n_tasks - task - 1, 0) + 1)
+    return [int(free) // (max(n_tasks - task - 1, 0) + 1) for free in free_units]
 
 
 def free_capacity(units: Units, masks: Masks) -> dict:

@@ -74,8 +74,8 @@ class ReReLRP(BaseEstimator):
         ones switched off (default None: a tenth of ``epochs``, at least 1; 0: no retraining).
     reset_free: re-initialise the units kept by no task before each task after the first
         (:func:`rerelrp.capacity.reset_free_units`); False: they start from the weights the earlier tasks left.
-    n_tasks: how many tasks the stream will have, if known: each task then keeps at most its share of the
-        free units, ``free // (tasks left + 1)`` (:func:`rerelrp.capacity.task_budget`), and the capacity
+    n_tasks: how many tasks the stream will have, if known: each task then keeps at most its share of each
+        layer's free units, ``free // (tasks left + 1)`` (:func:`rerelrp.capacity.task_budget`), and the capacity
         forecast warns when a layer will not last until the last task. None: no budget.
     n_reference: reference samples per class for the relevance that ranks units (paper: 132; 500
         gave 4 points more task-agnostic accuracy on Split MNIST validation data, 0.874 against 0.832).
@@ -189,7 +189,8 @@ class ReReLRP(BaseEstimator):
         task's head. Inside, any optimizer that steps the model's parameters leaves frozen entries bit-identical,
         and after the first task BatchNorm statistics stay fixed even under ``model.train()``. On leaving the
         context normally the method's other stages run (reference set, relevance, pruning, freezing, memory,
-        detectors). If the loop or a stage raises, or is interrupted, the learner and the model's parameters
+        detectors); the retraining between pruning rounds runs in rerelrp's own loop over ``loader`` (``optimizer``,
+        ``lr``, ``retrain_epochs``): ``retrain_epochs=0`` keeps every optimizer step in yours. If the loop or a stage raises, or is interrupted, the learner and the model's parameters
         and buffers are put back as they were before the task, and the error propagates.
         """
         self._check_params()
@@ -283,8 +284,10 @@ class ReReLRP(BaseEstimator):
             return (self._predict_head(val_x, task.classes, keep) == val_y).cpu()
 
         frozen = capacity.kept_by(self.masks_, len(self.units_.layers)) if t else None
-        free = self.units_.total - (sum(int(f.sum()) for f in frozen) if frozen else 0)
-        budget = capacity.task_budget(free, t, self.n_tasks)
+        free_per_layer = self.units_.sizes if frozen is None else \
+            [n - int(f.sum()) for n, f in zip(self.units_.sizes, frozen)]
+        free = sum(free_per_layer)
+        budget = capacity.task_budget(free_per_layer, t, self.n_tasks)
         base = correct(None)
         if not capacity.above_chance(base, val_y):
             warnings.warn(
@@ -327,7 +330,8 @@ class ReReLRP(BaseEstimator):
         messages = []
         if result.over_threshold:
             messages.append(
-                f"task {t} needed more than its budget of {result.budget} free units (n_tasks={self.n_tasks}): "
+                f"task {t} needed more than its budget of {sum(result.budget)} free units ({result.budget} per unit "
+                f"layer, n_tasks={self.n_tasks}): "
                 f"its subnetwork reaches {result.accuracy:.1%} validation accuracy against {result.base_accuracy:.1%} "
                 "unpruned, more than acc_drop below it; a wider model leaves every task more room")
         forecast = capacity.running_out(self.units_, self.masks_, self.n_tasks)

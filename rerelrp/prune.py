@@ -22,8 +22,9 @@ thousand images the test is within a fraction of a point of the raw threshold; c
 
 A floor, ``min_keep``, keeps each layer's most relevant share whatever the accuracy (frozen units it keeps
 count towards it): a task that a handful of units can solve (0 against 1) would otherwise keep a subnetwork too
-narrow to tell its inputs from other tasks' (see :mod:`rerelrp.remember`). A ``budget`` caps the units the task
-may take from the free ones (see :mod:`rerelrp.capacity`); it overrides the floor and the threshold.
+narrow to tell its inputs from other tasks' (see :mod:`rerelrp.remember`). A ``budget`` caps, per layer, the
+units the task may take from the free ones (see :mod:`rerelrp.capacity`): the layer's most relevant free units up
+to the budget stay candidates, the others are pruned whatever the floor and the threshold.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ class PruneResult:
     base_accuracy: validation accuracy (fraction) of the unpruned network.
     accuracy: validation accuracy (fraction) with ``keep`` applied.
     trials: ``(n_pruned, accuracy)`` of every evaluation, in order.
-    budget: the most free units the task could keep (None: no budget).
+    budget: per unit layer, the most free units the task could keep (None: no budget).
     over_threshold: True when the budget forced a pruning beyond the accuracy threshold.
     """
 
@@ -59,7 +60,7 @@ class PruneResult:
     base_accuracy: float
     accuracy: float
     trials: list[tuple[int, float]] = field(default_factory=list)
-    budget: int | None = None
+    budget: list[int] | None = None
     over_threshold: bool = False
 
 
@@ -95,7 +96,7 @@ def prune_to_threshold(
     *,
     frozen: Sequence[torch.Tensor] | None = None,
     pruned: Sequence[torch.Tensor] | None = None,
-    budget: int | None = None,
+    budget: Sequence[int] | None = None,
     confidence: float = 0.5,
     base: torch.Tensor | None = None,
 ) -> PruneResult:
@@ -113,7 +114,7 @@ def prune_to_threshold(
     frozen: one bool mask ``(n_units,)`` per layer of the units frozen by earlier tasks: never pruned.
     pruned: one bool mask per layer of units that an earlier round already pruned: pruned first, whatever
         their score.
-    budget: the most free units that may be kept (None: no cap).
+    budget: per layer, the most free units that may be kept (None: no cap).
     confidence: one-sided confidence of the paired test (see :func:`paired_drop`), in [0.5, 1).
     base: the correctness that the drop is measured from (default: ``correct`` of the unpruned network).
 
@@ -131,8 +132,8 @@ def prune_to_threshold(
         raise ValueError(f"min_keep must lie in [0, 1], got {min_keep}")
     if not 0.5 <= confidence < 1.0:
         raise ValueError(f"confidence must lie in [0.5, 1), got {confidence}")
-    if budget is not None and budget < 0:
-        raise ValueError(f"budget must be None or >= 0 units, got {budget}")
+    if budget is not None and (len(budget) != len(sizes) or min(budget) < 0):
+        raise ValueError(f"budget must be None or one count >= 0 per layer ({len(sizes)}), got {budget}")
 
     def flat(masks: Sequence[torch.Tensor] | None) -> torch.Tensor:
         return torch.zeros(total, dtype=torch.bool) if masks is None else torch.cat([m.cpu() for m in masks])
@@ -140,10 +141,17 @@ def prune_to_threshold(
     is_frozen, was_pruned = flat(frozen), flat(pruned) & ~flat(frozen)
     scores = scores.detach().cpu().double().clone()
     scores[was_pruned] = -math.inf
-    floor_units = 0
-    for block, fixed in zip(torch.split(scores, list(sizes)), torch.split(is_frozen, list(sizes))):
-        n_floor = max(0, math.ceil(min_keep * len(block)) - int(fixed.sum()))
+    forced = was_pruned.clone()
+    for i, (block, fixed, out) in enumerate(zip(*(torch.split(v, list(sizes)) for v in (scores, is_frozen, forced)))):
         free = (~fixed).nonzero()[:, 0]
+        if budget is not None and len(free) > budget[i]:  # views: the layer's least relevant beyond its budget
+            ranked = free[torch.argsort(block[free], descending=True, stable=True)]
+            out[ranked[budget[i]:]] = True
+            block[ranked[budget[i]:]] = -math.inf
+    floor_units = 0
+    for block, fixed, out in zip(*(torch.split(v, list(sizes)) for v in (scores, is_frozen, forced))):
+        n_floor = max(0, math.ceil(min_keep * len(block)) - int(fixed.sum()))
+        free = (~fixed & ~out).nonzero()[:, 0]
         block[free[torch.topk(block[free], min(n_floor, len(free))).indices]] = math.inf  # ranked last
         floor_units += min(n_floor, len(free))
     candidates = (~is_frozen).nonzero()[:, 0]
@@ -170,11 +178,10 @@ def prune_to_threshold(
             results[n] = evaluate(n)
         return paired_drop(base, results[n], confidence) <= acc_drop / 100.0 + 1e-12
 
-    least = 0 if budget is None else len(candidates) - budget
-    lo = max(int(was_pruned.sum()), least)
+    lo = int(forced.sum())
     hi = max(len(candidates) - floor_units, lo)
     within = accepted(lo)
-    over = not within and budget is not None and lo == least
+    over = not within and bool((forced & ~was_pruned).any())
     if within:
         if accepted(hi):
             lo = hi
@@ -185,4 +192,5 @@ def prune_to_threshold(
             else:
                 hi = mid
     accuracy = float(results[lo].float().mean())
-    return PruneResult(keep_for(lo), lo, float(base.float().mean()), accuracy, trials, budget, over)
+    return PruneResult(keep_for(lo), lo, float(base.float().mean()), accuracy, trials,
+                       None if budget is None else [int(b) for b in budget], over)

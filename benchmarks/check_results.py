@@ -1,0 +1,87 @@
+"""Check that committed results still reproduce: re-run the first seed of each results.json and compare.
+
+For every ``results.json`` under the folders given (default: docs/results), the command that wrote it is rebuilt
+from its ``config`` (the script from the benchmark's name), run for the first seed and the methods named by
+--methods (default: rerelrp; every method of a seed starts from the same seeded weights, so one method's numbers
+do not depend on which others ran), into a temporary folder; the final task-agnostic and task-aware accuracy
+of each method are compared with the committed ones. Run it before a submission that changes the method.
+
+    RERELRP_DATA=../shared/data python benchmarks/check_results.py
+    python benchmarks/check_results.py docs/results/digits --tolerance 0.5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+#: config keys that say where and how to run, not what: set by this script, or left to the environment.
+_NOT_REPLAYED = {"out", "seeds", "methods", "no_progress", "data_root", "download", "device"}
+
+
+def command(config: dict, seed: int, methods: list[str], out: str) -> list[str]:
+    """The benchmark command that reproduces ``config`` for one ``seed`` and ``methods``, writing to ``out``."""
+    script = config.get("script") or ("mnist.py" if "dataset" in config else "medical.py")
+    args = [sys.executable, str(ROOT / "benchmarks" / script), "--seeds", str(seed), "--methods", *methods,
+            "--out", out, "--no-progress"]
+    for key, value in config.items():
+        if key in _NOT_REPLAYED or key == "script" or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif isinstance(value, list):
+            args += [flag, *map(str, value)]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def final(results: list[dict], method: str, seed: int) -> tuple[float, float]:
+    """Final average TAg and TAw accuracy (%) of ``method`` for ``seed``."""
+    (r,) = [r for r in results if r["method"] == method and r["seed"] == seed]
+    return tuple(100 * sum(row) / len(row) for row in (r["tag"][-1], r["taw"][-1]))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folders", nargs="*", default=["docs/results"], help="folders searched for results.json")
+    p.add_argument("--methods", nargs="+", default=["rerelrp"], help="methods to re-run and compare")
+    p.add_argument("--tolerance", type=float, default=0.0,
+                   help="largest accepted difference, in points of accuracy (0: the same numbers, as the same "
+                        "code, seeds and threads give on the same machine)")
+    args = p.parse_args()
+    files = sorted(f for folder in args.folders for f in Path(folder).rglob("results.json"))
+    if not files:
+        print(f"error: no results.json under {', '.join(args.folders)}", file=sys.stderr)
+        return 2
+    failed = 0
+    for path in files:
+        saved = json.loads(path.read_text())
+        seed = saved["config"]["seeds"][0]
+        methods = [m for m in args.methods if m in saved["config"]["methods"]]
+        with tempfile.TemporaryDirectory() as out:
+            cmd = command(saved["config"], seed, methods, out)
+            print(f"{path}: {' '.join(cmd[1:])}", flush=True)
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                print(f"  FAILED to run (exit {done.returncode}): {done.stderr[-2000:]}")
+                failed += 1
+                continue
+            fresh = json.loads((Path(out) / "results.json").read_text())["results"]
+        for method in methods:
+            old, new = final(saved["results"], method, seed), final(fresh, method, seed)
+            ok = all(abs(a - b) <= args.tolerance for a, b in zip(old, new))
+            failed += not ok
+            print(f"  {method} seed {seed}: TAg/TAw committed {old[0]:.2f} / {old[1]:.2f}, now {new[0]:.2f} / "
+                  f"{new[1]:.2f}: {'ok' if ok else 'DIFFERS'}")
+    print(f"{len(files)} results checked, {failed} differ or failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
