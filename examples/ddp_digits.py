@@ -43,12 +43,13 @@ def task_data(t: int):
     return TensorDataset(x[train], y[train]), (x[val], y[val]), (x_test[test], y_test[test])
 
 
-def worker(rank: int, world_size: int, port: int, out: str, epochs: int, batch_size: int) -> None:
+def worker(rank: int, world_size: int, port: int, out: str, epochs: int, batch_size: int,
+           retrain_epochs: int | None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     torch.set_num_threads(1)
     model = DistributedDataParallel(mlp())
-    learner = rerelrp.ReReLRP(model, progress=False)
+    learner = rerelrp.ReReLRP(model, retrain_epochs=retrain_epochs, progress=False)
     seen = 0
     for t in range(len(TASKS)):
         dataset, val, _ = task_data(t)
@@ -83,8 +84,10 @@ if __name__ == "__main__":
     parser.add_argument("--world-size", type=int, default=2, help="processes (ranks) to spawn")
     parser.add_argument("--epochs", type=int, default=10, help="epochs per task")
     parser.add_argument("--batch-size", type=int, default=16, help="batch size per rank")
+    parser.add_argument("--retrain-epochs", type=int, default=None,
+                        help="epochs of retraining after each pruning round (default: the learner's)")
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    mp.spawn(worker, args=(args.world_size, free_port(), args.out, args.epochs, args.batch_size),
+    mp.spawn(worker, args=(args.world_size, free_port(), args.out, args.epochs, args.batch_size, args.retrain_epochs),
              nprocs=args.world_size)
     print(f"wrote {args.out}/learner.zip and rank0.pt .. rank{args.world_size - 1}.pt")

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
 
-import torch
 import torch.distributed as dist
 
-__all__ = ["is_distributed", "is_rank0", "from_rank0", "agree", "broadcast_state"]
+__all__ = ["is_distributed", "is_rank0", "from_rank0", "agree"]
 
 T = TypeVar("T")
 
@@ -59,11 +58,3 @@ def agree(value: Any, what: str) -> None:
     if any(v != values[0] for v in values):
         raise ValueError(f"the ranks disagree on {what}: " + "; ".join(f"rank {r}: {v}" for r, v in enumerate(values)))
 
-
-def broadcast_state(module: torch.nn.Module) -> None:
-    """Copy rank 0's parameters and buffers of ``module`` to every rank (after a stage that changed them on
-    rank 0 only, such as the retraining after pruning)."""
-    if not is_distributed():
-        return
-    for tensor in module.state_dict().values():
-        dist.broadcast(tensor, src=0)

@@ -31,7 +31,7 @@ from zennit.core import Composite
 
 from . import capacity
 from .data import check_input, prepare_task
-from .distributed import agree, broadcast_state, from_rank0, is_distributed, is_rank0
+from .distributed import agree, from_rank0, is_distributed, is_rank0
 from .freeze import FrozenParameters
 from .network import eval_mode, find_units, masked, unit_outputs
 from .prune import PruneResult, prune_to_threshold, unit_scores
@@ -234,16 +234,14 @@ class ReReLRP(BaseEstimator):
         # 1. Train (the caller's loop) on the task's head, the free units freshly initialised; frozen entries are
         #    restored after every step.
         if t > 0 and self.reset_free:
-            capacity.reset_free_units(self.units_, self.masks_, seed)
-            broadcast_state(self._net)
+            capacity.reset_free_units(self.units_, self.masks_, seed)  # the same seed on every rank
         statistics = batchnorm_frozen(self.units_.batchnorms) if t > 0 else contextlib.nullcontext()
         with _timed(times, "train"), self.frozen_.enforced(self.model), statistics:
             yield TaskTraining(t, tuple(task.classes), task.train, seed)
         # 2. Reference set: drawn by prepare_task from the training share.
         ref_x, ref_y = task.ref_x.to(self.device_), task.ref_y.to(self.device_)
-        # 3-4 (and the retraining) run on rank 0 only when distributed: the weights agree, so would the result.
-        result = from_rank0(lambda: self._prune(task, ref_x, ref_y, seed, times))
-        broadcast_state(self._net)  # what rank 0's retraining changed
+        # 3-4. Relevance, pruning and retraining, in rounds.
+        result = self._prune(task, ref_x, ref_y, seed, times)
         self.tasks_.append(task.classes)
         self.masks_.append([k.to(self.device_) for k in result.keep])
         self.prune_results_.append(result)
@@ -276,7 +274,8 @@ class ReReLRP(BaseEstimator):
     def _prune(self, task, ref_x: torch.Tensor, ref_y: torch.Tensor, seed: int, times: dict) -> PruneResult:
         """Stages 3-4 in rounds: relevance of every unit through head t (from the true class's logit, through
         the survivors so far), pruning of free units to the threshold within the task's budget, and
-        retraining of the survivors with the pruned units switched off."""
+        retraining of the survivors with the pruned units switched off. When distributed, relevance and pruning
+        run on rank 0 (the weights agree, so would the result) and retraining on every rank over its own shard."""
         t = len(self.tasks_)
         val_x, val_y = task.val_x.to(self.device_), task.val_y.to(self.device_)
 
@@ -286,42 +285,51 @@ class ReReLRP(BaseEstimator):
         frozen = capacity.kept_by(self.masks_, len(self.units_.layers)) if t else None
         free_per_layer = self.units_.sizes if frozen is None else \
             [n - int(f.sum()) for n, f in zip(self.units_.sizes, frozen)]
-        free = sum(free_per_layer)
         budget = capacity.task_budget(free_per_layer, t, self.n_tasks)
-        base = correct(None)
-        if not capacity.above_chance(base, val_y):
-            warnings.warn(
-                f"task {t} reached {float(base.float().mean()):.1%} validation accuracy before pruning, no better "
-                f"than always answering its most frequent class; {free} of {self.units_.total} units were free "
-                "for it. It is learned as it is: to leave later tasks more room, set n_tasks (a budget per task) "
-                "or a larger acc_drop from the first task on, or use a wider model or more epochs",
-                RuntimeWarning, stacklevel=6)
+        base = from_rank0(lambda: self._checked_base(correct(None), val_y, sum(free_per_layer)))
         result = None
         for r in range(self.prune_rounds):
-            with _timed(times, "relevance"):
-                rel = lrp(self._net, self.units_, ref_x, task.classes, target=ref_y, keep=None if result is None else result.keep,
-                          composite=self.composite_, batch_size=self.batch_size)
-            with _timed(times, "prune"):
-                result = prune_to_threshold(
-                    unit_scores(rel.units), self.units_.sizes, correct, self.acc_drop, self.min_keep,
-                    frozen=frozen, pruned=None if r == 0 else [~k for k in result.keep], budget=budget,
-                    confidence=self.drop_confidence, base=base)
+            def prune_round(previous: PruneResult | None = result, first: bool = r == 0) -> PruneResult:
+                with _timed(times, "relevance"):
+                    rel = lrp(self._net, self.units_, ref_x, task.classes, target=ref_y,
+                              keep=None if previous is None else previous.keep, composite=self.composite_,
+                              batch_size=self.batch_size)
+                with _timed(times, "prune"):
+                    return prune_to_threshold(
+                        unit_scores(rel.units), self.units_.sizes, correct, self.acc_drop, self.min_keep,
+                        frozen=frozen, pruned=None if first else [~k for k in previous.keep], budget=budget,
+                        confidence=self.drop_confidence, base=base)
+
+            result = from_rank0(prune_round)
             if self._retrain_epochs:
                 with _timed(times, "retrain"):
                     self._retrain(task, result.keep, seed + 1 + r)
-        if self._retrain_epochs and self.prune_rounds:
-            result.accuracy = float(correct(result.keep).float().mean())
+        if self._retrain_epochs:
+            result.accuracy = from_rank0(lambda: float(correct(result.keep).float().mean()))
         return result
+
+    def _checked_base(self, base: torch.Tensor, val_y: torch.Tensor, free: int) -> torch.Tensor:
+        """``base``, the unpruned network's per-image correctness; warns when it is no better than always answering
+        the task's most frequent class."""
+        if not capacity.above_chance(base, val_y):
+            warnings.warn(
+                f"task {len(self.tasks_)} reached {float(base.float().mean()):.1%} validation accuracy before "
+                f"pruning, no better than always answering its most frequent class; {free} of {self.units_.total} "
+                "units were free for it. It is learned as it is: to leave later tasks more room, set n_tasks (a "
+                "budget per task) or a larger acc_drop from the first task on, or use a wider model or more epochs",
+                RuntimeWarning, stacklevel=7)
+        return base
 
     def _retrain(self, task, keep: list[torch.Tensor], seed: int) -> None:
         """Train the task again in rerelrp's loop with only the units of ``keep`` on: the survivors of the
-        pruning take over the work of the pruned units, which stay free for later tasks (PackNet)."""
+        pruning take over the work of the pruned units, which stay free for later tasks (PackNet). Through
+        ``model`` as given, so that DistributedDataParallel averages the ranks' gradients as in training."""
         t = len(self.tasks_)
         statistics = batchnorm_frozen(self.units_.batchnorms) if t > 0 else contextlib.nullcontext()
-        with self.frozen_.enforced(self._net), statistics, masked(self.units_, keep), \
+        with self.frozen_.enforced(self.model), statistics, masked(self.units_, keep), \
                 torch.random.fork_rng(devices=self._rng_devices()):
             torch.manual_seed(seed)
-            train_task(self._net, task.train, task.classes, epochs=self._retrain_epochs, lr=self.lr,
+            train_task(self.model, task.train, task.classes, epochs=self._retrain_epochs, lr=self.lr,
                        optimizer=self.optimizer, device=self.device_, progress=self.progress,
                        description=f"task {t} retrain")
 

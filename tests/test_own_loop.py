@@ -152,8 +152,10 @@ def test_the_callers_sampler_is_kept_or_refused(digits):
     sampled = DataLoader(TensorDataset(x, y), batch_size=32, sampler=sampler)
     with pytest.raises(ValueError, match="its own CountingSampler.*pass val_loader"):
         ReReLRP(digits_mlp(), progress=False).fit_task(sampled)
-    ReReLRP(digits_mlp(), epochs=3, progress=False).fit_task(sampled, val_loader=[(x_val, y_val)])
-    assert sampler.passes == 3  # the 3 epochs of training; rerelrp reads the task's data in order without it
+    ReReLRP(digits_mlp(), epochs=3, prune_rounds=2, retrain_epochs=1, progress=False).fit_task(
+        sampled, val_loader=[(x_val, y_val)])
+    # 3 epochs of training and 2 rounds of 1 retraining epoch; rerelrp reads the task's data in order without it
+    assert sampler.passes == 3 + 2 * 1
 
 
 def test_data_parallel_is_refused_pointing_at_ddp(digits):
