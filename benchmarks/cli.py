@@ -22,9 +22,20 @@ from benchmarks.reports import environment, markdown_table, plot_heatmaps, plot_
 from benchmarks.stream import Stream
 
 
-#: rerelrp options the command line sets when given (None: the learner's default); n_tasks is set apart.
-LEARNER_OPTIONS = ("n_features", "n_components", "min_keep", "acc_drop", "drop_confidence", "prune_rounds",
-                   "retrain_epochs")
+#: rerelrp options the command line sets when given: name -> (type, what it does); unset, the learner's default.
+#: n_tasks is set apart (its default is the stream's length).
+LEARNER_OPTIONS = {
+    "n_features": (int, "units each rerelrp detector reads"),
+    "n_components": (int, "most Gaussian mixture components per class with --recognizer gaussian (1: one Gaussian "
+                          "per class)"),
+    "min_keep": (float, "fraction of each layer every rerelrp task keeps (0: the paper's pruning)"),
+    "acc_drop": (float, "rerelrp's pruning threshold, in points of validation accuracy"),
+    "drop_confidence": (float, "confidence of rerelrp's paired test that a pruning costs more than --acc-drop (0.5: "
+                               "the raw accuracy difference)"),
+    "prune_rounds": (int, "rounds of relevance, pruning and retraining per rerelrp task"),
+    "retrain_epochs": (int, "epochs retraining the surviving units after each pruning round (0: no retraining, "
+                            "the paper's pruning)"),
+}
 
 
 def add_threads_option(p: argparse.ArgumentParser) -> None:
@@ -87,26 +98,10 @@ def parser(description: str, default_epochs: int, quick_epochs: int) -> argparse
     p.add_argument("--detector", default="default", choices=list(detectors()),
                    help="with --recognizer paper, the detectors: a forest of 100 trees of depth 12, the paper's "
                         "forest (300 trees of depth 40), or scikit-learn's histogram gradient boosting")
-    p.add_argument("--n-features", type=int, default=None,
-                   help=f"units each rerelrp detector reads (default: the learner's, {LEARNER_DEFAULTS['n_features']})")
-    p.add_argument("--n-components", type=int, default=None,
-                   help=f"most Gaussian mixture components per class with --recognizer gaussian (default: the "
-                        f"learner's, {LEARNER_DEFAULTS['n_components']}; 1: one Gaussian per class)")
-    p.add_argument("--min-keep", type=float, default=None,
-                   help=f"fraction of each layer every rerelrp task keeps (default: the learner's, "
-                        f"{LEARNER_DEFAULTS['min_keep']}; 0: the paper's pruning)")
-    p.add_argument("--acc-drop", type=float, default=None,
-                   help=f"rerelrp's pruning threshold in points of validation accuracy (default: the learner's, "
-                        f"{LEARNER_DEFAULTS['acc_drop']})")
-    p.add_argument("--drop-confidence", type=float, default=None,
-                   help=f"confidence of rerelrp's paired test that a pruning costs more than --acc-drop (default: "
-                        f"the learner's, {LEARNER_DEFAULTS['drop_confidence']}; 0.5: the raw accuracy difference)")
-    p.add_argument("--prune-rounds", type=int, default=None,
-                   help=f"rounds of relevance, pruning and retraining per rerelrp task (default: the learner's, "
-                        f"{LEARNER_DEFAULTS['prune_rounds']})")
-    p.add_argument("--retrain-epochs", type=int, default=None,
-                   help="epochs retraining the surviving units after each pruning round (default: the learner's, "
-                        "a tenth of --epochs, at least 1; 0: no retraining, the paper's pruning)")
+    for name, (kind, what) in LEARNER_OPTIONS.items():
+        default = LEARNER_DEFAULTS[name]
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
+                       help=f"{what} (default: the learner's, {default if default is not None else 'a tenth of --epochs, at least 1'})")
     p.add_argument("--n-tasks", type=int, default=None,
                    help="tasks rerelrp expects, for its budget per task (each task keeps at most "
                         "free units // (tasks left + 1)); default: the stream's number of tasks; 0: no budget")
