@@ -100,8 +100,9 @@ def parser(description: str, default_epochs: int, quick_epochs: int) -> argparse
                         "forest (300 trees of depth 40), or scikit-learn's histogram gradient boosting")
     for name, (kind, what) in LEARNER_OPTIONS.items():
         default = LEARNER_DEFAULTS[name]
+        shown = "a tenth of --epochs, at least 1" if default is None else default
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
-                       help=f"{what} (default: the learner's, {default if default is not None else 'a tenth of --epochs, at least 1'})")
+                       help=f"{what} (default: the learner's, {shown})")
     p.add_argument("--n-tasks", type=int, default=None,
                    help="tasks rerelrp expects, for its budget per task (each task keeps at most "
                         "free units // (tasks left + 1)); default: the stream's number of tasks; 0: no budget")

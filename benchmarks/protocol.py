@@ -63,8 +63,8 @@ def run_stream(method, stream: Stream, seed: int, split: str = "test") -> Stream
                            for u in range(t + 1)])
         if stream.label_count:
             k = stream.label_count
-            result.tag_label.append([float((pred[bounds[u]:bounds[u + 1]] % k == evaluation[u][1] % k).float().mean())
-                                     for u in range(t + 1)])
+            result.tag_label.append([float((pred[bounds[u]:bounds[u + 1]] % k == evaluation[u][1] % k)
+                                           .float().mean()) for u in range(t + 1)])
         result.taw.append([float((method.predict_task_aware(evaluation[u][0], u) == evaluation[u][1]).float().mean())
                            for u in range(t + 1)])
         if isinstance(method, ReReLRPMethod):

@@ -5,8 +5,8 @@ trains. Left alone, the first tasks take what they like, and a long stream ends 
 but their own head rows. Three things here keep the pool in view:
 
 - a *budget*: told how many tasks to expect (``n_tasks``), task t may keep at most
-  ``free // (tasks left + 1)`` of each layer's free units (CPG's rule, per layer; Hung et al., *Compacting, Picking and Growing*,
-  2019), so every task to come finds at least as many (:func:`task_budget`);
+  ``free // (tasks left + 1)`` of each layer's free units (CPG's rule, per layer; Hung et al., *Compacting,
+  Picking and Growing*, 2019), so every task to come finds at least as many (:func:`task_budget`);
 - a *report* per task and per layer of the units each task kept, how many of them were new (taken from the
   pool) or reused (frozen by an earlier task), and what stayed free (:func:`capacity_report`);
 - a *fresh start* for the free units of every task after the first (:func:`reset_free_units`): a unit that an

@@ -189,9 +189,10 @@ class ReReLRP(BaseEstimator):
         task's head. Inside, any optimizer that steps the model's parameters leaves frozen entries bit-identical,
         and after the first task BatchNorm statistics stay fixed even under ``model.train()``. On leaving the
         context normally the method's other stages run (reference set, relevance, pruning, freezing, memory,
-        detectors); the retraining between pruning rounds runs in rerelrp's own loop over ``loader`` (``optimizer``,
-        ``lr``, ``retrain_epochs``): ``retrain_epochs=0`` keeps every optimizer step in yours. If the loop or a stage raises, or is interrupted, the learner and the model's parameters
-        and buffers are put back as they were before the task, and the error propagates.
+        detectors); the retraining between pruning rounds runs in rerelrp's own loop over the task's ``loader``
+        (``optimizer``, ``lr``, ``retrain_epochs``): ``retrain_epochs=0`` keeps every optimizer step in yours. If the
+        loop or a stage raises, or is interrupted, the learner and the model's parameters and buffers are put back
+        as they were before the task, and the error propagates.
         """
         self._check_params()
         if getattr(self, "_open_task", None) is not None:
@@ -216,7 +217,7 @@ class ReReLRP(BaseEstimator):
         """The stages of METHOD.md around the caller's training (stage 1)."""
         t = len(self.tasks_)
         seed = self.random_state + 1000 * t
-        if t > 0 and self.free_capacity()["overall"] == 0.0:  # warned ahead by the forecast, unless n_tasks lied
+        if t > 0 and self.free_capacity()["overall"] == 0.0:  # the forecast warned before, unless the stream outgrew n_tasks
             warnings.warn(
                 f"capacity exhausted: all {self.units_.total} units are kept by the {t} tasks learned so far, so "
                 f"task {t} can train only its own head rows; use a wider model, or a larger acc_drop "

@@ -88,3 +88,28 @@ def test_speed_quick(tmp_path):
     assert len(memory["recognizers"]) == 4
     assert all(0 <= v["task_recognition"] <= 1 and v["bytes"] > 0 for v in memory["recognizers"].values())
     assert "| unit-relevance pass / plain forward+backward" in (tmp_path / "speed.md").read_text()
+
+
+def test_permuted_mnist_quick_names_task_and_digit(tmp_path):
+    done = run("mnist.py", "--scenario", "permuted", "--tasks", "3", "--quick", "--no-progress", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_outputs(tmp_path, 3)
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert payload["tasks"] == [list(range(10 * k, 10 * k + 10)) for k in range(3)]
+    assert payload["config"]["backbone"] == "mlp-400"
+    for result in payload["results"]:  # the digit alone is at least as often right as task and digit
+        assert all(d >= a for row_d, row_a in zip(result["tag_label"], result["tag"]) for d, a in zip(row_d, row_a))
+    assert "label-only TAg acc (%)" in (tmp_path / "results.md").read_text()
+
+
+def test_check_results_reproduces_a_committed_kind_of_run(tmp_path):
+    done = run("mnist.py", "--dataset", "digits", "--quick", "--methods", "rerelrp", "replay", "--no-progress",
+               "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    checked = run("check_results.py", str(tmp_path), "--methods", "rerelrp", "replay")
+    assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-3000:]
+    assert checked.stdout.count(": ok") == 2 and "1 results checked, 0 differ or failed" in checked.stdout
+    payload = json.loads((tmp_path / "results.json").read_text())
+    payload["results"][0]["tag"][-1][0] -= 0.5  # a committed number that the code no longer gives
+    (tmp_path / "results.json").write_text(json.dumps(payload))
+    assert run("check_results.py", str(tmp_path)).returncode == 1
