@@ -31,6 +31,8 @@ def command(config: dict, seed: int, methods: list[str], out: str) -> list[str]:
     for key, value in config.items():
         if key in _NOT_REPLAYED or key == "script" or value is None or value is False:
             continue
+        if key == "backbone" and config.get("dataset") == "digits":
+            continue  # mnist.py picks the digits MLP itself and refuses any --backbone for digits
         flag = "--" + key.replace("_", "-")
         if value is True:
             args.append(flag)
