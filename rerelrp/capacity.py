@@ -2,7 +2,7 @@
 
 A unit kept by a finished task is frozen for good; the units kept by no task are the pool every later task
 trains. Left alone, the first tasks take what they like, and a long stream ends with tasks that train nothing
-but their own head rows. Three things here keep the pool in view:
+but their own head rows. Four things here keep the pool in view:
 
 - a *budget*: told how many tasks to expect (``n_tasks``), task t may keep at most
   ``free // (tasks left + 1)`` of each layer's free units (CPG's rule, per layer; Hung et al., *Compacting,
@@ -36,13 +36,13 @@ __all__ = ["kept_by", "task_budget", "free_capacity", "capacity_report", "runnin
 Masks = Sequence[Sequence[torch.Tensor]]
 
 
-def kept_by(masks: Masks, n_layers: int, upto: int | None = None) -> list[torch.Tensor]:
-    """Per layer, the bool mask ``(n_units,)`` of the units kept by any of the tasks ``0..upto-1`` (all tasks:
-    ``upto=None``): the frozen units. With no task, every mask is empty (all False) and has length 0."""
-    masks = list(masks)[:upto]
-    if not masks:
-        return [torch.zeros(0, dtype=torch.bool) for _ in range(n_layers)]
-    return [torch.stack([m.cpu() for m in per_layer]).any(0) for per_layer in zip(*masks)]
+def kept_by(masks: Masks, sizes: Sequence[int], upto: int | None = None) -> list[torch.Tensor]:
+    """Per layer of ``sizes`` units, the bool mask ``(n_units,)`` of the units kept by any of the tasks
+    ``0..upto-1`` (all tasks: ``upto=None``): the frozen units; all False before the first task."""
+    kept = [torch.zeros(n, dtype=torch.bool) for n in sizes]
+    for keep in list(masks)[:upto]:
+        kept = [k | m.cpu() for k, m in zip(kept, keep)]
+    return kept
 
 
 def task_budget(free_units: Sequence[int], task: int, n_tasks: int | None) -> list[int] | None:
@@ -57,7 +57,7 @@ def task_budget(free_units: Sequence[int], task: int, n_tasks: int | None) -> li
 
 def free_capacity(units: Units, masks: Masks) -> dict:
     """Fraction of units kept by no task: ``{"overall": float, "per_layer": {name: float}}``."""
-    used = kept_by(masks, len(units.layers))
+    used = kept_by(masks, units.sizes)
     per_layer = {layer.name: 1.0 - float(u.float().mean()) for layer, u in zip(units.layers, used)}
     return {"overall": 1.0 - sum(int(u.sum()) for u in used) / units.total, "per_layer": per_layer}
 
@@ -68,10 +68,8 @@ def capacity_report(units: Units, masks: Masks) -> list[dict]:
     task on), ``reused`` (frozen by an earlier task), ``free`` (units still free after the task)."""
     rows = []
     for t, keep in enumerate(masks):
-        before = kept_by(masks, len(units.layers), t)
-        for i, (layer, k) in enumerate(zip(units.layers, keep)):
+        for layer, k, old in zip(units.layers, keep, kept_by(masks, units.sizes, t)):
             k = k.cpu()
-            old = before[i] if len(before[i]) else torch.zeros_like(k)
             rows.append({"task": t, "layer": layer.name, "units": layer.n_units, "kept": int(k.sum()),
                          "new": int((k & ~old).sum()), "reused": int((k & old).sum()),
                          "free": int((~(k | old)).sum())})
@@ -123,7 +121,7 @@ def reset_free_units(units: Units, masks: Masks, seed: int) -> None:
 
     Every old subnetwork masks these units to zero, so no old subnetwork changes; frozen entries are untouched.
     """
-    used = kept_by(masks, len(units.layers))
+    used = kept_by(masks, units.sizes)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         for layer, kept in zip(units.layers, used):

@@ -283,9 +283,8 @@ class ReReLRP(BaseEstimator):
         def correct(keep) -> torch.Tensor:
             return (self._predict_head(val_x, task.classes, keep) == val_y).cpu()
 
-        frozen = capacity.kept_by(self.masks_, len(self.units_.layers)) if t else None
-        free_per_layer = self.units_.sizes if frozen is None else \
-            [n - int(f.sum()) for n, f in zip(self.units_.sizes, frozen)]
+        frozen = capacity.kept_by(self.masks_, self.units_.sizes)
+        free_per_layer = [n - int(f.sum()) for n, f in zip(self.units_.sizes, frozen)]
         budget = capacity.task_budget(free_per_layer, t, self.n_tasks)
         base = from_rank0(lambda: self._checked_base(correct(None), val_y, sum(free_per_layer)))
         result = None
@@ -559,7 +558,7 @@ class ReReLRP(BaseEstimator):
 
     def _union(self, m: int) -> list[torch.Tensor]:
         """Masks of the units kept by any of the tasks 0..m: frozen from task m on, so their outputs never change."""
-        return [u.to(self.device_) for u in capacity.kept_by(self.masks_, len(self.units_.layers), m + 1)]
+        return [u.to(self.device_) for u in capacity.kept_by(self.masks_, self.units_.sizes, m + 1)]
 
     def _last_layer(self, x: torch.Tensor, m: int) -> torch.Tensor:
         """Outputs ``(n, last layer units)`` of the last hidden unit layer through S_0..S_m together."""

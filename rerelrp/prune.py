@@ -14,7 +14,7 @@ stays in the new task's subnetwork (it was there while the task trained), and th
 spent on units that free capacity. The free units are ranked by score; the number pruned is found by
 bisection on validation accuracy, about ``log2(free units)`` evaluations.
 
-The threshold is a paired test, not a raw difference: with ``confidence`` c, a pruning is accepted unless its
+The threshold can be a paired test instead of a raw difference: with ``confidence`` c, a pruning is accepted unless its
 validation accuracy is, at one-sided confidence c, more than ``acc_drop`` points below the unpruned network's
 on the same images (the drop's standard error from the per-image differences). On 78 validation images
 (BreastMNIST) one wrong image is 1.3 points, so a raw 2-point threshold stopped the search at noise; on a

@@ -94,7 +94,7 @@ def test_free_units_start_each_task_fresh_and_frozen_ones_do_not(digits):
     learner = rerelrp.ReReLRP(digits_mlp(), epochs=5, prune_rounds=1, retrain_epochs=0, progress=False)
     learner.fit_task(loader(*train[0]))
     first = learner.units_.layers[0].module
-    free = ~kept_by(learner.masks_, len(learner.units_.layers))[0]
+    free = ~kept_by(learner.masks_, learner.units_.sizes)[0]
     before = first.weight.detach().clone()
     reset_free_units(learner.units_, learner.masks_, seed=1)
     assert not torch.equal(first.weight[free], before[free])
