@@ -62,25 +62,31 @@ def free_capacity(units: Units, masks: Masks) -> dict:
     return {"overall": 1.0 - sum(int(u.sum()) for u in used) / units.total, "per_layer": per_layer}
 
 
-def capacity_report(units: Units, masks: Masks) -> list[dict]:
-    """One row per task and unit layer, in order: ``task``, ``layer`` (name), ``units`` (the layer's size),
-    ``kept`` (units of the task's subnetwork), ``new`` (of those, taken from the free pool: frozen from this
-    task on), ``reused`` (frozen by an earlier task), ``free`` (units still free after the task)."""
+def capacity_report(units: Units, masks: Masks, growth: Sequence[Sequence[int]] | None = None) -> list[dict]:
+    """One row per task and unit layer, in order: ``task``, ``layer`` (name), ``units`` (the layer's width while
+    the task was learned), ``grown`` (units added to the layer just before the task, from ``growth``: per task,
+    per layer; None: no growth), ``kept`` (units of the task's subnetwork), ``new`` (of those, taken from the free
+    pool: frozen from this task on), ``reused`` (frozen by an earlier task), ``free`` (units still free after the
+    task, of the layer's width then)."""
     rows = []
+    final = units.sizes
+    growth = [[0] * len(final) for _ in masks] if growth is None else growth
     for t, keep in enumerate(masks):
-        for layer, k, old in zip(units.layers, keep, kept_by(masks, units.sizes, t)):
+        widths = [n - sum(g[i] for g in growth[t + 1:]) for i, n in enumerate(final)]
+        for i, (layer, k, old) in enumerate(zip(units.layers, keep, kept_by(masks, final, t))):
             k = k.cpu()
-            rows.append({"task": t, "layer": layer.name, "units": layer.n_units, "kept": int(k.sum()),
-                         "new": int((k & ~old).sum()), "reused": int((k & old).sum()),
-                         "free": int((~(k | old)).sum())})
+            rows.append({"task": t, "layer": layer.name, "units": widths[i], "grown": growth[t][i],
+                         "kept": int(k.sum()), "new": int((k & ~old).sum()), "reused": int((k & old).sum()),
+                         "free": int((~(k | old))[:widths[i]].sum())})
     return rows
 
 
-def running_out(units: Units, masks: Masks, n_tasks: int | None) -> str | None:
+def running_out(units: Units, masks: Masks, n_tasks: int | None,
+                growth: Sequence[Sequence[int]] | None = None) -> str | None:
     """A warning's text when, at the mean rate at which the tasks so far took each layer's free units, some
     layer will run out before the tasks to come: before ``n_tasks`` when given, else before the next task.
-    None when every layer lasts."""
-    rows = capacity_report(units, masks)
+    None when every layer lasts. ``growth``: as for :func:`capacity_report`."""
+    rows = capacity_report(units, masks, growth)
     learned = len(masks)
     ahead = 1 if n_tasks is None else n_tasks - learned
     if ahead <= 0:
@@ -100,7 +106,7 @@ def running_out(units: Units, masks: Masks, n_tasks: int | None) -> str | None:
         if n_tasks is None else "each task to come keeps at most its budget; "
     return (f"capacity forecast after {learned} tasks: at the rate so far, {'; '.join(short)} will not last "
             f"{needed}, and later tasks would train only the few units left. {advice.capitalize()}a larger "
-            "acc_drop makes tasks keep fewer units, a wider model leaves more")
+            "acc_drop makes tasks keep fewer units, a wider model or grow > 0 leaves more")
 
 
 def above_chance(correct: torch.Tensor, labels: torch.Tensor, alpha: float = 0.05) -> bool:

@@ -1,0 +1,150 @@
+"""Growth: new units that no old subnetwork reads, saved and loaded, refused clearly where forward does not allow
+it, undone with the task that grew them. Real data: scikit-learn's 8x8 digits, tasks of two digits, on a network
+too narrow for five tasks (two hidden layers of 16 units)."""
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import rerelrp
+from rerelrp.grow import growth_paths
+from rerelrp.network import find_units, masked
+from conftest import TASKS, loader
+
+
+def narrow_mlp(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 10))
+
+
+def head_logits(learner, x, t):
+    with torch.no_grad(), masked(learner.units_, learner.masks_[t]):
+        learner.model.eval()
+        return learner.model(x)[:, learner.tasks_[t]]
+
+
+@pytest.fixture(scope="module")
+def grown(digits):
+    """Five digit tasks with grow=0.5 on the narrow MLP; after each task, task 0's logits through its subnetwork
+    and every parameter with its freeze mask."""
+    train, test = digits
+    learner = rerelrp.ReReLRP(narrow_mlp(), epochs=10, grow=0.5, progress=False)
+    snapshots = []
+    for x, y in train:
+        learner.fit_task(loader(x, y))
+        params = {name: (learner.frozen_.masks[p].clone(), p.detach().clone())
+                  for name, p in learner.model.named_parameters() if p in learner.frozen_.masks}
+        snapshots.append((head_logits(learner, test[0][0], 0), params))
+    return learner, snapshots
+
+
+def test_every_task_after_the_first_finds_the_grown_share_free_and_parameters_are_reported(grown):
+    learner, _ = grown
+    rows = learner.capacity_report()
+    assert any(any(g) for g in learner.growth_[1:]) and not any(learner.growth_[0])
+    for t in range(1, len(TASKS)):
+        for i, size in enumerate(learner.initial_sizes_):
+            row = [r for r in rows if r["task"] == t][i]
+            before = [r for r in rows if r["task"] == t - 1][i]
+            assert row["units"] == before["units"] + row["grown"] == size + sum(g[i] for g in learner.growth_[:t + 1])
+            taken = sum(r["new"] for r in rows if r["task"] < t and r["layer"] == row["layer"])
+            assert row["units"] - taken >= math.ceil(0.5 * size)  # free when task t starts
+    assert learner.units_.sizes == [r["units"] for r in rows if r["task"] == len(TASKS) - 1]
+    expected = sum(p.numel() for p in learner.model.parameters()) / learner.initial_parameters_
+    assert learner.parameter_growth() == pytest.approx(expected) and expected > 1
+
+
+def test_old_subnetworks_stay_bit_identical_and_never_read_the_new_units(grown, digits):
+    learner, snapshots = grown
+    _, test = digits
+    first_logits = snapshots[0][0]
+    assert all(torch.equal(logits, first_logits) for logits, _ in snapshots)
+    assert torch.equal(head_logits(learner, test[0][0], 0), first_logits)
+    final = dict(learner.model.named_parameters())
+    for _, params in snapshots:
+        for name, (mask, values) in params.items():
+            now = final[name].detach()
+            old = now[tuple(slice(0, n) for n in values.shape)]  # the entries that existed then
+            assert torch.equal(old[mask], values[mask]), name
+    # every frozen row reads the units added after it was frozen through zero, frozen weights
+    reader = learner.model[2].weight.detach()
+    frozen_rows = learner.frozen_.masks[learner.model[2].weight].all(1)
+    width_then = learner.initial_sizes_[0] + learner.growth_[1][0]
+    task1_rows = learner.masks_[0][1] | learner.masks_[1][1]
+    assert torch.all(reader[task1_rows & frozen_rows, width_then:] == 0)
+
+
+def test_a_grown_learner_loads_into_a_model_of_the_original_widths(grown, digits, tmp_path):
+    learner, _ = grown
+    _, test = digits
+    x = torch.cat([x for x, _ in test])
+    path = learner.save(tmp_path / "grown.zip")
+    loaded = rerelrp.load(path, narrow_mlp(seed=1))
+    assert loaded.units_.sizes == learner.units_.sizes
+    assert loaded.growth_ == learner.growth_ and loaded.parameter_growth() == learner.parameter_growth()
+    assert torch.equal(loaded.predict(x), learner.predict(x))
+    with pytest.raises(ValueError, match="another architecture"):  # not the original widths: not grown
+        wide = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+        rerelrp.load(path, wide)
+
+
+class FixedView(nn.Module):
+    """A CNN whose forward reshapes to a fixed size, as many tutorials do: its conv cannot grow."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.relu, self.fc, self.relu2, self.out = (nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
+                                                              nn.Linear(256, 16), nn.ReLU(), nn.Linear(16, 10))
+
+    def forward(self, x):
+        return self.out(self.relu2(self.fc(self.relu(self.conv(x)).view(-1, 256))))
+
+
+def test_a_layer_that_cannot_grow_is_named_and_the_others_grow(digits):
+    train, _ = digits
+    learner = rerelrp.ReReLRP(FixedView(), epochs=3, grow=0.9, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for x, y in train[:2]:
+            learner.fit_task(loader(x.view(-1, 1, 8, 8), y))
+    messages = [str(w.message) for w in caught if "cannot grow" in str(w.message)]
+    assert messages and all("'conv'" in m and "view" in m for m in messages)
+    assert learner.growth_[1][0] == 0 and learner.units_.sizes[0] == 4
+    assert learner.growth_[1][1] > 0  # the Linear grows: it passes straight to the output layer
+
+
+def test_growth_paths_name_the_residual_sum_in_a_resnet():
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    model = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10)
+    paths = growth_paths(model, find_units(model))
+    assert not isinstance(paths["layer1.0.conv1"], str)  # inside a block: conv1 -> bn1 -> relu -> conv2
+    assert "residual sum" in paths["layer1.0.conv2"]
+
+
+def test_a_failed_task_takes_its_growth_back(digits):
+    train, test = digits
+    learner = rerelrp.ReReLRP(narrow_mlp(), epochs=5, grow=0.9, progress=False)
+    learner.fit_task(loader(*train[0]))
+    x = test[0][0]
+    before = ([p.detach().clone() for p in learner.model.parameters()], learner.predict(x), learner.units_.sizes)
+    with pytest.raises(KeyboardInterrupt):
+        with learner.training(loader(*train[1])):
+            assert learner.units_.sizes != before[2]  # grown on entry
+            raise KeyboardInterrupt
+    assert learner.units_.sizes == before[2] and learner.growth_ == [[0, 0]]
+    assert all(torch.equal(p, q) for p, q in zip(learner.model.parameters(), before[0]))
+    assert torch.equal(learner.predict(x), before[1])
+    assert [m.in_features for m in learner.model if isinstance(m, nn.Linear)] == [64, 16, 16]
+    learner.fit_task(loader(*train[1]))  # and the next try grows again
+    assert learner.units_.sizes != before[2]
+
+
+@pytest.mark.parametrize("grow", [1.0, -0.1, True, "0.5"])
+def test_grow_must_be_a_fraction(grow, digits):
+    train, _ = digits
+    with pytest.raises(ValueError, match="grow must be"):
+        rerelrp.ReReLRP(narrow_mlp(), grow=grow, progress=False).fit_task(loader(*train[0]))
