@@ -35,6 +35,8 @@ LEARNER_OPTIONS = {
     "prune_rounds": (int, "rounds of relevance, pruning and retraining per rerelrp task"),
     "retrain_epochs": (int, "epochs retraining the surviving units after each pruning round (0: no retraining, "
                             "the paper's pruning)"),
+    "grow": (float, "fraction of each layer's initial width that every rerelrp task after the first finds free, "
+                    "the layer grown by new units where fewer are (0: the network never grows)"),
 }
 
 

@@ -30,6 +30,8 @@ class StreamResult:
     tag_label: list[list[float]] = field(default_factory=list)
     task_recognition: list[float] = field(default_factory=list)
     free_capacity: list[float] = field(default_factory=list)
+    #: rerelrp: parameter entries after each task, as a multiple of the model's before the first (``grow``)
+    parameters: list[float] = field(default_factory=list)
     stage_seconds: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0
     predict_seconds: float = 0.0
@@ -72,6 +74,7 @@ def run_stream(method, stream: Stream, seed: int, split: str = "test") -> Stream
             truth = torch.cat([torch.full((len(evaluation[u][1]),), u) for u in range(t + 1)])
             result.task_recognition.append(float((learner.predict_task(x_all) == truth).float().mean()))
             result.free_capacity.append(learner.free_capacity()["overall"])
+            result.parameters.append(learner.parameter_growth())
             result.stage_seconds.append(dict(learner.fit_times_[-1]))
     result.bytes_kept = method.bytes_kept()
     return result

@@ -23,10 +23,12 @@ def _mean_std(values: Sequence[float], scale: float = 100.0) -> str:
 def markdown_table(results: Sequence[StreamResult], methods: Sequence[str]) -> str:
     """Final TAg/TAw average accuracy, forgetting, task recognition, bytes kept and times; mean ± std over seeds."""
     label = bool(results and results[0].tag_label)  # a label-only accuracy (Permuted MNIST's digit)
+    grown = any(r.parameters and r.parameters[-1] > 1 for r in results)  # rerelrp with grow
     lines = ["| method | TAg acc (%) | TAw acc (%) | " + ("label-only TAg acc (%) | " if label else "")
              + "TAg forgetting (pts) | TAw forgetting (pts) | task recognition (%) "
-             "| free capacity (%) | kept beyond weights (KiB) | train (s) | predict (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if label else "")]
+             "| free capacity (%) | " + ("parameters (x initial) | " if grown else "")
+             + "kept beyond weights (KiB) | train (s) | predict (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if label else "") + ("---|" if grown else "")]
     for name in methods:
         rs = [r for r in results if r.method == name]
         if not rs:
@@ -38,9 +40,15 @@ def markdown_table(results: Sequence[StreamResult], methods: Sequence[str]) -> s
             f"| {name} | {_mean_std([r.average(r.tag)[-1] for r in rs])} | {_mean_std([r.average(r.taw)[-1] for r in rs])} "
             + (f"| {_mean_std([r.average(r.tag_label)[-1] for r in rs])} " if label else "")
             + f"| {forget['tag']} | {forget['taw']} | {rec} | {free} "
-            f"| {np.mean([r.bytes_kept for r in rs]) / 1024:.1f} | {_mean_std([r.train_seconds for r in rs], 1)} "
+            + (_parameters(rs) if grown else "")
+            + f"| {np.mean([r.bytes_kept for r in rs]) / 1024:.1f} | {_mean_std([r.train_seconds for r in rs], 1)} "
             f"| {_mean_std([r.predict_seconds for r in rs], 1)} |")
     return "\n".join(lines)
+
+
+def _parameters(rs: Sequence[StreamResult]) -> str:
+    """The table cell of the parameters after the last task as a multiple of the initial ones (– for baselines)."""
+    return f"| {np.mean([r.parameters[-1] for r in rs]):.2f} " if rs[0].parameters else "| – "
 
 
 def plot_results(results: Sequence[StreamResult], stream: Stream, methods: Sequence[str], out: Path) -> list[Path]:

@@ -6,8 +6,9 @@ check it (labels, shapes, finiteness) before the model is touched. With a
 ``val_loader``, training iterates ``loader`` itself (its sampler included).
 Without one, a stratified share of the task is held out for the pruning
 threshold and training iterates the rest with the loader's own batch size,
-shuffled; a loader with its own sampler is refused then, since the rebuilt
-loader could not keep it.
+shuffled, or with a new ``DistributedSampler`` like the loader's over the
+training share; a loader with another sampler of its own is refused then,
+since the rebuilt loader could not keep it.
 The reference set (N samples per class) is drawn from the training share.
 """
 from __future__ import annotations
@@ -18,9 +19,13 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
+from torch.utils.data import (BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler,
+                              Subset)
 
-__all__ = ["TaskData", "prepare_task", "check_input", "collect"]
+__all__ = ["TaskData", "prepare_task", "check_input", "collect", "MAX_INPUT"]
+
+#: Largest absolute training input accepted: raw 8- and 16-bit images and CT values fit; 1e20 broke every later task.
+MAX_INPUT = 1e6
 
 
 @dataclass
@@ -54,6 +59,8 @@ def check_input(x: torch.Tensor, input_shape: Sequence[int] | None, name: str = 
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() == 0 or len(x) == 0:
+        raise ValueError(f"{name} has no samples (shape {tuple(x.shape)}): pass at least one input (n, *input_shape)")
     if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape):
         raise ValueError(
             f"{name} has shape {tuple(x.shape)}; expected (n, {', '.join(map(str, input_shape))}) "
@@ -92,6 +99,20 @@ def _in_order(loader: DataLoader, dataset: Dataset) -> DataLoader:
                       collate_fn=loader.collate_fn, num_workers=loader.num_workers)
 
 
+def _training_share(loader: DataLoader, share: Subset, seed: int) -> DataLoader:
+    """A loader like ``loader`` over the training ``share``: shuffled with ``seed``, or, for a loader with a
+    ``DistributedSampler``, with the same kind of sampler (same replicas, rank, shuffle, seed, drop_last), so that
+    each rank trains on its own part of the share. Call ``loader.sampler.set_epoch`` on the returned loader."""
+    common = dict(batch_size=loader.batch_size or 64, collate_fn=loader.collate_fn, num_workers=loader.num_workers,
+                  drop_last=loader.drop_last)
+    sampler = loader.sampler
+    if isinstance(sampler, DistributedSampler):
+        return DataLoader(share, sampler=DistributedSampler(share, num_replicas=sampler.num_replicas, rank=sampler.rank,
+                                                            shuffle=sampler.shuffle, seed=sampler.seed,
+                                                            drop_last=sampler.drop_last), **common)
+    return DataLoader(share, shuffle=True, generator=torch.Generator().manual_seed(seed), **common)
+
+
 def prepare_task(
     loader: DataLoader,
     val_loader: Iterable | None,
@@ -121,8 +142,14 @@ def prepare_task(
     dataset = loader.dataset
     if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
         raise TypeError("loader must read a map-style dataset (with __len__ and __getitem__)")
+    if loader.batch_size is None and loader.batch_sampler is None:
+        raise ValueError("loader has batch_size=None, so it yields single samples, not batches: give it a batch_size "
+                         "(e.g. DataLoader(dataset, batch_size=64, shuffle=True))")
     x, y = collect(_in_order(loader, dataset), "loader")
     check_input(x, input_shape, "training inputs")
+    if float(x.abs().max()) > MAX_INPUT:
+        raise ValueError(f"training inputs reach {float(x.abs().max()):.3g}, beyond +-{MAX_INPUT:g}: training and "
+                         "the detectors' covariances break down at such values; scale the inputs (e.g. to [0, 1])")
     classes = sorted(int(c) for c in torch.unique(y))
     outside = [c for c in classes if c < 0 or c >= n_outputs]
     if outside:
@@ -136,21 +163,19 @@ def prepare_task(
     rng = np.random.default_rng(seed)
     indices = np.arange(len(y))
     if val_loader is None:
-        if type(loader.sampler) not in (RandomSampler, SequentialSampler) or type(loader.batch_sampler) is not BatchSampler:
+        samplers = (RandomSampler, SequentialSampler, DistributedSampler)
+        if type(loader.sampler) not in samplers or type(loader.batch_sampler) is not BatchSampler:
             raise ValueError(
                 f"loader draws its batches with its own {type(loader.sampler).__name__} / "
                 f"{type(loader.batch_sampler).__name__}: holding out validation data would rebuild the loader without "
-                "them (a DistributedSampler's ranks would all train on everything, a weighted sampler would stop "
-                "weighting); pass val_loader, and the task trains on loader as it is")
+                "them (a weighted sampler would stop weighting); pass val_loader, and the task trains on loader as it "
+                "is")
         if int(counts.min()) < 2:
             raise ValueError("each class needs at least two samples to hold out validation data; pass val_loader")
         n_val = max(int(round(val_fraction * len(y))), len(classes))
         train_idx, val_idx = train_test_split(indices, test_size=n_val, stratify=y.numpy(), random_state=seed)
         train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
-        generator = torch.Generator().manual_seed(seed)
-        train = DataLoader(Subset(dataset, train_idx.tolist()), batch_size=loader.batch_size or 64, shuffle=True,
-                           generator=generator, collate_fn=loader.collate_fn, num_workers=loader.num_workers,
-                           drop_last=loader.drop_last)
+        train = _training_share(loader, Subset(dataset, train_idx.tolist()), seed)
         val_x, val_y = x[val_idx], y[val_idx]
     else:
         train_idx, train = indices, loader

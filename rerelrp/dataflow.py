@@ -13,9 +13,11 @@ input needed), inside the canonizers that give residual additions a module of th
 """
 from __future__ import annotations
 
+import contextlib
 import operator
+import threading
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.fx as fx
@@ -24,7 +26,7 @@ from torch import nn
 from zennit.core import Composite
 from zennit.layer import Sum
 
-__all__ = ["Flow", "trace"]
+__all__ = ["Flow", "trace", "traced", "is_shape", "TRACE_LOCK"]
 
 _COMBINING = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
               operator.truediv, operator.itruediv, operator.matmul, torch.add, torch.sub, torch.mul, torch.div,
@@ -35,6 +37,55 @@ _ACTIVATIONS = {torch.relu, F.relu, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh
 _ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "softmax", "log_softmax"}
 _SHAPE_METHODS = {"size", "dim", "numel", "type", "get_device"}
 _SHAPE_ATTRIBUTES = {"shape", "ndim", "dtype", "device"}
+
+
+class _TraceLock:
+    """torch.fx's symbolic tracing patches ``nn.Module.__call__`` for the whole process while it runs: two traces
+    at once (two learners' first tasks in two threads) left torch patched for good, and a forward in another
+    thread during a trace lands in the tracer. So a trace runs alone (:meth:`exclusive`) and rerelrp's own
+    forwards (a task's training, predictions) hold a :meth:`shared` turn, which any number of threads may hold
+    together."""
+
+    def __init__(self):
+        self._condition = threading.Condition()
+        self._readers = 0
+        self._tracing = False
+        self._mine = threading.local()
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._condition:
+            while self._tracing:
+                self._condition.wait()
+            self._readers += 1
+        self._mine.count = getattr(self._mine, "count", 0) + 1
+        try:
+            yield
+        finally:
+            self._mine.count -= 1
+            with self._condition:
+                self._readers -= 1
+                self._condition.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        if getattr(self._mine, "count", 0):
+            raise RuntimeError("a torch.fx trace was started while this thread runs rerelrp forwards (it would wait "
+                               "for itself); trace before the task or prediction")
+        with self._condition:
+            while self._tracing or self._readers:
+                self._condition.wait()
+            self._tracing = True
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._tracing = False
+                self._condition.notify_all()
+
+
+#: Traces and rerelrp's forwards take turns through this lock (see :class:`_TraceLock`).
+TRACE_LOCK = _TraceLock()
 
 
 @dataclass(frozen=True)
@@ -75,19 +126,11 @@ def trace(model: nn.Module, canonizers: Sequence = ()) -> Flow:
     TypeError: naming the module, when forward cannot be traced, combines two input-dependent tensors
         arithmetically, or calls an activation as a function.
     """
-    tracer = _Tracer()
-    with Composite(canonizers=list(canonizers)).context(model):
-        modules = dict(model.named_modules())  # with the modules canonizers add
-        try:
-            graph = tracer.trace(model)
-        except Exception as error:  # fx raises several types (TraceError, TypeError, RuntimeError, ...)
-            raise TypeError(
-                f"rerelrp cannot follow the data flow of {type(model).__name__}.forward with torch.fx ({error}); "
-                "units, masks and LRP need a forward whose operations do not depend on the input's values") from error
+    graph, modules = traced(model, canonizers)
     data: set[fx.Node] = set()
     for node in graph.nodes:
         if node.op == "placeholder" or (node.op in ("call_module", "call_function", "call_method")
-                                        and not _is_shape(node) and any(a in data for a in node.all_input_nodes)):
+                                        and not is_shape(node) and any(a in data for a in node.all_input_nodes)):
             data.add(node)
         if node in data:
             _check(node, [a for a in node.all_input_nodes if a in data], model)
@@ -104,7 +147,25 @@ def trace(model: nn.Module, canonizers: Sequence = ()) -> Flow:
                 output=result.target if isinstance(result, fx.Node) and result.op == "call_module" else None)
 
 
-def _is_shape(node: fx.Node) -> bool:
+def traced(model: nn.Module, canonizers: Sequence = ()) -> tuple[fx.Graph, dict[str, nn.Module]]:
+    """The ``torch.fx`` graph of ``model.forward`` with ``canonizers`` applied, and the model's modules by qualified
+    name (those the canonizers add included); the canonizers are removed again on return.
+
+    Raises
+    ------
+    TypeError: when forward cannot be traced.
+    """
+    with TRACE_LOCK.exclusive(), Composite(canonizers=list(canonizers)).context(model):
+        modules = dict(model.named_modules())  # with the modules canonizers add
+        try:
+            return _Tracer().trace(model), modules
+        except Exception as error:  # fx raises several types (TraceError, TypeError, RuntimeError, ...)
+            raise TypeError(
+                f"rerelrp cannot follow the data flow of {type(model).__name__}.forward with torch.fx ({error}); "
+                "units, masks and LRP need a forward whose operations do not depend on the input's values") from error
+
+
+def is_shape(node: fx.Node) -> bool:
     """Whether ``node`` reads a tensor's shape or type rather than its values."""
     if node.op == "call_method":
         return node.target in _SHAPE_METHODS

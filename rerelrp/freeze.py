@@ -11,6 +11,7 @@ tasks; the values are taken just before each step.
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Iterator, Sequence
 
 import torch
@@ -70,8 +71,8 @@ class FrozenParameters:
 
         torch's global optimizer step hooks copy the frozen entries of the stepping optimizer's parameters back
         after each step, whichever optimizer it is (several optimizers, parameter groups, a ``GradScaler``
-        calling ``step``). An optimizer holding none of ``model``'s parameters raises ``ValueError`` when it
-        steps. On leaving the context normally, every frozen entry is compared with its value at entry and a
+        calling ``step``) in the thread that entered the context; optimizers stepping in other threads are left
+        alone. An optimizer holding none of ``model``'s parameters raises ``ValueError`` when it steps in that thread. On leaving the context normally, every frozen entry is compared with its value at entry and a
         change made outside ``optimizer.step()`` (a manual update, weight averaging) raises ``RuntimeError``.
         """
         frozen = {p: m for p, m in self.masks.items() if m.any()}
@@ -79,7 +80,11 @@ class FrozenParameters:
         at_entry = {p: p.detach()[m].clone() for p, m in frozen.items()}
         saved: dict[int, list] = {}
 
+        owner = threading.get_ident()
+
         def before(optimizer, args, kwargs) -> None:
+            if threading.get_ident() != owner:  # torch's hooks are process-wide: another thread's optimizer
+                return
             params = [p for group in optimizer.param_groups for p in group["params"]]
             if not any(id(p) in owned for p in params):
                 raise ValueError(

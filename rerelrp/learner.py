@@ -1,7 +1,8 @@
 """The ReReLRP learner: one shared network, one unit mask and one head per task.
 
 ``fit_task`` runs the method's stages in order (see METHOD.md):
-train -> reference set -> relevance -> prune -> retrain -> freeze -> capacity -> remember -> recognize.
+grow (with ``grow``) -> train -> reference set -> relevance -> prune -> retrain -> freeze -> capacity -> remember ->
+recognize -> calibrate (the unknown answer, :mod:`rerelrp.novelty`).
 Relevance, pruning and retraining repeat for ``prune_rounds`` rounds (PackNet's prune-then-retrain, in
 CPG's gradual steps), within the task's share of the free units (:mod:`rerelrp.capacity`).
 Prediction without a task id reads each detector's features (by default the
@@ -18,7 +19,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence, Union
+from typing import Iterable, Iterator, NamedTuple, Sequence, Union
 
 import numpy as np
 import torch
@@ -29,11 +30,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from zennit.core import Composite
 
-from . import capacity
+from . import capacity, grow, novelty
 from .data import check_input, prepare_task
+from .dataflow import TRACE_LOCK
 from .distributed import agree, from_rank0, is_distributed, is_rank0
 from .freeze import FrozenParameters
-from .network import eval_mode, find_units, masked, unit_outputs
+from .network import eval_mode, find_units, masked, model_lock, unit_outputs
 from .prune import PruneResult, prune_to_threshold, unit_scores
 from .recognize import RECOGNIZERS, GaussianRecognizer, TaskRecognizer, chain_scores, decided, default_detector
 from .relevance import input_composite, lrp, normalize_units
@@ -45,9 +47,9 @@ __all__ = ["ReReLRP"]
 #: Inputs a prediction accepts: one tensor ``(n, *input_shape)``, or an iterable of batches (a DataLoader).
 Batches = Union[torch.Tensor, Iterable]
 
-STAGES = ("data", "train", "relevance", "prune", "retrain", "freeze", "remember", "recognize")
+STAGES = ("data", "grow", "train", "relevance", "prune", "retrain", "freeze", "remember", "recognize", "calibrate")
 #: Fitted lists that grow by one entry per task.
-_GROWING = ("tasks_", "masks_", "prune_results_", "fit_times_")
+_GROWING = ("tasks_", "masks_", "prune_results_", "fit_times_", "growth_", "novelty_quantiles_")
 
 
 class ReReLRP(BaseEstimator):
@@ -77,6 +79,14 @@ class ReReLRP(BaseEstimator):
     n_tasks: how many tasks the stream will have, if known: each task then keeps at most its share of each
         layer's free units, ``free // (tasks left + 1)`` (:func:`rerelrp.capacity.task_budget`), and the capacity
         forecast warns when a layer will not last until the last task. None: no budget.
+    grow: fraction of each unit layer's initial width that every task after the first finds free: a layer with
+        fewer free units first grows by new units that no old subnetwork reads (:mod:`rerelrp.grow`; old
+        subnetworks unchanged). 0 (default): the network never grows. A layer whose output forward does not pass
+        straight to one Linear or Conv2d (a residual sum, a fixed-size reshape) cannot grow, and a warning names it.
+        Not with DistributedDataParallel (its buckets hold the parameters' shapes).
+    known_fraction: with ``recognizer="gaussian"``, the share of each task's validation inputs that
+        ``predict(x, reject=True)`` accepts as known (:mod:`rerelrp.novelty`); the rest of the inputs below that
+        task's calibrated log-likelihood are answered -1.
     n_reference: reference samples per class for the relevance that ranks units (paper: 132; 500
         gave 4 points more task-agnostic accuracy on Split MNIST validation data, 0.874 against 0.832).
     n_features: units each task detector reads (paper: 40).
@@ -104,6 +114,11 @@ class ReReLRP(BaseEstimator):
     prune_results_: per task, the :class:`rerelrp.prune.PruneResult` of its last pruning round (``accuracy``:
         after retraining).
     fit_times_: per task, seconds spent in each stage of ``fit_task``.
+    novelty_quantiles_: per task, the :data:`rerelrp.novelty.LEVELS` quantiles ``(101,)`` of its validation
+        inputs' log-likelihoods in its own detector space (empty with ``recognizer="paper"``).
+    growth_: per task, the units added to each unit layer before it (all 0 without ``grow``).
+    initial_sizes_: units per unit layer before the first task; ``initial_parameters_``: parameter entries then
+        (see :meth:`parameter_growth`).
     memory_: what is kept of past data: :class:`rerelrp.remember.ActivationStatistics`, or
         :class:`rerelrp.remember.RelevanceMemory` with ``recognizer="paper"``.
     recognizer_: the detector chain: :class:`rerelrp.recognize.GaussianRecognizer`, or
@@ -128,6 +143,8 @@ class ReReLRP(BaseEstimator):
         retrain_epochs: int | None = None,
         reset_free: bool = True,
         n_tasks: int | None = None,
+        grow: float = 0.0,
+        known_fraction: float = 0.95,
         n_reference: int = 500,
         n_features: int = 48,
         n_components: int = 4,
@@ -151,6 +168,8 @@ class ReReLRP(BaseEstimator):
         self.retrain_epochs = retrain_epochs
         self.reset_free = reset_free
         self.n_tasks = n_tasks
+        self.grow = grow
+        self.known_fraction = known_fraction
         self.n_reference = n_reference
         self.n_features = n_features
         self.n_components = n_components
@@ -192,43 +211,53 @@ class ReReLRP(BaseEstimator):
         detectors); the retraining between pruning rounds runs in rerelrp's own loop over the task's ``loader``
         (``optimizer``, ``lr``, ``retrain_epochs``): ``retrain_epochs=0`` keeps every optimizer step in yours. If the
         loop or a stage raises, or is interrupted, the learner and the model's parameters and buffers are put back
-        as they were before the task, and the error propagates.
+        as they were before the task, and the error propagates. With ``grow``, the model may grow on entry: build
+        the optimizer inside the context, over the parameters as they are then.
         """
         self._check_params()
-        if getattr(self, "_open_task", None) is not None:
-            raise RuntimeError(f"task {self._open_task} is still being trained: a training() context was entered "
-                               "and not left; leave it (end the with block) before learning another task")
-        first = not hasattr(self, "tasks_")
-        if first:
-            self._start()
-        before = self._checkpoint()
-        self._open_task = len(self.tasks_)
-        try:
-            with self._learning(loader, val_loader) as task:
-                yield task
-        except BaseException:
-            self._rollback(before, first)
-            raise
-        finally:
-            self._open_task = None
+        with model_lock(self._net):  # other threads' calls wait for the task (they would see its hooks)
+            if getattr(self, "_open_task", None) is not None:
+                raise RuntimeError(f"task {self._open_task} is still being trained: a training() context was entered "
+                                   "and not left; leave it (end the with block) before learning another task")
+            first = not hasattr(self, "tasks_")
+            if first:
+                self._start()
+            if self.grow > 0 and getattr(self, "_growth_paths", None) is None:  # traced before any forward
+                self._growth_paths = grow.growth_paths(self._net, self.units_)
+            before = self._checkpoint()
+            self._open_task = len(self.tasks_)
+            try:
+                with TRACE_LOCK.shared(), self._learning(loader, val_loader) as task:
+                    yield task
+            except BaseException:
+                self._rollback(before, first)
+                raise
+            finally:
+                self._open_task = None
 
     @contextlib.contextmanager
     def _learning(self, loader: DataLoader, val_loader: Iterable | None) -> Iterator[TaskTraining]:
         """The stages of METHOD.md around the caller's training (stage 1)."""
         t = len(self.tasks_)
         seed = self.random_state + 1000 * t
+        times = dict.fromkeys(STAGES, 0.0)
+        with _timed(times, "grow"):
+            self._grow(seed)
         if t > 0 and self.free_capacity()["overall"] == 0.0:  # the forecast warned before, unless the stream outgrew n_tasks
             warnings.warn(
                 f"capacity exhausted: all {self.units_.total} units are kept by the {t} tasks learned so far, so "
                 f"task {t} can train only its own head rows; use a wider model, or a larger acc_drop "
-                f"(now {self.acc_drop} points) for the tasks to come", RuntimeWarning, stacklevel=5)
-        times = dict.fromkeys(STAGES, 0.0)
+                f"(now {self.acc_drop} points) for the tasks to come, or grow > 0", RuntimeWarning, stacklevel=5)
         with _timed(times, "data"):
             task = prepare_task(
                 loader, val_loader, n_outputs=self.units_.output.out_features,
                 learned=[c for classes in self.tasks_ for c in classes],
                 input_shape=getattr(self, "input_shape_", None), val_fraction=self.val_fraction,
                 n_reference=self.n_reference, seed=seed)
+            dtype = next(self._net.parameters()).dtype
+            if task.train_x.dtype != dtype:
+                raise TypeError(f"the task's inputs are {task.train_x.dtype} but the model's parameters are {dtype}: "
+                                f"give the loader inputs of {dtype} (e.g. x.to({dtype})), or convert the model")
             if t == 0:
                 self._check_model_accepts(task.val_x[:1])
             agree(task.classes, f"the classes of task {t}")
@@ -239,6 +268,11 @@ class ReReLRP(BaseEstimator):
         statistics = batchnorm_frozen(self.units_.batchnorms) if t > 0 else contextlib.nullcontext()
         with _timed(times, "train"), self.frozen_.enforced(self.model), statistics:
             yield TaskTraining(t, tuple(task.classes), task.train, seed)
+        diverged = [name for name, p in self._net.named_parameters() if not torch.isfinite(p).all()]
+        if diverged:
+            raise RuntimeError(f"training of task {t} diverged: {', '.join(diverged[:3])} hold NaN or Inf; the task is "
+                               f"not learned and the learner is as before it. Lower lr (now {self.lr}) or scale the "
+                               "inputs")
         # 2. Reference set: drawn by prepare_task from the training share.
         ref_x, ref_y = task.ref_x.to(self.device_), task.ref_y.to(self.device_)
         # 3-4. Relevance, pruning and retraining, in rounds.
@@ -263,14 +297,41 @@ class ReReLRP(BaseEstimator):
             # 7. Recognize: rebuild the detector chain.
             with _timed(times, "recognize"):
                 self.recognizer_.fit(self.memory_, self.tasks_)
-            return self.memory_, self.recognizer_
+            # 8. Calibrate the unknown answer on the task's validation inputs.
+            with _timed(times, "calibrate"):
+                quantiles = self._calibrate(task)
+            return self.memory_, self.recognizer_, quantiles
 
-        self.memory_, self.recognizer_ = from_rank0(remember_and_recognize)
+        self.memory_, self.recognizer_, quantiles = from_rank0(remember_and_recognize)
+        if quantiles is not None:
+            self.novelty_quantiles_ = self.novelty_quantiles_ + [quantiles]
         self.input_shape_ = task.input_shape
         low, high = float(task.train_x.min()), float(task.train_x.max())
         previous = getattr(self, "input_range_", None) or (low, high)
         self.input_range_ = (min(previous[0], low), max(previous[1], high))
         self.fit_times_.append(times)
+
+    def _grow(self, seed: int) -> None:
+        """Stage 0 with ``grow``: give every unit layer ``ceil(grow * initial width)`` free units, growing those
+        that have fewer (new rows drawn from ``seed``); warns, once per reason, for a layer that cannot grow."""
+        t = len(self.tasks_)
+        added = [0] * len(self.units_.layers)
+        if t > 0 and self.grow > 0:
+            frozen = capacity.kept_by(self.masks_, self.units_.sizes)
+            needed = grow.units_to_add([len(f) - int(f.sum()) for f in frozen], self.initial_sizes_, self.grow)
+            paths = self._growth_paths
+            with torch.random.fork_rng(devices=self._rng_devices()):
+                torch.manual_seed(seed)
+                for i, (layer, n) in enumerate(zip(self.units_.layers, needed)):
+                    path = paths.get(layer.name)
+                    if isinstance(path, str):
+                        warnings.warn(f"unit layer '{layer.name}' cannot grow: {path}. It keeps its width and its "
+                                      "free units only", RuntimeWarning, stacklevel=6)
+                    elif n:
+                        grow.grow_layer(layer.module, path, n, self.frozen_)
+                        added[i] = n
+            self.masks_ = grow.grow_masks(self.masks_, added)
+        self.growth_.append(added)
 
     def _prune(self, task, ref_x: torch.Tensor, ref_y: torch.Tensor, seed: int, times: dict) -> PruneResult:
         """Stages 3-4 in rounds: relevance of every unit through head t (from the true class's logit, through
@@ -342,7 +403,8 @@ class ReReLRP(BaseEstimator):
                 f"layer, n_tasks={self.n_tasks}): "
                 f"its subnetwork reaches {result.accuracy:.1%} validation accuracy against {result.base_accuracy:.1%} "
                 "unpruned, more than acc_drop below it; a wider model leaves every task more room")
-        forecast = capacity.running_out(self.units_, self.masks_, self.n_tasks)
+        # with grow, each layer grows before it runs out (or warns that it cannot)
+        forecast = None if self.grow > 0 else capacity.running_out(self.units_, self.masks_, self.n_tasks, self.growth_)
         if forecast:
             messages.append(forecast)
         return messages
@@ -350,6 +412,7 @@ class ReReLRP(BaseEstimator):
     def _checkpoint(self) -> dict:
         """What :meth:`_rollback` needs to put the learner and its model back as they are now."""
         return {"model": {k: v.detach().clone() for k, v in self._net.state_dict().items()},
+                "data": {k: v.data for k, v in self._net.state_dict(keep_vars=True).items()},
                 "learner": {name: copy.copy(getattr(self, name)) for name in _GROWING},
                 "frozen": {p: m.clone() for p, m in self.frozen_.masks.items()},
                 "memory": copy.deepcopy((self.memory_, self.recognizer_)),
@@ -357,8 +420,11 @@ class ReReLRP(BaseEstimator):
 
     def _rollback(self, before: dict, first: bool) -> None:
         with torch.no_grad():
-            for key, value in self._net.state_dict().items():
-                value.copy_(before["model"][key])
+            for key, value in self._net.state_dict(keep_vars=True).items():
+                if value.shape != before["model"][key].shape:  # grown by this task: back to the old tensor
+                    value.data = before["data"][key]
+                value.data.copy_(before["model"][key])
+        grow.sync_sizes(*self._net.modules())
         if first:  # back to unfitted
             for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("_")]:
                 delattr(self, name)
@@ -370,11 +436,14 @@ class ReReLRP(BaseEstimator):
         self.input_shape_, self.input_range_ = before["input"]
 
     # ---------------------------------------------------------------- prediction
-    def predict(self, x: Batches, task_id: int | None = None) -> torch.Tensor:
+    def predict(self, x: Batches, task_id: int | None = None, reject: bool = False) -> torch.Tensor:
         """Global class ids ``(n,)`` for inputs ``x`` of shape ``(n, *input_shape)``.
 
         ``task_id=None``: task-agnostic (the detector chain picks the task).
         ``task_id=t``: task-aware, the argmax within task t's classes of subnetwork t.
+        ``reject=True`` (``recognizer="gaussian"``): -1 for inputs of no learned task: those whose log-likelihood
+        under the task they are recognized as (or task ``task_id``) is below the level that accepts a
+        ``known_fraction`` of that task's validation inputs (:mod:`rerelrp.novelty`).
         ``x`` may also be a DataLoader or any iterable of batches (tensors, or tuples whose first element is
         the input): it is answered batch by batch, holding one batch at a time, with the answers of the
         concatenated tensor (scores up to floating-point rounding, which depends on the batch size).
@@ -382,18 +451,36 @@ class ReReLRP(BaseEstimator):
         self._check_fitted()
         if task_id is not None:
             task_id = self._check_task_id(task_id)
+            if reject:
+                self._check_novelty()
+                return self._per_batch(x, lambda b: self._predict_known(b, task_id))
             return self._per_batch(x, lambda b: self._predict_head(b, self.tasks_[task_id], self.masks_[task_id]))
-        return self._per_batch(x, lambda b: self._route(b)[2])
+        if reject:
+            self._check_novelty()
+        return self._per_batch(x, lambda b: self._route(b, reject=reject).predictions)
 
-    def predict_task(self, x: Batches) -> torch.Tensor:
-        """Recognized task index ``(n,)`` of each input: the argmax of :meth:`predict_proba_task`.
+    def predict_task(self, x: Batches, reject: bool = False) -> torch.Tensor:
+        """Recognized task index ``(n,)`` of each input: the argmax of :meth:`predict_proba_task`; with ``reject``,
+        -1 for inputs that are not typical of the task they are recognized as (see :meth:`predict`).
         ``x``: a tensor or an iterable of batches, as for :meth:`predict`."""
-        return self._per_batch(x, lambda b: self._route(b)[1])
+        if reject:
+            self._check_novelty()
+        return self._per_batch(x, lambda b: self._route(b, heads=False, reject=reject).task)
+
+    def score_samples(self, x: Batches) -> torch.Tensor:
+        """Novelty scores ``(n,)`` (float64): how typical each input is of the task it is recognized as, higher =
+        more typical (scikit-learn's convention): its log-likelihood under that task's class mixtures, 0 at the
+        median of the task's validation inputs and -1 at their 5 % quantile (:func:`rerelrp.novelty.standardize`),
+        so that scores of different tasks compare. No more passes than :meth:`predict`. ``x``: a tensor or an
+        iterable of batches, as for :meth:`predict`. Needs ``recognizer="gaussian"``."""
+        self._check_novelty()
+        return self._per_batch(x, lambda b: torch.from_numpy(self._route(b, heads=False, novel=True).score))
 
     def predict_proba_task(self, x: Batches) -> torch.Tensor:
         """Chain scores ``(n, T)`` (float64, CPU, like every answer of the learner a CPU tensor), one column
         per learned task; rows sum to 1. ``x``: a tensor or an iterable of batches, as for :meth:`predict`."""
-        return self._per_batch(x, lambda b: torch.from_numpy(chain_scores(self._route(b, stop_early=False)[0])))
+        return self._per_batch(
+            x, lambda b: torch.from_numpy(chain_scores(self._route(b, stop_early=False, heads=False).p)))
 
     def explain(self, x: Batches) -> torch.Tensor:
         """Input relevance, same shape as ``x``, for the predicted class through the recognized task's subnetwork.
@@ -404,7 +491,7 @@ class ReReLRP(BaseEstimator):
         return self._per_batch(x, self._explain_batch)
 
     def _explain_batch(self, x: torch.Tensor) -> torch.Tensor:
-        _, task, predictions = self._route(x)
+        _, task, predictions, _ = self._route(x)
         composite = self.composite_
         if composite is None and self.input_range_ is not None:
             composite = input_composite(self.units_, *self.input_range_)
@@ -422,10 +509,16 @@ class ReReLRP(BaseEstimator):
         return capacity.free_capacity(self.units_, self.masks_)
 
     def capacity_report(self) -> list[dict]:
-        """Per task and unit layer, the units the task kept, took new from the free pool, reused, and left free
-        (see :func:`rerelrp.capacity.capacity_report`): a list of dicts, one row each."""
+        """Per task and unit layer, the layer's width then, the units added before the task, and the units the task
+        kept, took new from the free pool, reused, and left free (see :func:`rerelrp.capacity.capacity_report`):
+        a list of dicts, one row each."""
         self._check_fitted()
-        return capacity.capacity_report(self.units_, self.masks_)
+        return capacity.capacity_report(self.units_, self.masks_, self.growth_)
+
+    def parameter_growth(self) -> float:
+        """Parameter entries of the model now as a multiple of before the first task (1.0 without ``grow``)."""
+        self._check_fitted()
+        return grow.n_parameters(self._net) / self.initial_parameters_
 
     def save(self, path: str | os.PathLike) -> Path:
         """Save everything needed to predict and to go on learning to ``path`` (see :func:`rerelrp.persist.save`).
@@ -435,7 +528,8 @@ class ReReLRP(BaseEstimator):
         if getattr(self, "_open_task", None) is not None:
             raise RuntimeError(f"task {self._open_task} is still being trained: save after its training() context")
         if not is_distributed():
-            return save(self, path)
+            with model_lock(self._net):
+                return save(self, path)
         written = save(self, path) if is_rank0() else Path(path)  # every rank holds the same learner: write once
         torch.distributed.barrier()
         return written
@@ -456,6 +550,8 @@ class ReReLRP(BaseEstimator):
             raise TypeError("torch.nn.DataParallel is not supported (its replicas would each need the masks and hooks): "
                             "use torch.nn.parallel.DistributedDataParallel, one process per device")
         self.units_ = find_units(self._net)
+        self.initial_sizes_ = self.units_.sizes
+        self.initial_parameters_ = grow.n_parameters(self._net)
         self.device_ = torch.device(self.device) if self.device is not None else next(self._net.parameters()).device
         self._net.to(self.device_)
         self.composite_ = self.composite
@@ -471,8 +567,48 @@ class ReReLRP(BaseEstimator):
         self.masks_: list[list[torch.Tensor]] = []
         self.prune_results_: list[PruneResult] = []
         self.fit_times_: list[dict[str, float]] = []
+        self.growth_: list[list[int]] = []
+        self.novelty_quantiles_: list[np.ndarray] = []
+
+    def set_params(self, **params) -> "ReReLRP":
+        """Set options as scikit-learn's ``set_params`` does, validated at once: an invalid value raises
+        ``ValueError`` naming it and leaves every option as it was. Once a task is learned, ``model``, ``device`` and
+        ``recognizer`` cannot change (the masks, freeze masks and memory belong to them): save and ``rerelrp.load``
+        with ``device=...`` to move a learner."""
+        if hasattr(self, "tasks_"):
+            fixed = [k for k in ("model", "device", "recognizer") if k in params and params[k] is not getattr(self, k)
+                     and params[k] != getattr(self, k)]
+            if fixed:
+                raise ValueError(f"{', '.join(fixed)} cannot change once a task is learned (the masks, freeze masks "
+                                 "and memory belong to them); save the learner and rerelrp.load it with the new value")
+        previous = self.get_params(deep=False)
+        super().set_params(**params)
+        try:
+            self._check_params()
+        except (TypeError, ValueError):
+            super().set_params(**previous)
+            raise
+        return self
 
     def _check_params(self) -> None:
+        numbers = {"lr": self.lr, "acc_drop": self.acc_drop, "drop_confidence": self.drop_confidence,
+                   "min_keep": self.min_keep, "val_fraction": self.val_fraction, "grow": self.grow,
+                   "known_fraction": self.known_fraction}
+        for name, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+                raise ValueError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+        if isinstance(self.random_state, bool) or not isinstance(self.random_state, (int, np.integer)):
+            raise ValueError(f"random_state must be an int (rerelrp's runs are reproducible by design: every split, "
+                             f"draw and shuffle derives from it), got {self.random_state!r}")
+        if self.device is not None:
+            try:
+                device = torch.device(self.device)
+            except (RuntimeError, TypeError) as error:
+                raise ValueError(f"device must be None or a torch device such as 'cpu' or 'cuda:0', got "
+                                 f"{self.device!r}") from error
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"device={self.device!r}, but torch sees no CUDA device here "
+                                 f"(torch.cuda.is_available() is False): use device='cpu' or None")
         positive = {"epochs": self.epochs, "n_reference": self.n_reference, "n_features": self.n_features,
                     "n_components": self.n_components, "batch_size": self.batch_size}
         for name, value in positive.items():
@@ -501,17 +637,38 @@ class ReReLRP(BaseEstimator):
             raise ValueError(f"prune_rounds must be a positive int, got {self.prune_rounds!r}")
         if self.retrain_epochs is not None and (not isinstance(self.retrain_epochs, int) or self.retrain_epochs < 0):
             raise ValueError(f"retrain_epochs must be None or an int >= 0, got {self.retrain_epochs!r}")
+        if not 0 <= self.grow < 1:
+            raise ValueError(f"grow must be a float in [0, 1) (the fraction of each layer's initial width every task "
+                             f"finds free; 0: no growth), got {self.grow!r}")
+        if self.grow > 0 and isinstance(self.model, DistributedDataParallel):
+            raise ValueError("grow > 0 is not supported with DistributedDataParallel, whose gradient buckets hold the "
+                             "parameters' shapes: set grow=0, or give the model the width the stream needs")
+        if not 0 < self.known_fraction <= 1:
+            raise ValueError(f"known_fraction must lie in (0, 1] (the share of each task's validation inputs "
+                             f"predict(reject=True) accepts), got {self.known_fraction!r}")
         if self.n_tasks is not None and (not isinstance(self.n_tasks, int) or self.n_tasks < 1):
             raise ValueError(f"n_tasks must be None or a positive int (the tasks the stream will have), "
                              f"got {self.n_tasks!r}")
 
     def _check_model_accepts(self, x: torch.Tensor) -> None:
+        dims: dict[str, int] = {}
+        handles = [layer.module.register_forward_hook(
+            lambda module, inputs, output, name=layer.name: dims.__setitem__(name, output.dim()))
+            for layer in self.units_.layers]
         try:
             with torch.no_grad(), eval_mode(self._net):
                 out = self._net(x.to(self.device_))
         except RuntimeError as error:
             raise ValueError(f"the model cannot take inputs of shape (n, {', '.join(map(str, x.shape[1:]))}): "
                              f"{error}") from error
+        finally:
+            for handle in handles:
+                handle.remove()
+        for layer in self.units_.layers:
+            if isinstance(layer.module, nn.Linear) and dims.get(layer.name, 2) != 2:
+                raise TypeError(f"nn.Linear '{layer.name}' is applied to a {dims[layer.name]}-d tensor (e.g. tokens "
+                                "(N, T, C)): a unit is one output feature of one input, so a Linear must see (N, "
+                                "features); flatten or pool the other axes before it")
         if out.dim() != 2 or out.shape[1] != self.units_.output.out_features:
             raise TypeError(f"the model's output has shape {tuple(out.shape)}; expected (n, "
                             f"{self.units_.output.out_features}) from its last nn.Linear")
@@ -524,23 +681,49 @@ class ReReLRP(BaseEstimator):
             raise NotFittedError("this ReReLRP learner has learned no task yet: call fit_task first")
 
     def _check_x(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` checked, on the learner's device, in the dtype of the model's parameters (float64 or float16
+        inputs are converted, as scikit-learn converts arrays)."""
         self._check_fitted()
         check_input(x, self.input_shape_)
-        return x.to(self.device_)
+        return x.to(self.device_, next(self._net.parameters()).dtype)
 
     def _per_batch(self, x: Batches, answer) -> torch.Tensor:
         """``answer`` of the checked tensor ``x``, or of each batch of an iterable ``x``, concatenated on the CPU."""
+        def locked(batch: torch.Tensor) -> torch.Tensor:
+            with model_lock(self._net), TRACE_LOCK.shared():  # the masks are hooks on the shared modules
+                return answer(self._check_x(batch)).cpu()
+
         if isinstance(x, torch.Tensor) or not isinstance(x, Iterable) or isinstance(x, np.ndarray):
-            return answer(self._check_x(x)).cpu()  # a tensor, or something _check_x names as not one
-        answers = [answer(self._check_x(_batch_input(batch))).cpu() for batch in x]
+            return locked(x)  # a tensor, or something _check_x names as not one
+        answers = [locked(_batch_input(batch)) for batch in x]
         if not answers:
             raise ValueError("x yielded no batch: pass a tensor (n, *input_shape) or a non-empty iterable of batches")
         return torch.cat(answers)
 
     def _check_task_id(self, task_id: int) -> int:
-        if not isinstance(task_id, (int, np.integer)) or not 0 <= task_id < len(self.tasks_):
+        if isinstance(task_id, bool) or not isinstance(task_id, (int, np.integer)) \
+                or not 0 <= task_id < len(self.tasks_):
             raise ValueError(f"task_id must be None or an int in [0, {len(self.tasks_) - 1}], got {task_id!r}")
         return int(task_id)
+
+    def _predict_known(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        """Task-aware classes ``(n,)`` of task t, -1 where an input is not typical of task t."""
+        known = torch.as_tensor(novelty.accepted(self._own_loglik(x, t), self.novelty_quantiles_[t],
+                                                 self.known_fraction), device=x.device)
+        predictions = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
+        if known.any():
+            predictions[known] = self._predict_head(x[known], self.tasks_[t], self.masks_[t])
+        return predictions
+
+    def _check_novelty(self) -> None:
+        self._check_fitted()
+        self._check_params()  # known_fraction may have been set since the last task
+        if self.recognizer != "gaussian":
+            raise ValueError(f"the unknown answer (score_samples, reject=True) needs recognizer='gaussian', whose "
+                             f"detectors are densities; this learner has recognizer={self.recognizer!r}")
+        if len(self.novelty_quantiles_) != len(self.tasks_):
+            raise ValueError("this learner has no calibration of the unknown answer for its tasks (saved by a rerelrp "
+                             "without it): learn its tasks again to use score_samples or reject=True")
 
     def _predict_head(self, x: torch.Tensor, classes: Sequence[int], keep) -> torch.Tensor:
         """Argmax within ``classes`` of the subnetwork ``keep``: ``(n,)`` global class ids."""
@@ -588,20 +771,46 @@ class ReReLRP(BaseEstimator):
             for c in task.classes:
                 self.memory_.add_class(m, c, self.memory_.select(m, outputs[y == c]))
 
-    def _route(self, x: torch.Tensor, stop_early: bool = True) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-        """Run the detector chain: probabilities ``(n, T-1)``, argmax task ``(n,)``, its predicted class ``(n,)``.
+    def _calibrate(self, task) -> np.ndarray | None:
+        """Quantiles of the newest task's validation log-likelihoods in its own detector space (None with
+        ``recognizer="paper"``, whose forests are not densities)."""
+        if self.recognizer != "gaussian":
+            return None
+        t = len(self.tasks_) - 1
+        return novelty.calibrate(self._own_loglik(task.val_x.to(self.device_), t))
+
+    def _own_loglik(self, x: torch.Tensor, m: int) -> np.ndarray:
+        """Log-likelihoods ``(n,)`` of inputs under task m's classes in detector m's space (one pass)."""
+        return self.recognizer_.task_loglik(m, self._detector_features(x, m), slice(m, m + 1))[:, 0]
+
+    def _route(self, x: torch.Tensor, stop_early: bool = True, novel: bool = False, heads: bool = True,
+               reject: bool = False) -> "_Route":
+        """Run the detector chain: probabilities ``(n, T-1)``, argmax task ``(n,)``, its predicted class ``(n,)``
+        (with ``heads``) and, with ``novel`` or ``reject``, the :func:`rerelrp.novelty.standardize` score ``(n,)`` of
+        each row under its recognized task; ``reject`` answers -1 (task and class) for rows below their task's
+        threshold, and runs no head for them.
 
         With ``stop_early`` the chain stops for the rows whose best task is already certain
         (:func:`rerelrp.recognize.decided`; their later probabilities are NaN): a row recognized as task
         m < T - 1 costs m + 1 detector passes instead of T - 1, with the same task and class. The class is
-        the argmax inside head m of subnetwork m, for the task m the row is recognized as.
+        the argmax inside head m of subnetwork m, for the task m the row is recognized as. A row's score under
+        task m < T - 1 comes from detector m's features, computed on the way; rows recognized as task T - 1 take
+        one more pass, through S_0..S_T-1.
         """
+        novel = novel or reject
         T, n = len(self.tasks_), len(x)
         task = torch.full((n,), T - 1, dtype=torch.long)
         p = np.full((n, T - 1), np.nan)
+        own = np.full((n, T), np.nan) if novel else None  # row's log-likelihood under task m, in m's space
         rows = np.arange(n)
         for m in range(T - 1):
-            p[rows, m] = self.recognizer_.detector_proba(m, self._detector_features(x[rows], m))
+            features = self._detector_features(x[rows], m)
+            if novel:
+                loglik = self.recognizer_.task_loglik(m, features)
+                own[rows, m] = loglik[:, 0]
+                p[rows, m] = self.recognizer_.proba(loglik)
+            else:
+                p[rows, m] = self.recognizer_.detector_proba(m, features)
             scores = chain_scores(p[rows, :m + 1])
             last = m == T - 2  # the whole chain is known: every row is done
             done = decided(scores) if stop_early and not last else np.full(len(rows), last)
@@ -609,11 +818,36 @@ class ReReLRP(BaseEstimator):
             rows = rows[~done]
             if not len(rows):
                 break
-        predictions = torch.empty(n, dtype=torch.long, device=x.device)
-        for m in task.unique().tolist():
-            members = (task == m).nonzero()[:, 0].to(x.device)
-            predictions[members] = self._predict_head(x[members], self.tasks_[m], self.masks_[m])
-        return p, task.to(x.device), predictions
+        score = None
+        if novel:
+            last = (task == T - 1).nonzero()[:, 0].numpy()
+            if len(last):
+                own[last, T - 1] = self._own_loglik(x[torch.as_tensor(last, device=x.device)], T - 1)
+            loglik = own[np.arange(n), task.numpy()]
+            score = np.empty(n)
+            for m in task.unique().tolist():
+                members = (task == m).numpy()
+                score[members] = novelty.standardize(loglik[members], self.novelty_quantiles_[m])
+                if reject:
+                    known = novelty.accepted(loglik[members], self.novelty_quantiles_[m], self.known_fraction)
+                    task[np.flatnonzero(members)[~known]] = -1
+        predictions = None
+        if heads:
+            predictions = torch.full((n,), -1, dtype=torch.long, device=x.device)
+            for m in [m for m in task.unique().tolist() if m >= 0]:
+                members = (task == m).nonzero()[:, 0].to(x.device)
+                predictions[members] = self._predict_head(x[members], self.tasks_[m], self.masks_[m])
+        return _Route(p, task.to(x.device), predictions, score)
+
+
+class _Route(NamedTuple):
+    """What :meth:`ReReLRP._route` answers for a batch of n inputs."""
+
+    p: np.ndarray  #: (n, T-1) detector probabilities (NaN after the chain stopped for a row)
+    task: torch.Tensor  #: (n,) recognized task (-1: rejected)
+    predictions: torch.Tensor | None  #: (n,) global class id (-1: rejected); None without heads
+    score: np.ndarray | None  #: (n,) novelty score under the recognized task; None unless asked for
+
 
 def _batch_input(batch) -> torch.Tensor:
     """The input of one batch of an iterable: the batch itself, or the first element of a tuple or list."""

@@ -14,6 +14,8 @@ the BatchNorm, so that the unit's contribution downstream is zero either way.
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -25,9 +27,21 @@ from zennit.types import Activation
 from .canonizers import block_canonizers, merge_batchnorm
 from .dataflow import trace
 
-__all__ = ["UnitLayer", "Units", "find_units", "masked", "eval_mode", "unit_outputs"]
+__all__ = ["UnitLayer", "Units", "find_units", "masked", "eval_mode", "unit_outputs", "model_lock"]
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The re-entrant lock of ``model``: held while rerelrp's hooks (masks, captures, modes) are on its modules,
+    so that calls from several threads, which would see each other's hooks, take turns (one lock per model, so
+    two learners on one model take turns too)."""
+    with _LOCKS_GUARD:
+        if model not in _LOCKS:
+            _LOCKS[model] = threading.RLock()
+        return _LOCKS[model]
 
 
 @dataclass(frozen=True)
@@ -87,11 +101,16 @@ def find_units(model: nn.Module) -> Units:
     Raises
     ------
     TypeError: naming the module or operation, if ``model`` has no ``nn.Linear`` output layer, no unit layer
-        before it, no activation module, a unit layer called more than once, or an operation LRP cannot be
-        propagated through (see :mod:`rerelrp.dataflow`).
+        before it, no activation module, a unit layer called more than once, a module with parameters that are
+        not a unit's, the head's or a BatchNorm's (LayerNorm, PReLU, Conv1d, ...: they could not be frozen), or
+        an operation LRP cannot be propagated through (see :mod:`rerelrp.dataflow`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, (nn.Linear, nn.Conv2d)):
+        raise TypeError(f"model is a single {type(model).__name__}: rerelrp needs hidden units to keep and free "
+                        "between its inputs and its output layer, e.g. nn.Sequential(nn.Linear(d, 128), nn.ReLU(), "
+                        "nn.Linear(128, n_classes))")
     blocks = block_canonizers(model)
     flow = trace(model, blocks)
     linears = [name for name in flow.calls if isinstance(flow.modules[name], nn.Linear)]
@@ -127,6 +146,15 @@ def find_units(model: nn.Module) -> Units:
         )
     batchnorms = tuple(flow.modules[name] for name in dict.fromkeys(flow.calls)
                        if isinstance(flow.modules[name], _BATCHNORMS))
+    placed = {id(layer.module) for layer in layers} | {id(flow.modules[output])} | {id(b) for b in batchnorms}
+    for name in dict.fromkeys(flow.calls):
+        module = flow.modules[name]
+        if id(module) not in placed and any(True for _ in module.parameters(recurse=False)):
+            raise TypeError(
+                f"module '{name}' ({type(module).__name__}) has parameters that are neither a unit (nn.Linear, "
+                "nn.Conv2d), the output layer nor a BatchNorm: rerelrp could not freeze them per task, so every "
+                "later task would change what old tasks compute. Use BatchNorm (frozen after the first task) instead "
+                "of LayerNorm/GroupNorm/InstanceNorm, nn.ReLU instead of nn.PReLU, nn.Conv2d instead of nn.Conv1d")
     return Units(tuple(layers), flow.modules[output], tuple(blocks + merge_batchnorm(pairs)), batchnorms)
 
 

@@ -7,7 +7,8 @@ A save is one zip file:
 - ``tensors.safetensors``: the model's weights and buffers, the unit masks of
   every task, the freeze masks, and the memory: each detector's unit indices
   with its classes' mixture weights, means and covariance triangles (default recognizer), or the
-  stored relevance vectors (``recognizer="paper"``); safetensors holds raw
+  stored relevance vectors (``recognizer="paper"``), and each task's calibration of the unknown
+  answer (:mod:`rerelrp.novelty`); safetensors holds raw
   tensors only: nothing in it can run code;
 - with ``recognizer="paper"``, ``detector-<m>.skops`` and ``detector.skops``: the
   fitted detectors and the detector template, in skops' format, loaded only if
@@ -15,15 +16,24 @@ A save is one zip file:
 
 Nothing is ever unpickled. The file is written beside its final path and
 moved over it with ``os.replace``, so a save killed halfway leaves the
-previous save at that path intact.
+previous save at that path intact; the next save of that path removes the
+temporary files of writers that no longer run. A new file gets the mode
+``open`` would give it (0666 less the umask); an existing one keeps its mode.
+
+A load bounds every member's size before reading it, checks that the
+contents fit together (tasks, masks, freeze masks, memory and the model) and
+raises :class:`UntrustedFileError` naming the file and the member otherwise.
+Saves of any rerelrp version with the same :data:`FORMAT` load.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,13 +44,20 @@ from safetensors.torch import save as save_tensors
 from torch import nn
 
 from ._version import __version__
+from . import capacity
+from .grow import widen_to
 from .learner import ReReLRP
+from .network import find_units
 from .prune import PruneResult
 from .remember import ActivationStatistics, ClassStatistics
 
 __all__ = ["save", "load", "bytes_beyond_weights", "UntrustedFileError", "TRUSTED_TYPES"]
 
 FORMAT = 3
+#: A member may decompress to at most this many times its compressed size, plus :data:`_SLACK` bytes: deflate
+#: compresses rerelrp's members (float weights, masks, JSON) far less, and a zip bomb far more.
+MAX_RATIO = 256
+_SLACK = 16 << 20
 #: Types beyond skops' defaults that a saved detector may hold (the default RandomForest's trees).
 TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
 _UNSAVED = "__not saved: pass it to rerelrp.load__"
@@ -96,7 +113,9 @@ def save(learner: ReReLRP, path: str | os.PathLike) -> Path:
         tensors[f"frozen.{params[param]}"] = mask.cpu().contiguous()
     memory = learner.memory_
     tensors.update(_memory_tensors(memory))
-    options = learner.get_params()
+    for t, quantiles in enumerate(learner.novelty_quantiles_):
+        tensors[f"novelty.{t}"] = torch.from_numpy(np.ascontiguousarray(quantiles, np.float64))
+    options = learner.get_params(deep=False)  # deep: a detector's own parameters, as 'detector__C', are not options
     options.pop("model")
     options["optimizer"] = _optimizer_spec(options["optimizer"])
     options["composite"] = None if options["composite"] is None else _UNSAVED
@@ -107,6 +126,8 @@ def save(learner: ReReLRP, path: str | os.PathLike) -> Path:
         "options": options, "tasks": learner.tasks_, "input_shape": list(learner.input_shape_),
         "input_range": None if learner.input_range_ is None else list(learner.input_range_),
         "fit_times": learner.fit_times_, "n_features": memory.n_features,
+        "widths": {layer.name: layer.n_units for layer in learner.units_.layers}, "growth": learner.growth_,
+        "initial_sizes": learner.initial_sizes_, "initial_parameters": learner.initial_parameters_,
         "prune_results": [{"n_pruned": r.n_pruned, "base_accuracy": r.base_accuracy, "accuracy": r.accuracy,
                            "trials": r.trials, "budget": r.budget, "over_threshold": r.over_threshold}
                           for r in learner.prune_results_],
@@ -118,8 +139,11 @@ def save(learner: ReReLRP, path: str | os.PathLike) -> Path:
     if learner.detector is not None:
         members["detector.skops"] = sio.dumps(learner.detector)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    _remove_stale_partials(path)
+    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".partial", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as raw:
             with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as archive:
                 for name, data in members.items():
@@ -133,6 +157,38 @@ def save(learner: ReReLRP, path: str | os.PathLike) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _remove_stale_partials(path: Path) -> None:
+    """Delete the temporary files a killed save of ``path`` left: those whose writer's process is gone."""
+    for partial in path.parent.glob(f".{path.name}.*.partial"):
+        pid = partial.name[len(path.name) + 2:].split(".", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            partial.unlink(missing_ok=True)
+        except PermissionError:  # another user's live process
+            pass
+
+
+def _read(archive: zipfile.ZipFile, name: str, path: Path) -> bytes:
+    """Member ``name`` of ``archive``, refused before reading when it would decompress beyond :data:`MAX_RATIO`."""
+    info = archive.getinfo(name)
+    if info.file_size > MAX_RATIO * info.compress_size + _SLACK:
+        raise UntrustedFileError(f"{name} in {path} would decompress to {info.file_size} bytes from "
+                                 f"{info.compress_size}: refusing it as untrusted (a zip bomb?)")
+    try:
+        return archive.read(name)
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as error:
+        raise UntrustedFileError(f"{name} in {path} cannot be read: {error}") from error
+
+
 def load(path: str | os.PathLike, model: nn.Module, trusted: Sequence[str] = (), **options: Any) -> ReReLRP:
     """Rebuild the learner saved at ``path`` around ``model`` (same architecture; its weights are overwritten).
 
@@ -142,13 +198,17 @@ def load(path: str | os.PathLike, model: nn.Module, trusted: Sequence[str] = (),
 
     Raises
     ------
-    UntrustedFileError: the file is not a rerelrp save, a member is not what rerelrp writes, or a
-        detector holds untrusted types.
-    ValueError: the save comes from another rerelrp version or another architecture.
+    FileNotFoundError: nothing at ``path``.
+    UntrustedFileError: the file is not a rerelrp save, a member is not what rerelrp writes, is too large,
+        its contents do not fit together, or a detector holds untrusted types; the message names the member.
+    ValueError: the save has another format or comes from another architecture. A model of the widths the
+        learner had before it grew (``grow``) is grown to the saved widths first.
     """
     import skops.io as sio
 
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, "no rerelrp save at this path", str(path))
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as error:
@@ -156,18 +216,21 @@ def load(path: str | os.PathLike, model: nn.Module, trusted: Sequence[str] = (),
     with archive:
         names = set(archive.namelist())
         meta = _read_meta(archive, path, names)
-        if meta["rerelrp"] != __version__ or meta["format"] != FORMAT:
-            raise ValueError(f"{path} was saved by rerelrp {meta['rerelrp']} (format {meta['format']}); "
-                             f"this is rerelrp {__version__} (format {FORMAT})")
+        if meta["format"] != FORMAT:
+            raise ValueError(f"{path} was saved by rerelrp {meta['rerelrp']} in save format {meta['format']}; "
+                             f"this is rerelrp {__version__}, which reads format {FORMAT}")
+        _widen_to_saved(model, meta)
         _check_architecture(meta["architecture"], architecture(model), path)
         try:
-            tensors = load_tensors(archive.read("tensors.safetensors"))
+            tensors = load_tensors(_read(archive, "tensors.safetensors", path))
+        except UntrustedFileError:
+            raise
         except Exception as error:
             raise UntrustedFileError(f"tensors.safetensors in {path} is not a valid safetensors file; "
                                      f"refusing it as untrusted: {error}") from error
 
         def detector(name: str):
-            data = archive.read(name)
+            data = _read(archive, name, path)
             try:
                 untrusted = set(sio.get_untrusted_types(data=data)) - set(TRUSTED_TYPES) - set(trusted)
             except Exception as error:
@@ -178,7 +241,8 @@ def load(path: str | os.PathLike, model: nn.Module, trusted: Sequence[str] = (),
                                          f"trusted=[...] to rerelrp.load if you trust them")
             return sio.loads(data, trusted=[*TRUSTED_TYPES, *trusted])
 
-        saved = dict(meta["options"])
+        # saves written before get_params(deep=False) hold a detector's own parameters ('detector__C'): not options
+        saved = {k: v for k, v in meta["options"].items() if "__" not in k}
         saved["optimizer"] = _optimizer_from(saved["optimizer"]) if isinstance(saved["optimizer"], dict) \
             else saved["optimizer"]
         if saved["detector"] is not None:
@@ -190,6 +254,31 @@ def load(path: str | os.PathLike, model: nn.Module, trusted: Sequence[str] = (),
         detectors = [detector(f"detector-{m}.skops") for m in range(len(meta["tasks"]) - 1)
                      if f"detector-{m}.skops" in names]
 
+    try:
+        learner = _rebuild(model, saved, meta, tensors, detectors)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
+        raise UntrustedFileError(f"{path}: meta.json and tensors.safetensors do not fit together, refusing the file "
+                                 f"as untrusted: {type(error).__name__}: {error}") from error
+    _check_consistency(learner, path)
+    return learner
+
+
+def _widen_to_saved(model: nn.Module, meta: dict) -> None:
+    """Grow ``model`` to the saved widths when the save is of a learner that grew from a model like it (same unit
+    layers, of the saved initial widths); any other model is left as it is for the architecture check."""
+    if not any(any(g) for g in meta.get("growth") or []):
+        return
+    try:
+        units = find_units(model)
+    except TypeError:
+        return  # the architecture check names what differs
+    if [layer.name for layer in units.layers] == list(meta["widths"]) and units.sizes == meta.get("initial_sizes"):
+        widen_to(model, units, meta["widths"])
+
+
+def _rebuild(model: nn.Module, saved: dict, meta: dict, tensors: dict[str, torch.Tensor], detectors: list) -> ReReLRP:
+    """The learner described by ``meta`` and ``tensors`` around ``model`` (raises whatever a missing or malformed
+    entry raises: :func:`load` names the file)."""
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     model.load_state_dict(state)
     learner = ReReLRP(model, **saved)
@@ -213,7 +302,72 @@ def load(path: str | os.PathLike, model: nn.Module, trusted: Sequence[str] = (),
                     [tuple(x) for x in r["trials"]], r.get("budget"), bool(r.get("over_threshold", False)))
         for r, keep in zip(meta["prune_results"], learner.masks_)]
     learner.fit_times_ = meta["fit_times"]
+    learner.novelty_quantiles_ = [tensors[f"novelty.{t}"].numpy() for t in range(len(learner.tasks_))
+                                  if f"novelty.{t}" in tensors]
+    learner.growth_ = meta.get("growth") or [[0] * len(learner.units_.layers) for _ in learner.tasks_]
+    learner.initial_sizes_ = meta.get("initial_sizes") or learner.units_.sizes
+    learner.initial_parameters_ = meta.get("initial_parameters") or learner.initial_parameters_
     return learner
+
+
+def _check_consistency(learner: ReReLRP, path: Path) -> None:
+    """Raise :class:`UntrustedFileError` naming the member when the loaded contents do not fit together: tasks that
+    are not disjoint sets of output rows, masks of the wrong type or length, units or head rows of learned tasks
+    left unfrozen (the next task would overwrite them), non-finite weights, memory or calibration."""
+
+    def refuse(member: str, what: str):
+        raise UntrustedFileError(f"{member} in {path} {what}; refusing the file as untrusted")
+
+    net, units = learner._net, learner.units_
+    n_out, seen = units.output.out_features, set()
+    for t, classes in enumerate(learner.tasks_):
+        if len(classes) < 2 or len(set(classes)) != len(classes) or not all(0 <= c < n_out for c in classes):
+            refuse("meta.json", f"gives task {t} the classes {classes}: not two or more distinct ids in [0, {n_out})")
+        if seen & set(classes):
+            refuse("meta.json", f"gives task {t} classes {sorted(seen & set(classes))} of an earlier task")
+        seen |= set(classes)
+    for t, keep in enumerate(learner.masks_):
+        for i, (mask, n) in enumerate(zip(keep, units.sizes)):
+            if mask.dtype != torch.bool or tuple(mask.shape) != (n,):
+                refuse("tensors.safetensors", f"holds mask.{t}.{i} as {mask.dtype} {tuple(mask.shape)}, not bool ({n},)")
+    names = {id(p): name for name, p in net.named_parameters()}
+    for param, mask in learner.frozen_.masks.items():
+        if mask.dtype != torch.bool or mask.shape != param.shape:
+            refuse("tensors.safetensors", f"holds frozen.{names[id(param)]} as {mask.dtype} {tuple(mask.shape)}, "
+                                          f"not bool {tuple(param.shape)}")
+    kept = capacity.kept_by(learner.masks_, units.sizes)
+    rows = [(layer.module, k) for layer, k in zip(units.layers, kept)] + [
+        (units.output, torch.isin(torch.arange(n_out), torch.tensor(sorted(seen))))]
+    for module, needed in rows:
+        mask = learner.frozen_.masks.get(module.weight)
+        if needed.any() and (mask is None or not mask[needed.to(mask.device)].all()):
+            refuse("tensors.safetensors", f"does not freeze every row of {names[id(module.weight)]} that a learned task "
+                                          "keeps (frozen.* entries missing or cleared): the next task would change "
+                                          "old tasks")
+    for name, value in net.state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            refuse("tensors.safetensors", f"holds NaN or Inf in model.{name}")
+    memory = learner.memory_
+    if memory.n_tasks != len(learner.tasks_):
+        refuse("tensors.safetensors", f"holds memory of {memory.n_tasks} tasks for {len(learner.tasks_)} learned tasks")
+    if isinstance(memory, ActivationStatistics):
+        width = units.sizes[-1]
+        for m, per in enumerate(memory.classes):
+            idx = memory.units[m]
+            if idx.dtype != torch.long or len(idx.unique()) != len(idx) or not ((0 <= idx) & (idx < width)).all():
+                refuse("tensors.safetensors", f"holds units.{m} that are not distinct unit indices of the last hidden "
+                                              f"layer (0..{width - 1})")
+            expected = {c for classes in learner.tasks_[m:] for c in classes}
+            if set(per) != expected:
+                refuse("meta.json", f"gives detector {m} the classes {sorted(per)}, not those of tasks {m} on")
+            for c, stats in per.items():
+                values = (stats.weights, stats.means, stats.covariances)
+                if not all(np.isfinite(v).all() for v in values) or abs(float(stats.weights.sum()) - 1) > 1e-3:
+                    refuse("tensors.safetensors", f"holds a mixture of class {c} (detector {m}) that is not finite "
+                                                  "or whose weights do not sum to 1")
+    for t, quantiles in enumerate(learner.novelty_quantiles_):
+        if quantiles.shape != (101,) or not np.isfinite(quantiles).all() or np.any(np.diff(quantiles) < 0):
+            refuse("tensors.safetensors", f"holds novelty.{t} that is not 101 finite, increasing quantiles")
 
 
 def _memory_tensors(memory) -> dict[str, torch.Tensor]:
@@ -283,7 +437,7 @@ def _read_meta(archive: zipfile.ZipFile, path: Path, names: set[str]) -> dict:
     if not required <= names:
         raise UntrustedFileError(f"{path} is not a rerelrp save: it lacks {sorted(required - names)}")
     try:
-        meta = json.loads(archive.read("meta.json").decode("utf-8"))
+        meta = json.loads(_read(archive, "meta.json", path).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise UntrustedFileError(f"meta.json in {path} is not JSON; refusing it as untrusted: {error}") from error
     keys = {"format", "rerelrp", "architecture", "options", "tasks", "input_shape"}

@@ -126,7 +126,8 @@ class GaussianRecognizer:
     Attributes
     ----------
     tasks_: class ids of every task, in order.
-    gaussians_: per detector m, ``{class id: (log weights (k,), k scipy frozen multivariate_normal)}``.
+    gaussians_: per detector space m (0..T-1: the last one, of the newest task only, serves
+        :mod:`rerelrp.novelty`), ``{class id: (log weights (k,), k scipy frozen multivariate_normal)}``.
     """
 
     def __init__(self):
@@ -134,14 +135,14 @@ class GaussianRecognizer:
         self.gaussians_: list[dict[int, object]] = []
 
     def fit(self, statistics: ActivationStatistics, tasks: list[list[int]]) -> "GaussianRecognizer":
-        """Build detectors 0..T-2 from ``statistics`` of the classes of ``tasks``."""
+        """Build detectors 0..T-2, and the newest task's space T-1, from ``statistics`` of the classes of ``tasks``."""
         self.tasks_ = [list(classes) for classes in tasks]
         self.gaussians_ = [
             {c: (np.log(s.weights.astype(np.float64)),
                  [multivariate_normal(mean.astype(np.float64), covariance.astype(np.float64))
                   for mean, covariance in zip(s.means, s.covariances)])
              for c, s in statistics.classes[m].items()}
-            for m in range(len(tasks) - 1)]
+            for m in range(len(tasks))]
         return self
 
     def class_loglik(self, m: int, c: int, features: np.ndarray) -> np.ndarray:
@@ -149,10 +150,19 @@ class GaussianRecognizer:
         log_weights, components = self.gaussians_[m][c]
         return logsumexp(np.stack([np.atleast_1d(g.logpdf(features)) for g in components], 1) + log_weights, axis=1)
 
+    def task_loglik(self, m: int, features: np.ndarray, tasks: slice | None = None) -> np.ndarray:
+        """Log-likelihoods ``(n, k)`` of ``(n, d_m)`` features in detector m's space under each of the tasks
+        ``tasks`` (default: m..T-1, the tasks detector m has classes of): the log of the mean of its classes'
+        mixture densities."""
+        chosen = self.tasks_[m:] if tasks is None else self.tasks_[tasks]
+        return np.stack([logsumexp(np.stack([self.class_loglik(m, c, features) for c in classes], 1), axis=1)
+                         - np.log(len(classes)) for classes in chosen], axis=1)
+
+    @staticmethod
+    def proba(task_loglik: np.ndarray) -> np.ndarray:
+        """Detector m's probability ``(n,)`` of task m from :meth:`task_loglik` ``(n, T-m)``: task m's share."""
+        return np.exp(task_loglik[:, 0] - logsumexp(task_loglik, axis=1))
+
     def detector_proba(self, m: int, features: np.ndarray) -> np.ndarray:
         """Detector m's probability ``(n,)`` that inputs come from task m, from their ``(n, d_m)`` features."""
-        task_loglik = np.stack([
-            logsumexp(np.stack([self.class_loglik(m, c, features) for c in classes], 1), axis=1)
-            - np.log(len(classes))
-            for classes in self.tasks_[m:]], axis=1)
-        return np.exp(task_loglik[:, 0] - logsumexp(task_loglik, axis=1))
+        return self.proba(self.task_loglik(m, features))

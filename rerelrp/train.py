@@ -73,6 +73,8 @@ class HeadLoss:
     def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         head, position = self._table(logits.device)
         y = y.to(logits.device)
+        if y.dim() == 2 and y.shape[1] == 1:  # MedMNIST's own (n, 1) labels, as the data check accepts them
+            y = y[:, 0]
         target = position[y.clamp(0, len(position) - 1)]
         if ((y < 0) | (y >= len(position)) | (target < 0)).any():
             raise ValueError(f"labels {sorted(set(y.tolist()) - set(self.classes))} are not classes of the task "

@@ -119,7 +119,9 @@ def test_concatenated_branches_are_zennits(digits):
     assert [layer.name for layer in units.layers] == ["0", "2.a", "2.b"]
 
 
-OPTIMIZERS = {"sgd-momentum": (partial(torch.optim.SGD, momentum=0.9), 0.01), "adam": (torch.optim.Adam, 1e-3)}
+# SGD at lr 0.01 with momentum 0.9 diverged to NaN in task 1 with 2 torch threads (not with 1): the learner now
+# refuses a diverged task, so the test freezes under SGD at a stable rate
+OPTIMIZERS = {"sgd-momentum": (partial(torch.optim.SGD, momentum=0.9), 0.003), "adam": (torch.optim.Adam, 1e-3)}
 
 
 def state(model):

@@ -113,3 +113,18 @@ def test_check_results_reproduces_a_committed_kind_of_run(tmp_path):
     payload["results"][0]["tag"][-1][0] -= 0.5  # a committed number that the code no longer gives
     (tmp_path / "results.json").write_text(json.dumps(payload))
     assert run("check_results.py", str(tmp_path)).returncode == 1
+
+
+def test_unknown_quick_scores_every_kind_against_the_baselines(tmp_path):
+    root = shared_data_root()  # the MNIST learner is shown MedMNIST's images and the medical one MNIST's
+    done = run("unknown.py", "--quick", "--no-progress", "--data-root", root, "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert [r["setup"] for r in payload["results"]] == ["split-mnist", "medical"]
+    for result in payload["results"]:
+        assert set(result["auroc"]) == {"next tasks", "other data", "noise", "constant"}
+        assert all(set(a) == {"rerelrp", "max softmax", "energy", "mahalanobis"} and
+                   all(0.0 <= v <= 1.0 for v in a.values()) for a in result["auroc"].values())
+        assert 0.0 < result["known accepted"] <= 1.0
+    assert "AUROC rerelrp" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "score_histograms.png").stat().st_size > 10_000

@@ -119,20 +119,36 @@ def test_untrusted_detector_types_are_named(saved, tmp_path):
         rerelrp.load(forged, digits_mlp())
 
 
-def test_other_version_or_architecture_is_named(saved, tmp_path):
-    _, path = saved
+def rewritten(path: Path, out: Path, meta_change=None, tensor_change=None) -> Path:
+    """A copy of the save at ``path`` with ``meta_change(meta)`` / ``tensor_change(tensors)`` applied in place."""
+    from safetensors.torch import load as load_tensors, save as save_tensors
+
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "meta.json" and meta_change:
+                meta = json.loads(data)
+                meta_change(meta)
+                data = json.dumps(meta).encode()
+            if name == "tensors.safetensors" and tensor_change:
+                tensors = load_tensors(data)
+                tensor_change(tensors)
+                data = save_tensors(tensors)
+            dst.writestr(name, data)
+    return out
+
+
+def test_other_format_or_architecture_is_named_and_other_versions_of_the_format_load(saved, digits, tmp_path):
+    learner, path = saved
     with pytest.raises(ValueError, match=r"another architecture; differences: 0.weight: saved \[\[128, 64\]"):
         rerelrp.load(path, torch.nn.Sequential(torch.nn.Linear(64, 100), torch.nn.ReLU(), torch.nn.Linear(100, 128),
                                                torch.nn.ReLU(), torch.nn.Linear(128, 10)))
-    old = tmp_path / "old.rerelrp"
-    with zipfile.ZipFile(path) as src, zipfile.ZipFile(old, "w") as dst:
-        for name in src.namelist():
-            data = src.read(name)
-            if name == "meta.json":
-                data = json.dumps({**json.loads(data), "rerelrp": "0.0.1"}).encode()
-            dst.writestr(name, data)
-    with pytest.raises(ValueError, match=rf"saved by rerelrp 0.0.1 .*this is rerelrp {rerelrp.__version__}"):
-        rerelrp.load(old, digits_mlp())
+    old = rewritten(path, tmp_path / "old.rerelrp", lambda meta: meta.update(rerelrp="0.0.1"))
+    x = digits[1][0][0]
+    assert torch.equal(rerelrp.load(old, digits_mlp()).predict(x), learner.predict(x))
+    other = rewritten(path, tmp_path / "other.rerelrp", lambda meta: meta.update(format=2))
+    with pytest.raises(ValueError, match=rf"save format 2; this is rerelrp {rerelrp.__version__}, which reads format"):
+        rerelrp.load(other, digits_mlp())
 
 
 def test_options_that_cannot_be_saved_must_be_given_to_load(digits, tmp_path):

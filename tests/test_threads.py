@@ -1,0 +1,77 @@
+"""Threads: one learner answered from several threads, a learner training beside other optimizers, first tasks
+of two learners at once. Real data: scikit-learn's 8x8 digits."""
+import threading
+
+import torch
+from torch import nn
+
+from rerelrp import ReReLRP
+from conftest import digits_mlp, loader
+
+
+def run_in_threads(*jobs):
+    errors, threads = [], []
+
+    def guarded(job):
+        try:
+            job()
+        except BaseException as error:  # reported to the test below
+            errors.append(error)
+
+    for job in jobs:
+        threads.append(threading.Thread(target=guarded, args=(job,)))
+        threads[-1].start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert not errors, errors
+
+
+def test_predictions_from_several_threads_equal_the_serial_ones(digits, default_learner):
+    _, test = digits
+    x = torch.cat([x for x, _ in test])
+    expected = {"predict": default_learner.predict(x), "task": default_learner.predict_task(x),
+                "score": default_learner.score_samples(x)}
+    answers = []
+
+    def ask():
+        for _ in range(5):
+            answers.append(("predict", default_learner.predict(x)))
+            answers.append(("task", default_learner.predict_task(x)))
+            answers.append(("score", default_learner.score_samples(x)))
+
+    run_in_threads(*[ask] * 4)
+    assert len(answers) == 60 and all(torch.equal(value, expected[kind]) for kind, value in answers)
+
+
+def test_an_unrelated_optimizer_may_step_in_another_thread_while_a_learner_trains(digits):
+    train, _ = digits
+    learner = ReReLRP(digits_mlp(), epochs=3, progress=False)
+    learner.fit_task(loader(*train[0]))
+    other = nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(other.parameters(), lr=0.1)
+    stop = threading.Event()
+
+    def step_elsewhere():
+        while not stop.is_set():
+            optimizer.zero_grad()
+            other(torch.randn(8, 4)).sum().backward()
+            optimizer.step()
+
+    def learn():
+        try:
+            learner.fit_task(loader(*train[1]))
+        finally:
+            stop.set()
+
+    run_in_threads(step_elsewhere, learn)
+    assert len(learner.tasks_) == 2
+
+
+def test_two_first_tasks_in_two_threads_leave_torch_working(digits):
+    train, test = digits
+    learners = [ReReLRP(digits_mlp(seed=s), epochs=2, progress=False) for s in (0, 1)]
+    run_in_threads(*[lambda learner=learner: learner.fit_task(loader(*train[0])) for learner in learners])
+    assert all(len(learner.tasks_) == 1 for learner in learners)
+    assert nn.Linear(3, 2)(torch.ones(1, 3)).shape == (1, 2)  # torch.fx left nothing patched
+    alone = ReReLRP(digits_mlp(seed=0), epochs=2, progress=False).fit_task(loader(*train[0]))
+    assert torch.equal(learners[0].predict(test[0][0]), alone.predict(test[0][0]))

