@@ -91,8 +91,23 @@ def synthetic(shape: tuple[int, ...], seed: int) -> dict[str, torch.Tensor]:
             "constant": torch.linspace(0, 1, 101).view(-1, 1, 1, 1).expand(-1, *shape).contiguous()}
 
 
-def baseline_scores(learner, x: torch.Tensor, train: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, np.ndarray]:
-    """Max softmax, energy and Mahalanobis scores ``(n,)`` through each input's recognized task's subnetwork."""
+def class_statistics(learner, train: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> dict[int, tuple]:
+    """Per learned task m: its classes' means ``(k, d)`` of the last hidden layer through S_m and the inverse of
+    their shared covariance ``(d, d)``, from the task's training images (the Mahalanobis baseline's privilege)."""
+    from rerelrp.network import unit_outputs
+
+    out = {}
+    for m, (tx, ty) in train.items():
+        features = unit_outputs(learner.model, learner.units_, tx, learner.masks_[m]).double()
+        means = torch.stack([features[ty == c].mean(0) for c in learner.tasks_[m]])
+        centred = torch.cat([features[ty == c] - means[i] for i, c in enumerate(learner.tasks_[m])])
+        out[m] = means, torch.linalg.pinv(centred.T @ centred / len(centred), hermitian=True)
+    return out
+
+
+def baseline_scores(learner, x: torch.Tensor, statistics: dict[int, tuple]) -> dict[str, np.ndarray]:
+    """Max softmax, energy and Mahalanobis scores ``(n,)`` through each input's recognized task's subnetwork;
+    ``statistics``: :func:`class_statistics`."""
     from rerelrp.network import eval_mode, masked, unit_outputs
 
     net, units = learner.model, learner.units_
@@ -105,11 +120,7 @@ def baseline_scores(learner, x: torch.Tensor, train: list[tuple[torch.Tensor, to
             logits = torch.cat([net(x[rows][i:i + 512])[:, head] for i in range(0, len(rows), 512)]).double()
         out["max softmax"][rows.numpy()] = logits.softmax(1).max(1).values.numpy()
         out["energy"][rows.numpy()] = torch.logsumexp(logits, 1).numpy()
-        tx, ty = train[m]
-        ftrain = unit_outputs(net, units, tx, learner.masks_[m]).double()
-        means = torch.stack([ftrain[ty == c].mean(0) for c in head])
-        centred = torch.cat([ftrain[ty == c] - means[i] for i, c in enumerate(head)])
-        precision = torch.linalg.pinv(centred.T @ centred / len(centred), hermitian=True)
+        means, precision = statistics[m]
         f = unit_outputs(net, units, x[rows], learner.masks_[m]).double()
         d = torch.stack([((f - mu) @ precision * (f - mu)).sum(1) for mu in means], 1)
         out["mahalanobis"][rows.numpy()] = (-d.min(1).values).numpy()
@@ -138,10 +149,10 @@ def evaluate(name: str, args: argparse.Namespace) -> tuple[dict, dict]:
     known = torch.cat([x for x, _ in stream.test[:learned]])
     unknown = {"next tasks": torch.cat([x for x, _ in stream.test[learned:]]), "other data": other,
                **synthetic(stream.input_shape, args.seed)}
-    train = {m: stream.train[m] for m in range(learned)}
+    statistics = class_statistics(learner, {m: stream.train[m] for m in range(learned)})
     scores = {}
     for kind, x in {"known": known, **unknown}.items():
-        scores[kind] = {"rerelrp": learner.score_samples(x).numpy(), **baseline_scores(learner, x, train)}
+        scores[kind] = {"rerelrp": learner.score_samples(x).numpy(), **baseline_scores(learner, x, statistics)}
     accepted = {kind: float((learner.predict(x, reject=True) >= 0).float().mean())
                 for kind, x in {"known": known, **unknown}.items()}
     auroc = {kind: {s: float(roc_auc_score(np.r_[np.ones(len(known)), np.zeros(len(unknown[kind]))],
