@@ -32,7 +32,6 @@ except ImportError as error:  # pragma: no cover - the message is the point
         from error
 
 from .learner import ReReLRP
-from .network import eval_mode, masked
 from .persist import load as load_learner
 
 __all__ = ["ReReLRPStrategy", "OTHER_CLASSES"]
@@ -128,21 +127,22 @@ class ReReLRPStrategy(SupervisedTemplate):
             return self._task.loss(self.mb_output, self.mb_y)
         return self._criterion(self.mb_output, self.mb_y)
 
-    @torch.no_grad()
     def scores(self, x: torch.Tensor) -> torch.Tensor:
-        """``(n, n_classes)`` evaluation scores of inputs ``x`` whose argmax is ``learner.predict(x)``."""
+        """``(n, n_classes)`` evaluation scores of inputs ``x`` whose argmax is ``learner.predict(x)``, on ``x``'s
+        device."""
         learner = self.learner
-        task = learner.predict_task(x).to(x.device)
-        out = torch.full((len(x), learner.units_.output.out_features), OTHER_CLASSES, device=x.device)
-        net = learner._net
-        with eval_mode(net):
+
+        def batch_scores(b: torch.Tensor) -> torch.Tensor:
+            task = learner._route(b, heads=False).task
+            out = torch.full((len(b), learner.units_.output.out_features), OTHER_CLASSES, device=b.device)
             for m in task.unique().tolist():
                 rows = (task == m).nonzero()[:, 0]
-                head = torch.as_tensor(learner.tasks_[m], device=x.device)
-                with masked(learner.units_, learner.masks_[m]):
-                    logits = net(x[rows].to(learner.device_, next(net.parameters()).dtype))
-                out[rows.unsqueeze(1), head.unsqueeze(0)] = logits[:, head].to(out)
-        return out
+                head = torch.as_tensor(learner.tasks_[m], device=b.device)
+                out[rows.unsqueeze(1), head.unsqueeze(0)] = learner._head_logits(b[rows], learner.tasks_[m],
+                                                                                 learner.masks_[m]).to(out)
+            return out
+
+        return learner._per_batch(x, batch_scores).to(x.device)  # checked, locked, as every verb of the learner
 
     def save(self, path: str | os.PathLike) -> Path:
         """Save the learner (rerelrp's safe format, :func:`rerelrp.persist.save`); returns the path."""

@@ -725,13 +725,15 @@ class ReReLRP(BaseEstimator):
             raise ValueError("this learner has no calibration of the unknown answer for its tasks (saved by a rerelrp "
                              "without it): learn its tasks again to use score_samples or reject=True")
 
-    def _predict_head(self, x: torch.Tensor, classes: Sequence[int], keep) -> torch.Tensor:
-        """Argmax within ``classes`` of the subnetwork ``keep``: ``(n,)`` global class ids."""
+    def _head_logits(self, x: torch.Tensor, classes: Sequence[int], keep) -> torch.Tensor:
+        """Logits ``(n, len(classes))`` of ``classes`` through the subnetwork ``keep``, batch by batch."""
         head = torch.as_tensor(list(classes), device=x.device)
         with torch.no_grad(), eval_mode(self._net), masked(self.units_, keep):
-            best = torch.cat([self._net(x[i:i + self.batch_size])[:, head].argmax(1)
-                              for i in range(0, len(x), self.batch_size)])
-        return head[best]
+            return torch.cat([self._net(x[i:i + self.batch_size])[:, head] for i in range(0, len(x), self.batch_size)])
+
+    def _predict_head(self, x: torch.Tensor, classes: Sequence[int], keep) -> torch.Tensor:
+        """Argmax within ``classes`` of the subnetwork ``keep``: ``(n,)`` global class ids."""
+        return torch.as_tensor(list(classes), device=x.device)[self._head_logits(x, classes, keep).argmax(1)]
 
     def _unit_relevance(self, x: torch.Tensor, m: int) -> torch.Tensor:
         """Normalised unit relevance ``(n, total_units)`` of S_m, from its predicted classes."""
