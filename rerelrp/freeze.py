@@ -58,12 +58,13 @@ class FrozenParameters:
         """Freeze the output-layer rows (weights and bias) of ``classes``."""
         self._freeze_rows(self.units.output, torch.as_tensor(list(classes), dtype=torch.long))
 
-    def freeze_batchnorm(self) -> None:
-        """Freeze the affine parameters of every BatchNorm the model's forward calls (``units.batchnorms``),
-        whether it closes a unit layer or not: each may feed a kept unit."""
-        for norm in self.units.batchnorms:
-            if norm.affine:
-                self._freeze_rows(norm, torch.ones(norm.num_features, dtype=torch.bool))
+    def freeze_shared(self) -> None:
+        """Freeze what every task shares, trained by the first task only: the affine parameters of every BatchNorm
+        the model's forward calls (``units.batchnorms``), whether it closes a unit layer or not, and the gates'
+        layers (``units.gates``): each may feed a kept unit."""
+        for module in (*self.units.batchnorms, *self.units.gates):
+            for param in module.parameters(recurse=False):
+                self._mask(param).fill_(True)
 
     @contextlib.contextmanager
     def enforced(self, model: nn.Module) -> Iterator[None]:

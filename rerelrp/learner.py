@@ -265,6 +265,8 @@ class ReReLRP(BaseEstimator):
         #    restored after every step.
         if t > 0 and self.reset_free:
             capacity.reset_free_units(self.units_, self.masks_, seed)  # the same seed on every rank
+        if t > 0:
+            self._refresh_free_statistics(task.train_x, seed)
         statistics = batchnorm_frozen(self.units_.batchnorms) if t > 0 else contextlib.nullcontext()
         with _timed(times, "train"), self.frozen_.enforced(self.model), statistics:
             yield TaskTraining(t, tuple(task.classes), task.train, seed)
@@ -280,12 +282,12 @@ class ReReLRP(BaseEstimator):
         self.tasks_.append(task.classes)
         self.masks_.append([k.to(self.device_) for k in result.keep])
         self.prune_results_.append(result)
-        # 5. Freeze the kept units and the head (and BatchNorm after the first task).
+        # 5. Freeze the kept units and the head (and BatchNorm and gates after the first task).
         with _timed(times, "freeze"):
             self.frozen_.freeze_units(result.keep)
             self.frozen_.freeze_head(task.classes)
             if t == 0:
-                self.frozen_.freeze_batchnorm()
+                self.frozen_.freeze_shared()
         # Capacity: warn before a layer runs out, and when the budget cost accuracy.
         for message in self._capacity_warnings(result):
             warnings.warn(message, RuntimeWarning, stacklevel=5)
@@ -310,6 +312,22 @@ class ReReLRP(BaseEstimator):
         previous = getattr(self, "input_range_", None) or (low, high)
         self.input_range_ = (min(previous[0], low), max(previous[1], high))
         self.fit_times_.append(times)
+
+    def _refresh_free_statistics(self, train_x: torch.Tensor, seed: int) -> None:
+        """BatchNorm statistics of the free channels from up to 512 of the task's training inputs (drawn from
+        ``seed``), measured on rank 0 and taken by every rank (:func:`rerelrp.capacity.refresh_free_statistics`)."""
+        norms = [layer.closing for layer in self.units_.layers if layer.closing is not layer.module]
+        if not norms:
+            return
+
+        def measure():
+            rows = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))[:512]
+            capacity.refresh_free_statistics(self._net, self.units_, self.masks_, train_x[rows].to(self.device_))
+            return [(n.running_mean.clone(), n.running_var.clone()) for n in norms]
+
+        for norm, (mean, var) in zip(norms, from_rank0(measure)):
+            norm.running_mean.copy_(mean)
+            norm.running_var.copy_(var)
 
     def _grow(self, seed: int) -> None:
         """Stage 0 with ``grow``: give every unit layer ``ceil(grow * initial width)`` free units, growing those

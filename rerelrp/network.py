@@ -68,13 +68,16 @@ class UnitLayer:
 
 @dataclass(frozen=True)
 class Units:
-    """The unit layers of a model, in forward order, its output layer, the canonizers LRP needs for it, and
-    every BatchNorm module forward calls (closing a unit layer or not)."""
+    """The unit layers of a model, in forward order, its output layer, the canonizers LRP needs for it, every
+    BatchNorm module forward calls (closing a unit layer or not), and the modules with parameters that compute
+    multiplicative gates (squeeze-excitation layers: not units, since LRP sends them no relevance). BatchNorm and
+    gates are trained by the first task only."""
 
     layers: tuple[UnitLayer, ...]
     output: nn.Linear
     canonizers: tuple[Canonizer, ...] = ()
     batchnorms: tuple[nn.Module, ...] = ()
+    gates: tuple[nn.Module, ...] = ()
 
     @property
     def sizes(self) -> list[int]:
@@ -97,6 +100,7 @@ def find_units(model: nn.Module) -> Units:
     Modules are taken in the order forward calls them (:func:`rerelrp.dataflow.trace`); the last
     ``nn.Linear`` called is the output layer and must produce forward's result. A BatchNorm closes a unit
     layer when it is the only reader of that layer's output; the canonizers merge it into the layer for LRP.
+    Layers that only compute a gate's scale (:attr:`rerelrp.dataflow.Flow.gated`) are not units.
 
     Raises
     ------
@@ -123,7 +127,7 @@ def find_units(model: nn.Module) -> Units:
     layers, pairs = [], []
     for name in dict.fromkeys(flow.calls[:flow.calls.index(output)]):
         module = flow.modules[name]
-        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+        if not isinstance(module, (nn.Linear, nn.Conv2d)) or name in flow.gated:
             continue
         if flow.count(name) > 1:
             raise TypeError(f"module '{name}' ({type(module).__name__}) is called {flow.count(name)} times in "
@@ -146,16 +150,18 @@ def find_units(model: nn.Module) -> Units:
         )
     batchnorms = tuple(flow.modules[name] for name in dict.fromkeys(flow.calls)
                        if isinstance(flow.modules[name], _BATCHNORMS))
-    placed = {id(layer.module) for layer in layers} | {id(flow.modules[output])} | {id(b) for b in batchnorms}
+    gates = tuple(flow.modules[name] for name in dict.fromkeys(flow.calls)
+                  if name in flow.gated and any(True for _ in flow.modules[name].parameters(recurse=False)))
+    placed = {id(m) for m in (*(layer.module for layer in layers), flow.modules[output], *batchnorms, *gates)}
     for name in dict.fromkeys(flow.calls):
         module = flow.modules[name]
         if id(module) not in placed and any(True for _ in module.parameters(recurse=False)):
             raise TypeError(
                 f"module '{name}' ({type(module).__name__}) has parameters that are neither a unit (nn.Linear, "
-                "nn.Conv2d), the output layer nor a BatchNorm: rerelrp could not freeze them per task, so every "
+                "nn.Conv2d), the output layer, a BatchNorm nor a squeeze-excitation gate: rerelrp could not freeze them per task, so every "
                 "later task would change what old tasks compute. Use BatchNorm (frozen after the first task) instead "
                 "of LayerNorm/GroupNorm/InstanceNorm, nn.ReLU instead of nn.PReLU, nn.Conv2d instead of nn.Conv1d")
-    return Units(tuple(layers), flow.modules[output], tuple(blocks + merge_batchnorm(pairs)), batchnorms)
+    return Units(tuple(layers), flow.modules[output], tuple(blocks + merge_batchnorm(pairs)), batchnorms, gates)
 
 
 def _mask_hook(keep: torch.Tensor):

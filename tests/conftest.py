@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import rerelrp
+from rerelrp.capacity import kept_by
 from rerelrp.datasets import class_splits, load_digits, task_indices
 from rerelrp.train import train_task
 
@@ -86,3 +87,25 @@ def finetune_accuracy(model, train, test, tasks, epochs, batch_size=32):
     with torch.no_grad():
         pred = torch.as_tensor(seen)[model(x_te)[:, seen].argmax(1)]
     return float((pred == y_te).float().mean())
+
+
+def statistics_snapshot(learner) -> dict:
+    """The BatchNorm running statistics old subnetworks read: ``{module name: (channels, mean, var)}``, every
+    channel of a BatchNorm that closes no unit layer, the kept channels of one that does (a free channel's
+    statistics are measured anew for each task)."""
+    kept = {id(layer.closing): rows for layer, rows in zip(learner.units_.layers,
+                                                           kept_by(learner.masks_, learner.units_.sizes))}
+    snapshot = {}
+    for name, module in learner.model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            rows = kept.get(id(module), torch.ones(module.num_features, dtype=torch.bool))
+            snapshot[name] = (rows, module.running_mean[rows].clone(), module.running_var[rows].clone())
+    return snapshot
+
+
+def assert_statistics_kept(model, snapshot: dict) -> None:
+    """Every running statistic of ``snapshot`` (:func:`statistics_snapshot`) is bit-identical in ``model``."""
+    assert snapshot, "the model has no BatchNorm statistics to check"
+    for name, (rows, mean, var) in snapshot.items():
+        module = model.get_submodule(name)
+        assert torch.equal(module.running_mean[rows], mean) and torch.equal(module.running_var[rows], var), name

@@ -128,3 +128,14 @@ def test_unknown_quick_scores_every_kind_against_the_baselines(tmp_path):
         assert 0.0 < result["known accepted"] <= 1.0
     assert "AUROC rerelrp" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "score_histograms.png").stat().st_size > 10_000
+
+
+def test_split_stream_in_another_class_order(tmp_path):
+    order = ["4", "3", "9", "5", "7", "0", "1", "6", "2", "8"]
+    done = run("mnist.py", "--dataset", "digits", "--class-order", *order, "--methods", "rerelrp", "--quick",
+               "--no-progress", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Split digits in order 4395701628" in done.stdout and "[[3, 4], [5, 9], [0, 7], [1, 6], [2, 8]]" in done.stdout
+    assert json.loads((tmp_path / "results.json").read_text())["config"]["class_order"] == list(map(int, order))
+    refused = run("mnist.py", "--dataset", "digits", "--class-order", *order[:-1], "4", "--out", str(tmp_path / "x"))
+    assert refused.returncode == 2 and "--class-order takes each digit 0-9 once" in refused.stderr

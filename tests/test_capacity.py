@@ -1,5 +1,5 @@
-"""Capacity: retraining after pruning, budgets per task, the report, the early warning, fresh free units and the
-warning for a task learned at chance. Real data: scikit-learn's 8x8 digits, five tasks of two digits."""
+"""Capacity: retraining after pruning, budgets per task, the report, the early warning, fresh free units (and their
+BatchNorm statistics) and the warning for a task learned at chance. Real data: scikit-learn's 8x8 digits, five tasks of two digits."""
 import warnings
 
 import pytest
@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import rerelrp
-from rerelrp.capacity import capacity_report, kept_by, reset_free_units, task_budget
-from rerelrp.network import masked
+from rerelrp.capacity import capacity_report, kept_by, refresh_free_statistics, reset_free_units, task_budget
+from rerelrp.network import find_units, masked
 from rerelrp.prune import paired_drop, prune_to_threshold
 from conftest import TASKS, digits_mlp, loader
 
@@ -171,3 +171,31 @@ def test_capacity_options_are_checked(digits, options, message):
     train, _ = digits
     with pytest.raises(ValueError, match=message):
         rerelrp.ReReLRP(digits_mlp(), progress=False, **options).fit_task(loader(*train[0]))
+
+
+def test_free_channels_get_the_new_tasks_batchnorm_statistics(digits):
+    """The statistics of a free channel are its input's mean and (unbiased) variance on the new task's inputs, with
+    the earlier layers' free channels already renormalised; kept channels and their old answers stay as they were."""
+    train, _ = digits
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 10)).eval()
+    units = find_units(model)
+    masks = [[torch.arange(8) < 4, torch.arange(8) % 2 == 0]]  # one task keeps these channels
+    old, new = train[0][0].view(-1, 1, 8, 8), train[1][0].view(-1, 1, 8, 8)
+    with torch.no_grad(), masked(units, masks[0]):
+        answers = model(old)
+    refresh_free_statistics(model, units, masks, new)
+    with torch.no_grad(), masked(units, masks[0]):
+        assert torch.equal(model(old), answers)
+    seen = []
+    handles = [model[i].register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0])) for i in (1, 4)]
+    with torch.no_grad():
+        model(new)
+    for handle in handles:
+        handle.remove()
+    for norm, kept, inputs in zip((model[1], model[4]), masks[0], seen):
+        values = inputs.transpose(0, 1).flatten(1)
+        torch.testing.assert_close(norm.running_mean[~kept], values[~kept].mean(1))
+        torch.testing.assert_close(norm.running_var[~kept], values[~kept].var(1))
+        assert torch.equal(norm.running_mean[kept], torch.zeros(int(kept.sum())))  # untouched initial values

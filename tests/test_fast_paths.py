@@ -70,7 +70,9 @@ def test_chain_that_stops_early_answers_as_the_whole_chain(digits, which, reques
     assert torch.equal(task_short, task_full) and torch.equal(class_short, class_full)
     skipped = np.isnan(p_short)
     assert skipped.any() and not np.isnan(p_full).any()
-    np.testing.assert_array_equal(p_short[~skipped], p_full[~skipped])
+    # the short chain computes a detector's features for fewer rows: matrix products of another batch size may
+    # round the last bits differently (seen here: 2 of 1,504 probabilities, relative 9e-14); the answers are exact
+    np.testing.assert_allclose(p_short[~skipped], p_full[~skipped], rtol=1e-9, atol=0)
     print(f"detector evaluations: {int((~skipped).sum())} of {p_full.size}")
 
 

@@ -205,14 +205,14 @@ def test_a_distributed_sampler_loader_without_val_loader_trains_each_rank_on_its
 
 
 class Tokens(nn.Module):
-    """A Linear over tokens (N, T, C), then a pool over T: the Linear's units would mask the token axis."""
+    """A Linear over tokens (N, T, C), then a max over T: the Linear's units would mask the token axis."""
 
     def __init__(self):
         super().__init__()
         self.embed, self.relu, self.out = nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 10)
 
     def forward(self, x):
-        return self.out(self.relu(self.embed(x.view(x.size(0), 8, 8))).mean(1))
+        return self.out(self.relu(self.embed(x.view(x.size(0), 8, 8))).amax(1))
 
 
 @pytest.mark.parametrize("norm, name", [(nn.LayerNorm(128), "LayerNorm"), (nn.GroupNorm(4, 128), "GroupNorm"),
