@@ -26,8 +26,8 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
-from zennit.core import Composite
 from torchvision.ops import StochasticDepth
+from zennit.core import Composite
 from zennit.layer import Sum
 
 from .canonizers import Gate

@@ -314,14 +314,14 @@ class ReReLRP(BaseEstimator):
         self.fit_times_.append(times)
 
     def _refresh_free_statistics(self, train_x: torch.Tensor, seed: int) -> None:
-        """BatchNorm statistics of the free channels from up to 512 of the task's training inputs (drawn from
+        """BatchNorm statistics of the free channels from up to 256 of the task's training inputs (drawn from
         ``seed``), measured on rank 0 and taken by every rank (:func:`rerelrp.capacity.refresh_free_statistics`)."""
         norms = [layer.closing for layer in self.units_.layers if layer.closing is not layer.module]
         if not norms:
             return
 
         def measure():
-            rows = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))[:512]
+            rows = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))[:256]
             capacity.refresh_free_statistics(self._net, self.units_, self.masks_, train_x[rows].to(self.device_))
             return [(n.running_mean.clone(), n.running_var.clone()) for n in norms]
 
