@@ -158,9 +158,10 @@ def find_units(model: nn.Module) -> Units:
         if id(module) not in placed and any(True for _ in module.parameters(recurse=False)):
             raise TypeError(
                 f"module '{name}' ({type(module).__name__}) has parameters that are neither a unit (nn.Linear, "
-                "nn.Conv2d), the output layer, a BatchNorm nor a squeeze-excitation gate: rerelrp could not freeze them per task, so every "
-                "later task would change what old tasks compute. Use BatchNorm (frozen after the first task) instead "
-                "of LayerNorm/GroupNorm/InstanceNorm, nn.ReLU instead of nn.PReLU, nn.Conv2d instead of nn.Conv1d")
+                "nn.Conv2d), the output layer, a BatchNorm nor a squeeze-excitation gate: rerelrp could not freeze "
+                "them per task, so every later task would change what old tasks compute. Use BatchNorm (frozen after "
+                "the first task) instead of LayerNorm/GroupNorm/InstanceNorm, nn.ReLU instead of nn.PReLU, "
+                "nn.Conv2d instead of nn.Conv1d")
     return Units(tuple(layers), flow.modules[output], tuple(blocks + merge_batchnorm(pairs)), batchnorms, gates)
 
 

@@ -13,10 +13,11 @@ from torchvision.models.efficientnet import EfficientNet, _efficientnet_conf
 from torchvision.models.mobilenetv3 import MobileNetV3, _mobilenet_v3_conf
 from torchvision.ops.misc import SqueezeExcitation
 
-from conftest import assert_statistics_kept, loader, statistics_snapshot
+import rerelrp
 from rerelrp import ReReLRP
 from rerelrp.network import find_units
 from rerelrp.relevance import lrp
+from conftest import assert_statistics_kept, loader, statistics_snapshot
 from test_backbones import assert_same_relevance, images, mnist_images, state, with_batchnorm_statistics
 
 FULL = ["mobilenet_v2", "efficientnet_b0", "mobilenet_v3_small", "densenet121"]
@@ -107,7 +108,7 @@ SMALL = {"mobilenet_v2": small_mobilenet_v2, "efficientnet": small_efficientnet,
 
 
 @pytest.mark.parametrize("name", SMALL)
-def test_two_tasks_keep_old_subnetworks_bit_identical(digits, name):
+def test_two_tasks_keep_old_subnetworks_bit_identical(digits, name, tmp_path):
     train, test = images(digits)
     torch.manual_seed(0)
     model = SMALL[name]()
@@ -129,3 +130,6 @@ def test_two_tasks_keep_old_subnetworks_bit_identical(digits, name):
     x_te, y_te = torch.cat([x for x, _ in test]), torch.cat([y for _, y in test])
     agnostic = float((learner.predict(x_te) == y_te).float().mean())
     assert min(aware) > 0.8 and agnostic > 0.7, (aware, agnostic)
+    torch.manual_seed(1)
+    loaded = rerelrp.load(learner.save(tmp_path / f"{name}.zip"), SMALL[name]())  # the save checks gates too
+    assert torch.equal(loaded.predict(x_te), learner.predict(x_te))
