@@ -227,25 +227,27 @@ def is_shape(node: fx.Node) -> bool:
 def _check(node: fx.Node, data_inputs: list[fx.Node], model: nn.Module) -> None:
     where = _where(node, model)
     name = getattr(node.target, "__name__", str(node.target))
-    if node.op == "call_function" and node.target in _ACTIVATIONS or (
-            node.op == "call_method" and node.target in _ACTIVATION_METHODS):
+    if _calls(node, _ACTIVATIONS, _ACTIVATION_METHODS):
         raise TypeError(
             f"{name} is called as a function {where}: activations must be modules (nn.ReLU(), ...), since LRP "
             "rules attach to modules and cannot see functional calls inside forward()")
-    if (node.op == "call_function" and node.target in _REDUCING) or (
-            node.op == "call_method" and node.target in _REDUCING_METHODS):
+    if _calls(node, _REDUCING, _REDUCING_METHODS):
         raise TypeError(
             f"{name} is called as a function {where}: LRP would spread relevance evenly over the values it reduces, "
             "inactive ones included; pool with a module (nn.AdaptiveAvgPool2d(1), nn.AvgPool2d) followed by "
             "torch.flatten, whose relevance zennit's Norm rule shares by contribution")
-    combining = (node.op == "call_function" and node.target in _COMBINING) or (
-        node.op == "call_method" and node.target in _COMBINING_METHODS)
-    if combining and len(set(data_inputs)) >= 2:
+    if _calls(node, _COMBINING, _COMBINING_METHODS) and len(set(data_inputs)) >= 2:
         raise TypeError(
             f"'{name}' of two input-dependent tensors {where} cannot be analysed: LRP would pass the full "
             "relevance into both operands. Residual additions are supported inside torchvision's ResNet blocks "
             "(BasicBlock, Bottleneck), whose canonizers route them through a zennit Sum module; other models "
             "must combine branches with modules, or torch.cat")
+
+
+def _calls(node: fx.Node, functions: set, methods: set[str]) -> bool:
+    """Whether ``node`` calls one of ``functions`` or one of the tensor ``methods``."""
+    return (node.op == "call_function" and node.target in functions) or (
+        node.op == "call_method" and node.target in methods)
 
 
 def _where(node: fx.Node, model: nn.Module) -> str:
