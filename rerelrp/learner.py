@@ -35,7 +35,7 @@ from .data import check_input, prepare_task
 from .dataflow import TRACE_LOCK
 from .distributed import agree, from_rank0, is_distributed, is_rank0
 from .freeze import FrozenParameters
-from .network import eval_mode, find_units, masked, model_lock, unit_outputs
+from .network import eval_mode, find_units, layer_outputs, masked, model_lock, position_mean, position_spread, unit_outputs
 from .prune import PruneResult, prune_to_threshold, unit_scores
 from .recognize import RECOGNIZERS, GaussianRecognizer, TaskRecognizer, chain_scores, decided, default_detector
 from .relevance import input_composite, lrp, normalize_units
@@ -86,7 +86,7 @@ class ReReLRP(BaseEstimator):
         Not with DistributedDataParallel (its buckets hold the parameters' shapes).
     known_fraction: with ``recognizer="gaussian"``, the share of each task's validation inputs that
         ``predict(x, reject=True)`` accepts as known (:mod:`rerelrp.novelty`); the rest of the inputs below that
-        task's calibrated log-likelihood are answered -1.
+        task's calibrated typicality are answered -1.
     n_reference: reference samples per class for the relevance that ranks units (paper: 132; 500
         gave 4 points more task-agnostic accuracy on Split MNIST validation data, 0.874 against 0.832).
     n_features: units each task detector reads (paper: 40).
@@ -114,8 +114,11 @@ class ReReLRP(BaseEstimator):
     prune_results_: per task, the :class:`rerelrp.prune.PruneResult` of its last pruning round (``accuracy``:
         after retraining).
     fit_times_: per task, seconds spent in each stage of ``fit_task``.
-    novelty_quantiles_: per task, the :data:`rerelrp.novelty.LEVELS` quantiles ``(101,)`` of its validation
-        inputs' log-likelihoods in its own detector space (empty with ``recognizer="paper"``).
+    novelty_quantiles_: per task, :func:`rerelrp.novelty.calibrate`'s ``(3, 101)`` quantiles of its validation
+        inputs' log-likelihoods (own detector space; first layer's statistics) and typicality (empty with
+        ``recognizer="paper"``).
+    novelty_memory_: the first unit layer's statistics per task and class (:class:`rerelrp.novelty.LowLevelStatistics`;
+        None with ``recognizer="paper"``).
     growth_: per task, the units added to each unit layer before it (all 0 without ``grow``).
     initial_sizes_: units per unit layer before the first task; ``initial_parameters_``: parameter entries then
         (see :meth:`parameter_growth`).
@@ -299,12 +302,14 @@ class ReReLRP(BaseEstimator):
             # 7. Recognize: rebuild the detector chain.
             with _timed(times, "recognize"):
                 self.recognizer_.fit(self.memory_, self.tasks_)
+                if self.novelty_memory_ is not None:
+                    self.novelty_memory_.fit(self.tasks_)
             # 8. Calibrate the unknown answer on the task's validation inputs.
             with _timed(times, "calibrate"):
                 quantiles = self._calibrate(task)
-            return self.memory_, self.recognizer_, quantiles
+            return self.memory_, self.recognizer_, self.novelty_memory_, quantiles
 
-        self.memory_, self.recognizer_, quantiles = from_rank0(remember_and_recognize)
+        self.memory_, self.recognizer_, self.novelty_memory_, quantiles = from_rank0(remember_and_recognize)
         if quantiles is not None:
             self.novelty_quantiles_ = self.novelty_quantiles_ + [quantiles]
         self.input_shape_ = task.input_shape
@@ -433,7 +438,7 @@ class ReReLRP(BaseEstimator):
                 "data": {k: v.data for k, v in self._net.state_dict(keep_vars=True).items()},
                 "learner": {name: copy.copy(getattr(self, name)) for name in _GROWING},
                 "frozen": {p: m.clone() for p, m in self.frozen_.masks.items()},
-                "memory": copy.deepcopy((self.memory_, self.recognizer_)),
+                "memory": copy.deepcopy((self.memory_, self.recognizer_, self.novelty_memory_)),
                 "input": (getattr(self, "input_shape_", None), getattr(self, "input_range_", None))}
 
     def _rollback(self, before: dict, first: bool) -> None:
@@ -450,7 +455,7 @@ class ReReLRP(BaseEstimator):
         for name, value in before["learner"].items():
             setattr(self, name, value)
         self.frozen_.masks = before["frozen"]
-        self.memory_, self.recognizer_ = before["memory"]
+        self.memory_, self.recognizer_, self.novelty_memory_ = before["memory"]
         self.input_shape_, self.input_range_ = before["input"]
 
     # ---------------------------------------------------------------- prediction
@@ -459,9 +464,9 @@ class ReReLRP(BaseEstimator):
 
         ``task_id=None``: task-agnostic (the detector chain picks the task).
         ``task_id=t``: task-aware, the argmax within task t's classes of subnetwork t.
-        ``reject=True`` (``recognizer="gaussian"``): -1 for inputs of no learned task: those whose log-likelihood
-        under the task they are recognized as (or task ``task_id``) is below the level that accepts a
-        ``known_fraction`` of that task's validation inputs (:mod:`rerelrp.novelty`).
+        ``reject=True`` (``recognizer="gaussian"``): -1 for inputs of no learned task: those whose typicality
+        under the task they are recognized as (or task ``task_id``; see :meth:`score_samples`) is below the level
+        that accepts a ``known_fraction`` of that task's validation inputs (:mod:`rerelrp.novelty`).
         ``x`` may also be a DataLoader or any iterable of batches (tensors, or tuples whose first element is
         the input): it is answered batch by batch, holding one batch at a time, with the answers of the
         concatenated tensor (scores up to floating-point rounding, which depends on the batch size).
@@ -487,10 +492,12 @@ class ReReLRP(BaseEstimator):
 
     def score_samples(self, x: Batches) -> torch.Tensor:
         """Novelty scores ``(n,)`` (float64): how typical each input is of the task it is recognized as, higher =
-        more typical (scikit-learn's convention): its log-likelihood under that task's class mixtures, 0 at the
-        median of the task's validation inputs and -1 at their 5 % quantile (:func:`rerelrp.novelty.standardize`),
-        so that scores of different tasks compare. No more passes than :meth:`predict`. ``x``: a tensor or an
-        iterable of batches, as for :meth:`predict`. Needs ``recognizer="gaussian"``."""
+        more typical (scikit-learn's convention): its log-likelihoods under that task's class mixtures (last hidden
+        layer) and under its classes' first-layer statistics, each standardized on the task's validation inputs and
+        summed (:func:`rerelrp.novelty.typicality`), 0 at the median of the task's validation inputs and -1 at their
+        5 % quantile (:func:`rerelrp.novelty.standardize`), so that scores of different tasks compare. No more
+        passes than :meth:`predict`. ``x``: a tensor or an iterable of batches, as for :meth:`predict`. Needs
+        ``recognizer="gaussian"``."""
         self._check_novelty()
         return self._per_batch(x, lambda b: torch.from_numpy(self._route(b, heads=False, novel=True).score))
 
@@ -577,7 +584,9 @@ class ReReLRP(BaseEstimator):
         if self.recognizer == "gaussian":
             self.memory_ = ActivationStatistics(self.n_features, self.n_components, self.random_state)
             self.recognizer_ = GaussianRecognizer()
+            self.novelty_memory_ = novelty.LowLevelStatistics(self.n_features, self.random_state)
         else:
+            self.novelty_memory_ = None
             self.memory_ = RelevanceMemory(self.n_features)
             detector = default_detector() if self.detector is None else self.detector
             self.recognizer_ = TaskRecognizer(detector, random_state=self.random_state)
@@ -726,8 +735,9 @@ class ReReLRP(BaseEstimator):
 
     def _predict_known(self, x: torch.Tensor, t: int) -> torch.Tensor:
         """Task-aware classes ``(n,)`` of task t, -1 where an input is not typical of task t."""
-        known = torch.as_tensor(novelty.accepted(self._own_loglik(x, t), self.novelty_quantiles_[t],
-                                                 self.known_fraction), device=x.device)
+        quantiles = self.novelty_quantiles_[t]
+        typical = novelty.typicality(*self._novelty_logliks(x, t), quantiles)
+        known = torch.as_tensor(novelty.accepted(typical, quantiles, self.known_fraction), device=x.device)
         predictions = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
         if known.any():
             predictions[known] = self._predict_head(x[known], self.tasks_[t], self.masks_[t])
@@ -767,6 +777,13 @@ class ReReLRP(BaseEstimator):
         """Outputs ``(n, last layer units)`` of the last hidden unit layer through S_0..S_m together."""
         return unit_outputs(self._net, self.units_, x, self._union(m), batch_size=self.batch_size)
 
+    def _first_and_last_layer(self, x: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """In one pass through S_0..S_m together: the first unit layer's :func:`rerelrp.network.position_spread`
+        ``(n, 2 C)`` or ``(n, U)``, and the last hidden unit layer's outputs ``(n, last layer units)``."""
+        spread, last = layer_outputs(self._net, self.units_, x, self._union(m), {0: position_spread, -1: position_mean},
+                                     self.batch_size)
+        return spread, last
+
     def _detector_features(self, x: torch.Tensor, m: int) -> np.ndarray:
         """Detector m's ``(n, d_m)`` features of inputs ``x``."""
         if self.recognizer == "gaussian":
@@ -781,27 +798,33 @@ class ReReLRP(BaseEstimator):
             return
         x, y = task.train_x.to(self.device_), task.train_y.to(self.device_)
         for m in range(t + 1):
-            outputs = self._last_layer(x, m)
             if m == t:
+                spread, outputs = self._first_and_last_layer(x, t)
+                self.novelty_memory_.add_task(spread, y, task.classes, self._union(t)[0])
                 candidates = self._union(t)[-1].nonzero()[:, 0]
                 if not len(candidates):
                     raise RuntimeError(f"task {t} keeps no unit of the last hidden layer "
                                        f"{self.units_.layers[-1].name!r}; use min_keep > 0")
                 self.memory_.choose_units(candidates.cpu(), outputs.cpu())
+            else:
+                outputs = self._last_layer(x, m)
             for c in task.classes:
                 self.memory_.add_class(m, c, self.memory_.select(m, outputs[y == c]))
 
     def _calibrate(self, task) -> np.ndarray | None:
-        """Quantiles of the newest task's validation log-likelihoods in its own detector space (None with
-        ``recognizer="paper"``, whose forests are not densities)."""
+        """:func:`rerelrp.novelty.calibrate`'s ``(3, 101)`` quantiles of the newest task's validation inputs (None
+        with ``recognizer="paper"``, whose forests are not densities)."""
         if self.recognizer != "gaussian":
             return None
         t = len(self.tasks_) - 1
-        return novelty.calibrate(self._own_loglik(task.val_x.to(self.device_), t))
+        return novelty.calibrate(*self._novelty_logliks(task.val_x.to(self.device_), t))
 
-    def _own_loglik(self, x: torch.Tensor, m: int) -> np.ndarray:
-        """Log-likelihoods ``(n,)`` of inputs under task m's classes in detector m's space (one pass)."""
-        return self.recognizer_.task_loglik(m, self._detector_features(x, m), slice(m, m + 1))[:, 0]
+    def _novelty_logliks(self, x: torch.Tensor, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """Log-likelihoods ``(n,)`` of inputs under task m's classes in detector m's space and under its first
+        layer's statistics (:mod:`rerelrp.novelty`), from one pass."""
+        spread, last = self._first_and_last_layer(x, m)
+        own = self.recognizer_.task_loglik(m, self.memory_.select(m, last), slice(m, m + 1))[:, 0]
+        return own, self.novelty_memory_.loglik(m, spread)
 
     def _route(self, x: torch.Tensor, stop_early: bool = True, novel: bool = False, heads: bool = True,
                reject: bool = False) -> "_Route":
@@ -814,22 +837,24 @@ class ReReLRP(BaseEstimator):
         (:func:`rerelrp.recognize.decided`; their later probabilities are NaN): a row recognized as task
         m < T - 1 costs m + 1 detector passes instead of T - 1, with the same task and class. The class is
         the argmax inside head m of subnetwork m, for the task m the row is recognized as. A row's score under
-        task m < T - 1 comes from detector m's features, computed on the way; rows recognized as task T - 1 take
-        one more pass, through S_0..S_T-1.
+        task m < T - 1 comes from detector m's pass, which also reads the first unit layer; rows recognized as
+        task T - 1 take one more pass, through S_0..S_T-1.
         """
         novel = novel or reject
         T, n = len(self.tasks_), len(x)
         task = torch.full((n,), T - 1, dtype=torch.long)
         p = np.full((n, T - 1), np.nan)
-        own = np.full((n, T), np.nan) if novel else None  # row's log-likelihood under task m, in m's space
+        # row's log-likelihoods under task m through S_0..S_m: in detector m's space, and of the first layer
+        own, low = (np.full((n, T), np.nan), np.full((n, T), np.nan)) if novel else (None, None)
         rows = np.arange(n)
         for m in range(T - 1):
-            features = self._detector_features(x[rows], m)
             if novel:
-                loglik = self.recognizer_.task_loglik(m, features)
-                own[rows, m] = loglik[:, 0]
+                spread, outputs = self._first_and_last_layer(x[rows], m)
+                loglik = self.recognizer_.task_loglik(m, self.memory_.select(m, outputs))
+                own[rows, m], low[rows, m] = loglik[:, 0], self.novelty_memory_.loglik(m, spread)
                 p[rows, m] = self.recognizer_.proba(loglik)
             else:
+                features = self._detector_features(x[rows], m)
                 p[rows, m] = self.recognizer_.detector_proba(m, features)
             scores = chain_scores(p[rows, :m + 1])
             last = m == T - 2  # the whole chain is known: every row is done
@@ -842,14 +867,17 @@ class ReReLRP(BaseEstimator):
         if novel:
             last = (task == T - 1).nonzero()[:, 0].numpy()
             if len(last):
-                own[last, T - 1] = self._own_loglik(x[torch.as_tensor(last, device=x.device)], T - 1)
-            loglik = own[np.arange(n), task.numpy()]
+                own[last, T - 1], low[last, T - 1] = self._novelty_logliks(
+                    x[torch.as_tensor(last, device=x.device)], T - 1)
+            chosen = np.arange(n), task.numpy()
             score = np.empty(n)
             for m in task.unique().tolist():
                 members = (task == m).numpy()
-                score[members] = novelty.standardize(loglik[members], self.novelty_quantiles_[m])
+                quantiles = self.novelty_quantiles_[m]
+                typical = novelty.typicality(own[chosen][members], low[chosen][members], quantiles)
+                score[members] = novelty.standardize(typical, quantiles)
                 if reject:
-                    known = novelty.accepted(loglik[members], self.novelty_quantiles_[m], self.known_fraction)
+                    known = novelty.accepted(typical, quantiles, self.known_fraction)
                     task[np.flatnonzero(members)[~known]] = -1
         predictions = None
         if heads:

@@ -17,7 +17,7 @@ import contextlib
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -27,7 +27,8 @@ from zennit.types import Activation
 from .canonizers import block_canonizers, merge_batchnorm
 from .dataflow import trace
 
-__all__ = ["UnitLayer", "Units", "find_units", "masked", "eval_mode", "unit_outputs", "model_lock"]
+__all__ = ["UnitLayer", "Units", "find_units", "masked", "eval_mode", "unit_outputs", "layer_outputs",
+           "position_mean", "position_spread", "model_lock"]
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
@@ -213,17 +214,43 @@ def unit_outputs(model: nn.Module, units: Units, x: torch.Tensor, keep: Sequence
     ``keep``: masks of the subnetwork to run (None: whole network); ``layer``: index into ``units.layers``.
     A convolution's channels are averaged over spatial positions. No gradient is recorded.
     """
-    closing = units.layers[layer].closing
-    outputs: list[torch.Tensor] = []
+    (outputs,) = layer_outputs(model, units, x, keep, {layer: position_mean}, batch_size)
+    return outputs
 
-    def capture(module, inputs, output):
-        outputs.append(output.detach().flatten(2).mean(2) if output.dim() > 2 else output.detach())
+
+def position_spread(output: torch.Tensor) -> torch.Tensor:
+    """A convolution's ``(n, C, *positions)`` output as ``(n, 2 C)``: each channel's mean over positions, then each
+    channel's standard deviation over them; a dense ``(n, U)`` output as it is."""
+    if output.dim() <= 2:
+        return output
+    flat = output.flatten(2)
+    return torch.cat([flat.mean(2), flat.std(2, correction=0)], 1)
+
+
+def position_mean(output: torch.Tensor) -> torch.Tensor:
+    """A convolution's ``(n, C, *positions)`` output as ``(n, C)``, each channel's mean over positions; a dense
+    ``(n, U)`` output as it is."""
+    return output.flatten(2).mean(2) if output.dim() > 2 else output
+
+
+def layer_outputs(model: nn.Module, units: Units, x: torch.Tensor, keep: Sequence[torch.Tensor] | None,
+                  reduce: dict[int, Callable[[torch.Tensor], torch.Tensor]], batch_size: int = 256
+                  ) -> list[torch.Tensor]:
+    """Outputs of several unit layers in one pass: for each ``layer: reduce`` of ``reduce`` (in its order),
+    ``reduce`` applied batch by batch to the layer's output (where its mask applies) and concatenated, ``(n, ...)``.
+    No gradient is recorded."""
+    outputs: dict[int, list[torch.Tensor]] = {layer: [] for layer in reduce}
+
+    def capture(layer):
+        return lambda module, inputs, output: outputs[layer].append(reduce[layer](output.detach()))
 
     with torch.no_grad(), eval_mode(model), masked(units, keep):
-        handle = closing.register_forward_hook(capture)  # after the mask's hook: sees the masked output
+        # registered after the masks' hooks: they see the masked outputs
+        handles = [units.layers[layer].closing.register_forward_hook(capture(layer)) for layer in reduce]
         try:
             for start in range(0, len(x), batch_size):
                 model(x[start:start + batch_size])
         finally:
-            handle.remove()
-    return torch.cat(outputs)
+            for handle in handles:
+                handle.remove()
+    return [torch.cat(outputs[layer]) for layer in reduce]

@@ -1,52 +1,151 @@
 """Novelty: how typical an input is of the task it was recognized as, and the answer "none of my tasks".
 
-The default recognizer's detectors are densities (class-conditional Gaussian mixtures, see
-:mod:`rerelrp.recognize`), so an input's log-likelihood under a task's classes, in that task's own detector space
-(the last hidden layer through S_0..S_t, the units detector t reads), says how much the input looks like the
-task's training data. Log-likelihoods of different tasks live in spaces of different dimension and spread and
-are not comparable as they are, so each task is calibrated on its own validation inputs when it is learned: the
-:data:`LEVELS` quantiles of their log-likelihoods are kept (101 numbers per task; no input is kept).
+Two log-likelihoods of an input under the classes of the task m it is recognized as, both in task m's subnetworks
+S_0..S_m (frozen from task m on, so they never change):
 
-- :func:`standardize`: an input's score, ``(loglik - median) / (median - 5 % quantile)`` of its task's validation
-  log-likelihoods: 0 for a median validation input, -1 at the 5 % quantile, comparable between tasks.
-- :func:`accepted`: the input is known when its log-likelihood is at least its task's ``1 - known_fraction``
+- ``own``: under the class mixtures of the detector chain, in detector m's space (the last hidden layer, the
+  units detector m reads; :mod:`rerelrp.recognize`): how much the input looks like the task's data to the network.
+- ``low``: under one Gaussian per class of the first unit layer's low-level statistics (:func:`low_features`: a
+  convolution's channels' mean and log spread over positions; a dense layer's units), kept by
+  :class:`rerelrp.remember.ActivationStatistics` as ``novelty_memory_``: how much the input looks like the task's
+  images. A constant grey image, noise or another modality can pass the last layer (the medical learner took
+  constant images for known ones, AUROC 0.43) but not its first layer's statistics (AUROC 1.00 there).
+
+Log-likelihoods of different spaces and tasks are not comparable as they are, so each task is calibrated on its
+own validation inputs when it is learned (:func:`calibrate`: the :data:`LEVELS` quantiles of each log-likelihood
+and of their :func:`typicality`, ``(3, 101)`` numbers per task; no input is kept):
+
+- :func:`typicality`: the sum of both log-likelihoods, each standardized as ``(loglik - median) / (median -
+  5 % quantile)`` of the task's validation inputs.
+- :func:`standardize`: the score, the typicality standardized the same way: 0 for a median validation input,
+  -1 at the 5 % quantile, comparable between tasks.
+- :func:`accepted`: the input is known when its typicality is at least its task's ``1 - known_fraction``
   quantile, so that a ``known_fraction`` of each task's validation inputs is accepted.
 
-The score of the recognized task is read from the features the detector chain computed anyway; only inputs
-recognized as the newest task need one more pass (through S_0..S_T-1): what predict saves by not running a
-rejected input's head.
+Both log-likelihoods come from the pass the detector chain makes anyway (the first unit layer is read in the same
+forward pass); only inputs recognized as the newest task need one more pass (through S_0..S_T-1): what predict
+saves by not running a rejected input's head.
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-__all__ = ["LEVELS", "calibrate", "standardize", "threshold", "accepted"]
+from .recognize import GaussianRecognizer
+from .remember import ActivationStatistics
+
+__all__ = ["LEVELS", "SPREAD_FLOOR", "LowLevelStatistics", "calibrate", "low_features", "spread_floor",
+           "standardize", "threshold", "accepted", "typicality"]
 
 #: Quantile levels of the validation log-likelihoods kept per task.
 LEVELS = np.linspace(0.0, 1.0, 101)
 
-
-def calibrate(loglik: np.ndarray) -> np.ndarray:
-    """The :data:`LEVELS` quantiles ``(101,)`` of a task's ``(n,)`` validation log-likelihoods (n >= 2, finite)."""
-    loglik = np.asarray(loglik, np.float64)
-    if len(loglik) < 2 or not np.all(np.isfinite(loglik)):
-        raise ValueError(f"calibration needs at least 2 finite validation log-likelihoods, got {len(loglik)} "
-                         f"({int(np.sum(~np.isfinite(loglik)))} not finite)")
-    return np.quantile(loglik, LEVELS)
+#: The log of a channel's spread over positions is taken of ``spread + floor``, ``floor`` this share of the mean
+#: spread of the task's training inputs (:func:`spread_floor`), so that a flat channel (a constant image) is far
+#: below every training image instead of at minus infinity.
+SPREAD_FLOOR = 1e-3
 
 
-def standardize(loglik: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
-    """Scores ``(n,)`` of log-likelihoods ``(n,)`` under one task: 0 at its validation median, -1 at its 5 %
-    quantile."""
+def spread_floor(spread: torch.Tensor) -> float:
+    """The floor of a task: :data:`SPREAD_FLOOR` of the mean of its training inputs' spreads, the second half of the
+    columns of a convolution's ``(n, 2 C)`` :func:`rerelrp.network.position_spread`."""
+    half = spread.shape[1] // 2
+    return SPREAD_FLOOR * max(float(spread[:, half:].mean()), float(torch.finfo(torch.float32).tiny))
+
+
+def low_features(spread: torch.Tensor, floor: float | None) -> torch.Tensor:
+    """The first unit layer's low-level statistics from :func:`rerelrp.network.position_spread`'s ``(n, 2 C)``:
+    channel means, then ``log(spread + floor)``; ``floor=None``: a dense layer's ``(n, U)`` outputs as they are."""
+    if floor is None:
+        return spread
+    half = spread.shape[1] // 2
+    return torch.cat([spread[:, :half], torch.log(spread[:, half:] + floor)], 1)
+
+
+class LowLevelStatistics:
+    """Per task, one Gaussian per class of its training inputs' :func:`low_features` in the first unit layer
+    through S_0..S_t, in the columns that vary most on the task's data of those of the kept units: up to
+    ``2 n_features`` of a convolution (mean and spread of ``n_features`` channels), ``n_features`` of a dense layer.
+    (One Gaussian per task instead of per class separated Split MNIST's next tasks less: AUROC 0.868 against 0.887.)
+
+    Attributes
+    ----------
+    memory: an :class:`rerelrp.remember.ActivationStatistics` whose space t holds task t's classes only.
+    floors: per task, its :func:`spread_floor` (None where the first unit layer is dense).
+    densities: a :class:`rerelrp.recognize.GaussianRecognizer` of ``memory`` (rebuilt by :meth:`fit`).
+    """
+
+    def __init__(self, n_features: int, random_state: int | None = None):
+        self.n_features = n_features
+        self.memory = ActivationStatistics(n_features, 1, random_state)
+        self.floors: list[float | None] = []
+        self.densities = GaussianRecognizer()
+
+    def add_task(self, spread: torch.Tensor, y: torch.Tensor, classes: list[int], kept: torch.Tensor) -> None:
+        """Remember the newest task from its training inputs' ``(n, 2 C)`` (convolution) or ``(n, U)`` (dense)
+        :func:`rerelrp.network.position_spread` ``spread``, their labels ``y`` ``(n,)`` and the first unit layer's
+        units kept by S_0..S_t, ``kept`` ``(C,)`` or ``(U,)`` bool."""
+        conv = spread.shape[1] == 2 * len(kept)
+        floor = spread_floor(spread) if conv else None
+        features = low_features(spread, floor)
+        self.memory.n_features = 2 * self.n_features if conv else self.n_features
+        units = kept.nonzero()[:, 0].cpu()
+        self.memory.choose_units(torch.cat([units, units + len(kept)]) if conv else units, features.cpu())
+        t = self.memory.n_tasks - 1
+        for c in classes:
+            self.memory.add_class(t, c, self.memory.select(t, features[y == c]))
+        self.floors.append(floor)
+
+    def fit(self, tasks: list[list[int]]) -> "LowLevelStatistics":
+        """Build the densities of the tasks remembered (``tasks``: the class ids of each)."""
+        self.densities.fit(self.memory, tasks)
+        return self
+
+    def loglik(self, m: int, spread: torch.Tensor) -> np.ndarray:
+        """Log-likelihoods ``(n,)`` of inputs under task m's classes, from their :func:`position_spread` ``spread``
+        through S_0..S_m."""
+        features = self.memory.select(m, low_features(spread, self.floors[m]))
+        return self.densities.task_loglik(m, features, slice(m, m + 1))[:, 0]
+
+
+def calibrate(own: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """``(3, 101)``: the :data:`LEVELS` quantiles of a task's ``(n,)`` validation log-likelihoods ``own`` and
+    ``low`` and of their :func:`typicality` (n >= 2, finite)."""
+    quantiles = np.stack([_quantiles(own), _quantiles(low), np.zeros(len(LEVELS))])
+    quantiles[2] = _quantiles(typicality(own, low, quantiles))
+    return quantiles
+
+
+def _quantiles(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, np.float64)
+    if len(values) < 2 or not np.all(np.isfinite(values)):
+        raise ValueError(f"calibration needs at least 2 finite validation log-likelihoods, got {len(values)} "
+                         f"({int(np.sum(~np.isfinite(values)))} not finite)")
+    return np.quantile(values, LEVELS)
+
+
+def _standardized(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
     median, low = np.interp([0.5, 0.05], LEVELS, quantiles)
-    return (np.asarray(loglik, np.float64) - median) / max(median - low, np.finfo(np.float64).tiny)
+    return (np.asarray(values, np.float64) - median) / max(median - low, np.finfo(np.float64).tiny)
+
+
+def typicality(own: np.ndarray, low: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
+    """``(n,)``: the sum of the ``(n,)`` log-likelihoods ``own`` and ``low``, each standardized by its validation
+    quantiles (rows 0 and 1 of :func:`calibrate`'s ``(3, 101)``)."""
+    return _standardized(own, quantiles[0]) + _standardized(low, quantiles[1])
+
+
+def standardize(typical: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
+    """Scores ``(n,)`` of :func:`typicality` values ``(n,)`` under one task: 0 at its validation median, -1 at its
+    5 % quantile."""
+    return _standardized(typical, quantiles[2])
 
 
 def threshold(quantiles: np.ndarray, known_fraction: float) -> float:
-    """The log-likelihood at or above which an input of this task is known: its ``1 - known_fraction`` quantile."""
-    return float(np.interp(1.0 - known_fraction, LEVELS, quantiles))
+    """The typicality at or above which an input of this task is known: its ``1 - known_fraction`` quantile."""
+    return float(np.interp(1.0 - known_fraction, LEVELS, quantiles[2]))
 
 
-def accepted(loglik: np.ndarray, quantiles: np.ndarray, known_fraction: float) -> np.ndarray:
-    """Bool ``(n,)``: whether each log-likelihood reaches the task's :func:`threshold`."""
-    return np.asarray(loglik, np.float64) >= threshold(quantiles, known_fraction)
+def accepted(typical: np.ndarray, quantiles: np.ndarray, known_fraction: float) -> np.ndarray:
+    """Bool ``(n,)``: whether each :func:`typicality` reaches the task's :func:`threshold`."""
+    return np.asarray(typical, np.float64) >= threshold(quantiles, known_fraction)

@@ -8,7 +8,7 @@ A save is one zip file:
   every task, the freeze masks, and the memory: each detector's unit indices
   with its classes' mixture weights, means and covariance triangles (default recognizer), or the
   stored relevance vectors (``recognizer="paper"``), and each task's calibration of the unknown
-  answer (:mod:`rerelrp.novelty`); safetensors holds raw
+  answer with its first layer's statistics (:mod:`rerelrp.novelty`); safetensors holds raw
   tensors only: nothing in it can run code;
 - with ``recognizer="paper"``, ``detector-<m>.skops`` and ``detector.skops``: the
   fitted detectors and the detector template, in skops' format, loaded only if
@@ -23,7 +23,8 @@ temporary files of writers that no longer run. A new file gets the mode
 A load bounds every member's size before reading it, checks that the
 contents fit together (tasks, masks, freeze masks, memory and the model) and
 raises :class:`UntrustedFileError` naming the file and the member otherwise.
-Saves of any rerelrp version with the same :data:`FORMAT` load.
+Saves of any rerelrp version with the same :data:`FORMAT` load (one saved before the first layer's
+statistics were kept loads without the unknown answer, and says so when it is asked for).
 """
 from __future__ import annotations
 
@@ -54,6 +55,8 @@ from .remember import ActivationStatistics, ClassStatistics
 __all__ = ["save", "load", "bytes_beyond_weights", "UntrustedFileError", "TRUSTED_TYPES"]
 
 FORMAT = 3
+#: Prefix of the tensors of the first layer's statistics (:class:`rerelrp.novelty.LowLevelStatistics`).
+_NOVELTY = "novelty-memory."
 #: A member may decompress to at most this many times its compressed size, plus :data:`_SLACK` bytes: deflate
 #: compresses rerelrp's members (float weights, masks, JSON) far less, and a zip bomb far more.
 MAX_RATIO = 256
@@ -115,6 +118,8 @@ def save(learner: ReReLRP, path: str | os.PathLike) -> Path:
     tensors.update(_memory_tensors(memory))
     for t, quantiles in enumerate(learner.novelty_quantiles_):
         tensors[f"novelty.{t}"] = torch.from_numpy(np.ascontiguousarray(quantiles, np.float64))
+    if learner.novelty_memory_ is not None:
+        tensors.update(_memory_tensors(learner.novelty_memory_.memory, _NOVELTY))
     options = learner.get_params(deep=False)  # deep: a detector's own parameters, as 'detector__C', are not options
     options.pop("model")
     options["optimizer"] = _optimizer_spec(options["optimizer"])
@@ -132,6 +137,8 @@ def save(learner: ReReLRP, path: str | os.PathLike) -> Path:
                            "trials": r.trials, "budget": r.budget, "over_threshold": r.over_threshold}
                           for r in learner.prune_results_],
         "memory": _memory_index(memory),
+        "novelty_memory": None if learner.novelty_memory_ is None else {
+            **_memory_index(learner.novelty_memory_.memory), "floors": learner.novelty_memory_.floors},
     }
     members = {"meta.json": json.dumps(meta, indent=1).encode(), "tensors.safetensors": save_tensors(tensors)}
     for m, detector in enumerate(getattr(learner.recognizer_, "detectors_", [])):
@@ -302,8 +309,14 @@ def _rebuild(model: nn.Module, saved: dict, meta: dict, tensors: dict[str, torch
                     [tuple(x) for x in r["trials"]], r.get("budget"), bool(r.get("over_threshold", False)))
         for r, keep in zip(meta["prune_results"], learner.masks_)]
     learner.fit_times_ = meta["fit_times"]
-    learner.novelty_quantiles_ = [tensors[f"novelty.{t}"].numpy() for t in range(len(learner.tasks_))
-                                  if f"novelty.{t}" in tensors]
+    saved = meta.get("novelty_memory")
+    if saved:
+        _restore_memory(learner.novelty_memory_.memory, saved, tensors, _NOVELTY)
+        learner.novelty_memory_.floors = saved["floors"]
+        learner.novelty_memory_.fit(learner.tasks_)
+        learner.novelty_quantiles_ = [tensors[f"novelty.{t}"].numpy() for t in range(len(learner.tasks_))]
+    else:  # saved before the first layer's statistics were kept: no unknown answer (the learner says so)
+        learner.novelty_quantiles_ = []
     learner.growth_ = meta.get("growth") or [[0] * len(learner.units_.layers) for _ in learner.tasks_]
     learner.initial_sizes_ = meta.get("initial_sizes") or learner.units_.sizes
     learner.initial_parameters_ = meta.get("initial_parameters") or learner.initial_parameters_
@@ -366,21 +379,31 @@ def _check_consistency(learner: ReReLRP, path: Path) -> None:
                     refuse("tensors.safetensors", f"holds a mixture of class {c} (detector {m}) that is not finite "
                                                   "or whose weights do not sum to 1")
     for t, quantiles in enumerate(learner.novelty_quantiles_):
-        if quantiles.shape != (101,) or not np.isfinite(quantiles).all() or np.any(np.diff(quantiles) < 0):
-            refuse("tensors.safetensors", f"holds novelty.{t} that is not 101 finite, increasing quantiles")
+        if quantiles.shape != (3, 101) or not np.isfinite(quantiles).all() or np.any(np.diff(quantiles) < 0):
+            refuse("tensors.safetensors", f"holds novelty.{t} that is not 3 x 101 finite, increasing quantiles")
+    if learner.novelty_quantiles_:
+        low = learner.novelty_memory_
+        if len(low.floors) != len(learner.tasks_) or any(f is not None and not (np.isfinite(f) and f > 0)
+                                                         for f in low.floors):
+            refuse("meta.json", "gives the first layer's statistics floors that are not one positive number per task")
+        for m, per in enumerate(low.memory.classes):
+            if set(per) != set(learner.tasks_[m]):
+                refuse("meta.json", f"gives the first layer's statistics of task {m} the classes {sorted(per)}, "
+                                    f"not task {m}'s")
 
 
-def _memory_tensors(memory) -> dict[str, torch.Tensor]:
-    """The memory as named tensors: unit indices, and class mixtures (covariance triangles) or vectors."""
+def _memory_tensors(memory, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The memory as named tensors (names after ``prefix``): unit indices, and class mixtures (covariance
+    triangles) or vectors."""
     tensors = {}
     if isinstance(memory, ActivationStatistics):
         for m, units in enumerate(memory.units):
-            tensors[f"units.{m}"] = units.contiguous()
+            tensors[f"{prefix}units.{m}"] = units.contiguous()
             rows, cols = np.triu_indices(len(units))
             for c, stats in memory.classes[m].items():
-                tensors[f"weights.{m}.{c}"] = torch.from_numpy(stats.weights.copy())
-                tensors[f"means.{m}.{c}"] = torch.from_numpy(stats.means.copy())
-                tensors[f"covariances.{m}.{c}"] = torch.from_numpy(stats.covariances[:, rows, cols].copy())
+                tensors[f"{prefix}weights.{m}.{c}"] = torch.from_numpy(stats.weights.copy())
+                tensors[f"{prefix}means.{m}.{c}"] = torch.from_numpy(stats.means.copy())
+                tensors[f"{prefix}covariances.{m}.{c}"] = torch.from_numpy(stats.covariances[:, rows, cols].copy())
         return tensors
     for m, features in enumerate(memory.features):
         tensors[f"features.{m}"] = features.contiguous()
@@ -396,21 +419,21 @@ def _memory_index(memory) -> dict:
     return {"vectors": [sorted(v) for v in memory.vectors]}
 
 
-def _restore_memory(memory, index: dict, tensors: dict[str, torch.Tensor]) -> None:
+def _restore_memory(memory, index: dict, tensors: dict[str, torch.Tensor], prefix: str = "") -> None:
     if isinstance(memory, ActivationStatistics):
-        memory.units = [tensors[f"units.{m}"] for m in range(len(index["counts"]))]
+        memory.units = [tensors[f"{prefix}units.{m}"] for m in range(len(index["counts"]))]
         memory.classes = []
         for m, counts in enumerate(index["counts"]):
             d = len(memory.units[m])
             rows, cols = np.triu_indices(d)
             per = {}
             for c, count in counts.items():
-                triangles = tensors[f"covariances.{m}.{c}"].numpy()
+                triangles = tensors[f"{prefix}covariances.{m}.{c}"].numpy()
                 covariances = np.zeros((len(triangles), d, d), np.float32)
                 covariances[:, rows, cols] = triangles
                 covariances[:, cols, rows] = triangles
-                per[int(c)] = ClassStatistics(tensors[f"weights.{m}.{c}"].numpy(), tensors[f"means.{m}.{c}"].numpy(),
-                                              covariances, count)
+                per[int(c)] = ClassStatistics(tensors[f"{prefix}weights.{m}.{c}"].numpy(),
+                                              tensors[f"{prefix}means.{m}.{c}"].numpy(), covariances, count)
             memory.classes.append(per)
         return
     memory.features = [tensors[f"features.{m}"] for m in range(len(index["vectors"]))]
