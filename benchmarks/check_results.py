@@ -4,7 +4,9 @@ For every ``results.json`` of mnist.py or medical.py under the folders given (de
 from its ``config`` (the script from the benchmark's name), run for the first seed and the methods named by
 --methods (default: rerelrp; every method of a seed starts from the same seeded weights, so one method's numbers
 do not depend on which others ran), into a temporary folder; the final task-agnostic and task-aware accuracy
-of each method are compared with the committed ones. Run it before a submission that changes the method.
+of each method are compared with the committed ones, and rerelrp's bytes kept beyond the weights are printed beside
+the committed ones (not compared: a new save format moves them without moving any answer). Run it before a
+submission that changes the method.
 
     RERELRP_DATA=../shared/data python benchmarks/check_results.py
     python benchmarks/check_results.py docs/results/digits --tolerance 0.5
@@ -45,9 +47,15 @@ def command(config: dict, seed: int, methods: list[str], out: str) -> list[str]:
     return args
 
 
+def run_of(results: list[dict], method: str, seed: int) -> dict:
+    """The entry of ``method`` and ``seed`` in a results.json's ``results``."""
+    (r,) = [r for r in results if r["method"] == method and r["seed"] == seed]
+    return r
+
+
 def final(results: list[dict], method: str, seed: int) -> tuple[float, float]:
     """Final average TAg and TAw accuracy (%) of ``method`` for ``seed``."""
-    (r,) = [r for r in results if r["method"] == method and r["seed"] == seed]
+    r = run_of(results, method, seed)
     return tuple(100 * sum(row) / len(row) for row in (r["tag"][-1], r["taw"][-1]))
 
 
@@ -84,8 +92,11 @@ def main() -> int:
             old, new = final(saved["results"], method, seed), final(fresh, method, seed)
             ok = all(abs(a - b) <= args.tolerance for a, b in zip(old, new))
             failed += not ok
+            kept = [run_of(r, method, seed).get("bytes_kept") for r in (saved["results"], fresh)]
             print(f"  {method} seed {seed}: TAg/TAw committed {old[0]:.2f} / {old[1]:.2f}, now {new[0]:.2f} / "
-                  f"{new[1]:.2f}: {'ok' if ok else 'DIFFERS'}")
+                  f"{new[1]:.2f}: {'ok' if ok else 'DIFFERS'}"
+                  + (f"; kept beyond weights committed {kept[0] / 1024:.1f} KiB, now {kept[1] / 1024:.1f} KiB"
+                     if None not in kept else ""))
     print(f"{len(files)} results checked, {failed} differ or failed")
     return 1 if failed else 0
 
