@@ -35,7 +35,8 @@ from .data import check_input, prepare_task
 from .dataflow import TRACE_LOCK
 from .distributed import agree, from_rank0, is_distributed, is_rank0
 from .freeze import FrozenParameters
-from .network import eval_mode, find_units, layer_outputs, masked, model_lock, position_mean, position_spread, unit_outputs
+from .network import (eval_mode, find_units, layer_outputs, masked, model_lock, position_mean, position_spread,
+                      unit_outputs)
 from .prune import PruneResult, prune_to_threshold, unit_scores
 from .recognize import RECOGNIZERS, GaussianRecognizer, TaskRecognizer, chain_scores, decided, default_detector
 from .relevance import input_composite, lrp, normalize_units
@@ -494,10 +495,10 @@ class ReReLRP(BaseEstimator):
         """Novelty scores ``(n,)`` (float64): how typical each input is of the task it is recognized as, higher =
         more typical (scikit-learn's convention): its log-likelihoods under that task's class mixtures (last hidden
         layer) and under its classes' first-layer statistics, each standardized on the task's validation inputs and
-        summed (:func:`rerelrp.novelty.typicality`), 0 at the median of the task's validation inputs and -1 at their
-        5 % quantile (:func:`rerelrp.novelty.standardize`), so that scores of different tasks compare. No more
-        passes than :meth:`predict`. ``x``: a tensor or an iterable of batches, as for :meth:`predict`. Needs
-        ``recognizer="gaussian"``."""
+        combined (:func:`rerelrp.novelty.typicality`: ``z_own + min(z_low + 1, 0)``), then standardized again: 0 at
+        the median of the task's validation inputs and -1 at their 5 % quantile (:func:`rerelrp.novelty.standardize`),
+        so that scores of different tasks compare. No more passes than :meth:`predict`. ``x``: a tensor or an
+        iterable of batches, as for :meth:`predict`. Needs ``recognizer="gaussian"``."""
         self._check_novelty()
         return self._per_batch(x, lambda b: torch.from_numpy(self._route(b, heads=False, novel=True).score))
 
@@ -780,8 +781,8 @@ class ReReLRP(BaseEstimator):
     def _first_and_last_layer(self, x: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """In one pass through S_0..S_m together: the first unit layer's :func:`rerelrp.network.position_spread`
         ``(n, 2 C)`` or ``(n, U)``, and the last hidden unit layer's outputs ``(n, last layer units)``."""
-        spread, last = layer_outputs(self._net, self.units_, x, self._union(m), {0: position_spread, -1: position_mean},
-                                     self.batch_size)
+        spread, last = layer_outputs(self._net, self.units_, x, self._union(m),
+                                     {0: position_spread, -1: position_mean}, self.batch_size)
         return spread, last
 
     def _detector_features(self, x: torch.Tensor, m: int) -> np.ndarray:

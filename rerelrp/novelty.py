@@ -6,8 +6,8 @@ S_0..S_m (frozen from task m on, so they never change):
 - ``own``: under the class mixtures of the detector chain, in detector m's space (the last hidden layer, the
   units detector m reads; :mod:`rerelrp.recognize`): how much the input looks like the task's data to the network.
 - ``low``: under one Gaussian per class of the first unit layer's low-level statistics (:func:`low_features`: a
-  convolution's channels' mean and log spread over positions; a dense layer's units), kept by
-  :class:`rerelrp.remember.ActivationStatistics` as ``novelty_memory_``: how much the input looks like the task's
+  convolution's channels' mean and log spread over positions; 0 where the first unit layer is dense), kept by
+  :class:`LowLevelStatistics` as ``novelty_memory_``: how much the input looks like the task's
   images. A constant grey image, noise or another modality can pass the last layer (the medical learner took
   constant images for known ones, AUROC 0.43) but not its first layer's statistics (AUROC 1.00 there).
 
@@ -67,13 +67,15 @@ def low_features(spread: torch.Tensor, floor: float | None) -> torch.Tensor:
 class LowLevelStatistics:
     """Per task, one Gaussian per class of its training inputs' :func:`low_features` in the first unit layer
     through S_0..S_t, in the columns that vary most on the task's data of those of the kept units: up to
-    ``2 n_features`` of a convolution (mean and spread of ``n_features`` channels), ``n_features`` of a dense layer.
-    (One Gaussian per task instead of per class separated Split MNIST's next tasks less: AUROC 0.868 against 0.887.)
+    ``2 n_features`` (mean and spread of ``n_features`` channels). (One Gaussian per task instead of per class
+    separated Split MNIST's next tasks less: AUROC 0.868 against 0.887.) Only where the first unit layer is a
+    convolution, where its statistics say how an image looks and were measured to help; a dense first layer (an
+    MLP) keeps nothing, and its ``low`` log-likelihoods are 0, so :func:`typicality` is ``z_own`` there.
 
     Attributes
     ----------
     memory: an :class:`rerelrp.remember.ActivationStatistics` whose space t holds task t's classes only.
-    floors: per task, its :func:`spread_floor` (None where the first unit layer is dense).
+    floors: per task, its :func:`spread_floor` (None where the first unit layer is dense: no statistics kept).
     densities: a :class:`rerelrp.recognize.GaussianRecognizer` of ``memory`` (rebuilt by :meth:`fit`).
     """
 
@@ -87,12 +89,14 @@ class LowLevelStatistics:
         """Remember the newest task from its training inputs' ``(n, 2 C)`` (convolution) or ``(n, U)`` (dense)
         :func:`rerelrp.network.position_spread` ``spread``, their labels ``y`` ``(n,)`` and the first unit layer's
         units kept by S_0..S_t, ``kept`` ``(C,)`` or ``(U,)`` bool."""
-        conv = spread.shape[1] == 2 * len(kept)
-        floor = spread_floor(spread) if conv else None
+        if spread.shape[1] != 2 * len(kept):  # dense: nothing kept, every input scores 0 (see the class docstring)
+            self.floors.append(None)
+            return
+        floor = spread_floor(spread)
         features = low_features(spread, floor)
-        self.memory.n_features = 2 * self.n_features if conv else self.n_features
+        self.memory.n_features = 2 * self.n_features
         units = kept.nonzero()[:, 0].cpu()
-        self.memory.choose_units(torch.cat([units, units + len(kept)]) if conv else units, features.cpu())
+        self.memory.choose_units(torch.cat([units, units + len(kept)]), features.cpu())
         t = self.memory.n_tasks - 1
         for c in classes:
             self.memory.add_class(t, c, self.memory.select(t, features[y == c]))
@@ -100,12 +104,15 @@ class LowLevelStatistics:
 
     def fit(self, tasks: list[list[int]]) -> "LowLevelStatistics":
         """Build the densities of the tasks remembered (``tasks``: the class ids of each)."""
-        self.densities.fit(self.memory, tasks)
+        if self.memory.n_tasks:  # none with a dense first layer
+            self.densities.fit(self.memory, tasks)
         return self
 
     def loglik(self, m: int, spread: torch.Tensor) -> np.ndarray:
         """Log-likelihoods ``(n,)`` of inputs under task m's classes, from their :func:`position_spread` ``spread``
-        through S_0..S_m."""
+        through S_0..S_m (zeros where the first unit layer is dense)."""
+        if self.floors[m] is None:
+            return np.zeros(len(spread))
         features = self.memory.select(m, low_features(spread, self.floors[m]))
         return self.densities.task_loglik(m, features, slice(m, m + 1))[:, 0]
 

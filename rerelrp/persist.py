@@ -386,6 +386,8 @@ def _check_consistency(learner: ReReLRP, path: Path) -> None:
         if len(low.floors) != len(learner.tasks_) or any(f is not None and not (np.isfinite(f) and f > 0)
                                                          for f in low.floors):
             refuse("meta.json", "gives the first layer's statistics floors that are not one positive number per task")
+        if len(low.memory.classes) != sum(f is not None for f in low.floors):
+            refuse("meta.json", "gives first-layer statistics to other tasks than those with a floor")
         for m, per in enumerate(low.memory.classes):
             if set(per) != set(learner.tasks_[m]):
                 refuse("meta.json", f"gives the first layer's statistics of task {m} the classes {sorted(per)}, "
