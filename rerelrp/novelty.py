@@ -55,11 +55,9 @@ def spread_floor(spread: torch.Tensor) -> float:
     return SPREAD_FLOOR * max(float(spread[:, half:].mean()), float(torch.finfo(torch.float32).tiny))
 
 
-def low_features(spread: torch.Tensor, floor: float | None) -> torch.Tensor:
-    """The first unit layer's low-level statistics from :func:`rerelrp.network.position_spread`'s ``(n, 2 C)``:
-    channel means, then ``log(spread + floor)``; ``floor=None``: a dense layer's ``(n, U)`` outputs as they are."""
-    if floor is None:
-        return spread
+def low_features(spread: torch.Tensor, floor: float) -> torch.Tensor:
+    """The first unit layer's low-level statistics from a convolution's :func:`rerelrp.network.position_spread`
+    ``(n, 2 C)``: channel means, then ``log(spread + floor)``."""
     half = spread.shape[1] // 2
     return torch.cat([spread[:, :half], torch.log(spread[:, half:] + floor)], 1)
 
@@ -69,9 +67,9 @@ class LowLevelStatistics:
     through S_0..S_t, in the columns that vary most on the task's data of those of the kept units: up to
     ``2 n_features`` (mean and spread of ``n_features`` channels). (One Gaussian per task instead of per class
     separated Split MNIST's next tasks less, AUROC 0.868 against 0.887, in a trial that read every channel, the free
-    ones too.) Only where the first unit layer is a
-    convolution, where its statistics say how an image looks and were measured to help; a dense first layer (an
-    MLP) keeps nothing, and its ``low`` log-likelihoods are 0, so :func:`typicality` is ``z_own`` there.
+    ones too.) Only where the first unit layer is a convolution, where its statistics say how an image looks and were
+    measured to help; a dense first layer (an MLP) keeps nothing, and its ``low`` log-likelihoods are 0, so
+    :func:`typicality` is ``z_own`` there.
 
     Attributes
     ----------
