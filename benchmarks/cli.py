@@ -22,7 +22,8 @@ from benchmarks.reports import environment, markdown_table, plot_heatmaps, plot_
 from benchmarks.stream import Stream
 
 
-#: rerelrp options the command line sets when given: name -> (type, what it does); unset, the learner's default.
+#: rerelrp options the command line sets when given: name -> (type or choices, what it does); unset, the learner's
+#: default.
 #: n_tasks is set apart (its default is the stream's length).
 LEARNER_OPTIONS = {
     "n_features": (int, "units each rerelrp detector reads"),
@@ -32,6 +33,10 @@ LEARNER_OPTIONS = {
     "acc_drop": (float, "rerelrp's pruning threshold, in points of validation accuracy"),
     "drop_confidence": (float, "confidence of rerelrp's paired test that a pruning costs more than --acc-drop (0.5: "
                                "the raw accuracy difference)"),
+    "drop_measure": (("auto", "accuracy", "probability"),
+                     "what rerelrp's pruning threshold compares per validation image: accuracy (right or wrong), "
+                     "probability (of the true class) or auto (accuracy where --acc-drop points of the task's "
+                     "validation images are at least 20 images, probability below)"),
     "prune_rounds": (int, "rounds of relevance, pruning and retraining per rerelrp task"),
     "retrain_epochs": (int, "epochs retraining the surviving units after each pruning round (0: no retraining, "
                             "the paper's pruning)"),
@@ -103,7 +108,8 @@ def parser(description: str, default_epochs: int, quick_epochs: int) -> argparse
     for name, (kind, what) in LEARNER_OPTIONS.items():
         default = LEARNER_DEFAULTS[name]
         shown = "a tenth of --epochs, at least 1" if default is None else default
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
+        typed = {"type": str, "choices": kind} if isinstance(kind, tuple) else {"type": kind}
+        p.add_argument("--" + name.replace("_", "-"), **typed, default=None,
                        help=f"{what} (default: the learner's, {shown})")
     p.add_argument("--n-tasks", type=int, default=None,
                    help="tasks rerelrp expects, for its budget per task (each task keeps at most "

@@ -37,7 +37,7 @@ from .distributed import agree, from_rank0, is_distributed, is_rank0
 from .freeze import FrozenParameters
 from .network import (eval_mode, find_units, layer_outputs, masked, model_lock, position_mean, position_spread,
                       unit_outputs)
-from .prune import PruneResult, prune_to_threshold, unit_scores
+from .prune import MEASURES, PruneResult, drop_measure, prune_to_threshold, unit_scores
 from .recognize import RECOGNIZERS, GaussianRecognizer, TaskRecognizer, chain_scores, decided, default_detector
 from .relevance import input_composite, lrp, normalize_units
 from .remember import ActivationStatistics, RelevanceMemory
@@ -69,6 +69,10 @@ class ReReLRP(BaseEstimator):
     drop_confidence: one-sided confidence in [0.5, 1) at which a pruning must be shown to cost more than
         ``acc_drop`` points to be refused (a paired test on the validation images, see
         :func:`rerelrp.prune.paired_drop`); 0.5 compares the raw accuracies, as the paper does.
+    drop_measure: what the threshold compares per validation image: ``"accuracy"`` (answered right, the paper's),
+        ``"probability"`` (the probability of the true class, which a few hundred images measure with far less
+        noise) or ``"auto"``: accuracy where ``acc_drop`` points of the task's validation images are at least 20
+        images, probability below (:func:`rerelrp.prune.drop_measure`).
     min_keep: fraction of every unit layer, its most relevant units, that each task keeps whatever
         the accuracy (see :func:`rerelrp.prune.prune_to_threshold`); 0 is the paper's pruning.
     prune_rounds: rounds of relevance, pruning and retraining per task (1 with ``retrain_epochs=0``: the
@@ -142,6 +146,7 @@ class ReReLRP(BaseEstimator):
         optimizer: OptimizerFactory = torch.optim.Adam,
         acc_drop: float = 2.0,
         drop_confidence: float = 0.5,
+        drop_measure: str = "auto",
         min_keep: float = 0.15,
         prune_rounds: int = 3,
         retrain_epochs: int | None = None,
@@ -167,6 +172,7 @@ class ReReLRP(BaseEstimator):
         self.optimizer = optimizer
         self.acc_drop = acc_drop
         self.drop_confidence = drop_confidence
+        self.drop_measure = drop_measure
         self.min_keep = min_keep
         self.prune_rounds = prune_rounds
         self.retrain_epochs = retrain_epochs
@@ -364,14 +370,27 @@ class ReReLRP(BaseEstimator):
         run on rank 0 (the weights agree, so would the result) and retraining on every rank over its own shard."""
         t = len(self.tasks_)
         val_x, val_y = task.val_x.to(self.device_), task.val_y.to(self.device_)
+        column = (val_y[:, None] == torch.as_tensor(list(task.classes), device=val_y.device)).int().argmax(1)
+        measure = drop_measure(self.drop_measure, len(val_y), self.acc_drop)
+
+        def score(logits: torch.Tensor) -> torch.Tensor:  # per image: answered right, or the true class's probability
+            if measure == "probability":
+                return logits.softmax(1).gather(1, column[:, None])[:, 0].cpu()
+            return (logits.argmax(1) == column).cpu()
 
         def correct(keep) -> torch.Tensor:
-            return (self._predict_head(val_x, task.classes, keep) == val_y).cpu()
+            return score(self._head_logits(val_x, task.classes, keep))
 
         frozen = capacity.kept_by(self.masks_, self.units_.sizes)
         free_per_layer = [n - int(f.sum()) for n, f in zip(self.units_.sizes, frozen)]
         budget = capacity.task_budget(free_per_layer, t, self.n_tasks)
-        base = from_rank0(lambda: self._checked_base(correct(None), val_y, sum(free_per_layer)))
+
+        def unpruned() -> torch.Tensor:
+            logits = self._head_logits(val_x, task.classes, None)
+            self._warn_at_chance((logits.argmax(1) == column).cpu(), val_y, sum(free_per_layer))
+            return score(logits)
+
+        base = from_rank0(unpruned)
         result = None
         for r in range(self.prune_rounds):
             def prune_round(previous: PruneResult | None = result, first: bool = r == 0) -> PruneResult:
@@ -383,7 +402,7 @@ class ReReLRP(BaseEstimator):
                     return prune_to_threshold(
                         unit_scores(rel.units), self.units_.sizes, correct, self.acc_drop, self.min_keep,
                         frozen=frozen, pruned=None if first else [~k for k in previous.keep], budget=budget,
-                        confidence=self.drop_confidence, base=base)
+                        confidence=self.drop_confidence, base=base, measure=measure)
 
             result = from_rank0(prune_round)
             if self._retrain_epochs:
@@ -393,9 +412,9 @@ class ReReLRP(BaseEstimator):
             result.accuracy = from_rank0(lambda: float(correct(result.keep).float().mean()))
         return result
 
-    def _checked_base(self, base: torch.Tensor, val_y: torch.Tensor, free: int) -> torch.Tensor:
-        """``base``, the unpruned network's per-image correctness; warns when it is no better than always answering
-        the task's most frequent class."""
+    def _warn_at_chance(self, base: torch.Tensor, val_y: torch.Tensor, free: int) -> None:
+        """Warns when ``base``, the unpruned network's per-image correctness ``(n_val,)`` (bool), is no better than
+        always answering the task's most frequent class."""
         if not capacity.above_chance(base, val_y):
             warnings.warn(
                 f"task {len(self.tasks_)} reached {float(base.float().mean()):.1%} validation accuracy before "
@@ -403,7 +422,6 @@ class ReReLRP(BaseEstimator):
                 "units were free for it. It is learned as it is: to leave later tasks more room, set n_tasks (a "
                 "budget per task) or a larger acc_drop from the first task on, or use a wider model or more epochs",
                 RuntimeWarning, stacklevel=7)
-        return base
 
     def _retrain(self, task, keep: list[torch.Tensor], seed: int) -> None:
         """Train the task again in rerelrp's loop with only the units of ``keep`` on: the survivors of the
@@ -422,10 +440,12 @@ class ReReLRP(BaseEstimator):
         t = len(self.tasks_) - 1
         messages = []
         if result.over_threshold:
+            measured = "validation accuracy" if result.measure == "accuracy" else \
+                "mean validation probability of the true class"
             messages.append(
                 f"task {t} needed more than its budget of {sum(result.budget)} free units ({result.budget} per unit "
                 f"layer, n_tasks={self.n_tasks}): "
-                f"its subnetwork reaches {result.accuracy:.1%} validation accuracy against {result.base_accuracy:.1%} "
+                f"its subnetwork reaches {result.accuracy:.1%} {measured} against {result.base_accuracy:.1%} "
                 "unpruned, more than acc_drop below it; a wider model leaves every task more room")
         # with grow, each layer grows before it runs out (or warns that it cannot)
         forecast = None if self.grow > 0 else capacity.running_out(self.units_, self.masks_, self.n_tasks, self.growth_)
@@ -661,6 +681,8 @@ class ReReLRP(BaseEstimator):
         if not 0.5 <= self.drop_confidence < 1:
             raise ValueError(f"drop_confidence must lie in [0.5, 1) (0.5: the raw accuracy difference), "
                              f"got {self.drop_confidence!r}")
+        if self.drop_measure not in MEASURES:
+            raise ValueError(f"drop_measure must be one of {', '.join(map(repr, MEASURES))}, got {self.drop_measure!r}")
         if not isinstance(self.prune_rounds, int) or self.prune_rounds < 1:
             raise ValueError(f"prune_rounds must be a positive int, got {self.prune_rounds!r}")
         if self.retrain_epochs is not None and (not isinstance(self.retrain_epochs, int) or self.retrain_epochs < 0):

@@ -134,7 +134,8 @@ def save(learner: ReReLRP, path: str | os.PathLike) -> Path:
         "widths": {layer.name: layer.n_units for layer in learner.units_.layers}, "growth": learner.growth_,
         "initial_sizes": learner.initial_sizes_, "initial_parameters": learner.initial_parameters_,
         "prune_results": [{"n_pruned": r.n_pruned, "base_accuracy": r.base_accuracy, "accuracy": r.accuracy,
-                           "trials": r.trials, "budget": r.budget, "over_threshold": r.over_threshold}
+                           "trials": r.trials, "budget": r.budget, "over_threshold": r.over_threshold,
+                           "measure": r.measure}
                           for r in learner.prune_results_],
         "memory": _memory_index(memory),
         "novelty_memory": None if learner.novelty_memory_ is None else {
@@ -306,7 +307,8 @@ def _rebuild(model: nn.Module, saved: dict, meta: dict, tensors: dict[str, torch
     learner.input_range_ = tuple(meta["input_range"]) if meta.get("input_range") else None  # saved before it was kept
     learner.prune_results_ = [
         PruneResult([k.cpu() for k in keep], r["n_pruned"], r["base_accuracy"], r["accuracy"],
-                    [tuple(x) for x in r["trials"]], r.get("budget"), bool(r.get("over_threshold", False)))
+                    [tuple(x) for x in r["trials"]], r.get("budget"), bool(r.get("over_threshold", False)),
+                    r.get("measure", "accuracy"))
         for r, keep in zip(meta["prune_results"], learner.masks_)]
     learner.fit_times_ = meta["fit_times"]
     saved = meta.get("novelty_memory")

@@ -51,9 +51,9 @@ def test_retraining_runs_and_the_recorded_accuracy_is_the_retrained_subnetworks(
     # one task of all ten digits: hard enough that the first pruning stops above the floor
     x, y = torch.cat([x for x, _ in train]), torch.cat([y for _, y in train])
     vx, vy = torch.cat([x for x, _ in test]), torch.cat([y for _, y in test])
-    once = rerelrp.ReReLRP(digits_mlp(), epochs=10, min_keep=0.0, prune_rounds=1, retrain_epochs=0, progress=False)
-    retrained = rerelrp.ReReLRP(digits_mlp(), epochs=10, min_keep=0.0, prune_rounds=3, retrain_epochs=3,
-                                progress=False)
+    options = dict(epochs=10, min_keep=0.0, drop_measure="accuracy", progress=False)  # recorded: the accuracy
+    once = rerelrp.ReReLRP(digits_mlp(), prune_rounds=1, retrain_epochs=0, **options)
+    retrained = rerelrp.ReReLRP(digits_mlp(), prune_rounds=3, retrain_epochs=3, **options)
     for learner in (once, retrained):
         learner.fit_task(loader(x, y), val_loader=loader(vx, vy))
     result = retrained.prune_results_[0]
@@ -166,6 +166,7 @@ def test_paired_drop_is_the_raw_difference_at_half_confidence_and_lower_above():
     ({"prune_rounds": 0}, "prune_rounds must be a positive int"),
     ({"retrain_epochs": -1}, r"retrain_epochs must be None or an int >= 0"),
     ({"drop_confidence": 1.0}, r"drop_confidence must lie in \[0.5, 1\)"),
+    ({"drop_measure": "loss"}, r"drop_measure must be one of 'auto', 'accuracy', 'probability', got 'loss'"),
 ])
 def test_capacity_options_are_checked(digits, options, message):
     train, _ = digits
