@@ -119,9 +119,9 @@ class ReReLRP(BaseEstimator):
     prune_results_: per task, the :class:`rerelrp.prune.PruneResult` of its last pruning round (``accuracy``:
         after retraining).
     fit_times_: per task, seconds spent in each stage of ``fit_task``.
-    novelty_quantiles_: per task, :func:`rerelrp.novelty.calibrate`'s ``(3, 101)`` quantiles of its validation
-        inputs' log-likelihoods (own detector space; first layer's statistics) and typicality (empty with
-        ``recognizer="paper"``).
+    novelty_quantiles_: per task, :func:`rerelrp.novelty.calibrate`'s ``(4, 101)`` quantiles of its validation
+        inputs' log-likelihoods (own detector space; first layer's statistics), head confidence and typicality
+        (empty with ``recognizer="paper"``).
     novelty_memory_: the first unit layer's statistics per task and class (:class:`rerelrp.novelty.LowLevelStatistics`;
         None with ``recognizer="paper"``).
     growth_: per task, the units added to each unit layer before it (all 0 without ``grow``).
@@ -514,8 +514,9 @@ class ReReLRP(BaseEstimator):
     def score_samples(self, x: Batches) -> torch.Tensor:
         """Novelty scores ``(n,)`` (float64): how typical each input is of the task it is recognized as, higher =
         more typical (scikit-learn's convention): its log-likelihoods under that task's class mixtures (last hidden
-        layer) and under its classes' first-layer statistics, each standardized on the task's validation inputs and
-        combined (:func:`rerelrp.novelty.typicality`: ``z_own + min(z_low + 1, 0)``), then standardized again: 0 at
+        layer) and under its classes' first-layer statistics, and the confidence of the task's head, each
+        standardized on the task's validation inputs and combined (:func:`rerelrp.novelty.typicality`:
+        ``z_own + z_conf + min(z_low + 1, 0)``), then standardized again: 0 at
         the median of the task's validation inputs and -1 at their 5 % quantile (:func:`rerelrp.novelty.standardize`),
         so that scores of different tasks compare. No more passes than :meth:`predict`. ``x``: a tensor or an
         iterable of batches, as for :meth:`predict`. Needs ``recognizer="gaussian"``."""
@@ -759,7 +760,7 @@ class ReReLRP(BaseEstimator):
     def _predict_known(self, x: torch.Tensor, t: int) -> torch.Tensor:
         """Task-aware classes ``(n,)`` of task t, -1 where an input is not typical of task t."""
         quantiles = self.novelty_quantiles_[t]
-        typical = novelty.typicality(*self._novelty_logliks(x, t), quantiles)
+        typical = novelty.typicality(*self._novelty_measures(x, t), quantiles)
         known = torch.as_tensor(novelty.accepted(typical, quantiles, self.known_fraction), device=x.device)
         predictions = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
         if known.any():
@@ -800,12 +801,14 @@ class ReReLRP(BaseEstimator):
         """Outputs ``(n, last layer units)`` of the last hidden unit layer through S_0..S_m together."""
         return unit_outputs(self._net, self.units_, x, self._union(m), batch_size=self.batch_size)
 
-    def _first_and_last_layer(self, x: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _novelty_pass(self, x: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """In one pass through S_0..S_m together: the first unit layer's :func:`rerelrp.network.position_spread`
-        ``(n, 2 C)`` or ``(n, U)``, and the last hidden unit layer's outputs ``(n, last layer units)``."""
-        spread, last = layer_outputs(self._net, self.units_, x, self._union(m),
-                                     {0: position_spread, -1: position_mean}, self.batch_size)
-        return spread, last
+        ``(n, 2 C)`` or ``(n, U)``, the last hidden unit layer's outputs ``(n, last layer units)``, and the logits
+        ``(n, len(tasks_[m]))`` of task m's classes (S_m holds every unit of S_0..S_m-1: its task-aware logits)."""
+        spread, last, logits = layer_outputs(self._net, self.units_, x, self._union(m),
+                                             {0: position_spread, -1: position_mean}, self.batch_size,
+                                             logits=self.tasks_[m])
+        return spread, last, logits
 
     def _detector_features(self, x: torch.Tensor, m: int) -> np.ndarray:
         """Detector m's ``(n, d_m)`` features of inputs ``x``."""
@@ -822,7 +825,7 @@ class ReReLRP(BaseEstimator):
         x, y = task.train_x.to(self.device_), task.train_y.to(self.device_)
         for m in range(t + 1):
             if m == t:
-                spread, outputs = self._first_and_last_layer(x, t)
+                spread, outputs, _ = self._novelty_pass(x, t)
                 self.novelty_memory_.add_task(spread, y, task.classes, self._union(t)[0])
                 candidates = self._union(t)[-1].nonzero()[:, 0]
                 if not len(candidates):
@@ -835,19 +838,20 @@ class ReReLRP(BaseEstimator):
                 self.memory_.add_class(m, c, self.memory_.select(m, outputs[y == c]))
 
     def _calibrate(self, task) -> np.ndarray | None:
-        """:func:`rerelrp.novelty.calibrate`'s ``(3, 101)`` quantiles of the newest task's validation inputs (None
+        """:func:`rerelrp.novelty.calibrate`'s ``(4, 101)`` quantiles of the newest task's validation inputs (None
         with ``recognizer="paper"``, whose forests are not densities)."""
         if self.recognizer != "gaussian":
             return None
         t = len(self.tasks_) - 1
-        return novelty.calibrate(*self._novelty_logliks(task.val_x.to(self.device_), t))
+        return novelty.calibrate(*self._novelty_measures(task.val_x.to(self.device_), t))
 
-    def _novelty_logliks(self, x: torch.Tensor, m: int) -> tuple[np.ndarray, np.ndarray]:
-        """Log-likelihoods ``(n,)`` of inputs under task m's classes in detector m's space and under its first
-        layer's statistics (:mod:`rerelrp.novelty`), from one pass."""
-        spread, last = self._first_and_last_layer(x, m)
+    def _novelty_measures(self, x: torch.Tensor, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``own``, ``low`` and ``conf`` ``(n,)`` of inputs under task m (:mod:`rerelrp.novelty`): log-likelihoods
+        under its classes in detector m's space and under its first layer's statistics, and its head's confidence,
+        from one pass."""
+        spread, last, logits = self._novelty_pass(x, m)
         own = self.recognizer_.task_loglik(m, self.memory_.select(m, last), slice(m, m + 1))[:, 0]
-        return own, self.novelty_memory_.loglik(m, spread)
+        return own, self.novelty_memory_.loglik(m, spread), novelty.confidence(logits)
 
     def _route(self, x: torch.Tensor, stop_early: bool = True, novel: bool = False, heads: bool = True,
                reject: bool = False) -> "_Route":
@@ -867,14 +871,16 @@ class ReReLRP(BaseEstimator):
         T, n = len(self.tasks_), len(x)
         task = torch.full((n,), T - 1, dtype=torch.long)
         p = np.full((n, T - 1), np.nan)
-        # row's log-likelihoods under task m through S_0..S_m: in detector m's space, and of the first layer
-        own, low = (np.full((n, T), np.nan), np.full((n, T), np.nan)) if novel else (None, None)
+        # row's measures under task m through S_0..S_m: log-likelihoods in detector m's space and of the first
+        # layer, and head m's confidence
+        own, low, conf = (np.full((n, T), np.nan) for _ in range(3)) if novel else (None, None, None)
         rows = np.arange(n)
         for m in range(T - 1):
             if novel:
-                spread, outputs = self._first_and_last_layer(x[rows], m)
+                spread, outputs, logits = self._novelty_pass(x[rows], m)
                 loglik = self.recognizer_.task_loglik(m, self.memory_.select(m, outputs))
                 own[rows, m], low[rows, m] = loglik[:, 0], self.novelty_memory_.loglik(m, spread)
+                conf[rows, m] = novelty.confidence(logits)
                 p[rows, m] = self.recognizer_.proba(loglik)
             else:
                 features = self._detector_features(x[rows], m)
@@ -890,14 +896,15 @@ class ReReLRP(BaseEstimator):
         if novel:
             last = (task == T - 1).nonzero()[:, 0].numpy()
             if len(last):
-                own[last, T - 1], low[last, T - 1] = self._novelty_logliks(
+                own[last, T - 1], low[last, T - 1], conf[last, T - 1] = self._novelty_measures(
                     x[torch.as_tensor(last, device=x.device)], T - 1)
             chosen = np.arange(n), task.numpy()
             score = np.empty(n)
             for m in task.unique().tolist():
                 members = (task == m).numpy()
                 quantiles = self.novelty_quantiles_[m]
-                typical = novelty.typicality(own[chosen][members], low[chosen][members], quantiles)
+                typical = novelty.typicality(own[chosen][members], low[chosen][members], conf[chosen][members],
+                                             quantiles)
                 score[members] = novelty.standardize(typical, quantiles)
                 if reject:
                     known = novelty.accepted(typical, quantiles, self.known_fraction)

@@ -234,12 +234,14 @@ def position_mean(output: torch.Tensor) -> torch.Tensor:
 
 
 def layer_outputs(model: nn.Module, units: Units, x: torch.Tensor, keep: Sequence[torch.Tensor] | None,
-                  reduce: dict[int, Callable[[torch.Tensor], torch.Tensor]], batch_size: int = 256
-                  ) -> list[torch.Tensor]:
+                  reduce: dict[int, Callable[[torch.Tensor], torch.Tensor]], batch_size: int = 256,
+                  logits: Sequence[int] | None = None) -> list[torch.Tensor]:
     """Outputs of several unit layers in one pass: for each ``layer: reduce`` of ``reduce`` (in its order),
-    ``reduce`` applied batch by batch to the layer's output (where its mask applies) and concatenated, ``(n, ...)``.
-    No gradient is recorded."""
+    ``reduce`` applied batch by batch to the layer's output (where its mask applies) and concatenated, ``(n, ...)``;
+    with ``logits`` (global class ids), the model's logits of those classes ``(n, len(logits))`` after them, from the
+    same pass. No gradient is recorded."""
     outputs: dict[int, list[torch.Tensor]] = {layer: [] for layer in reduce}
+    heads: list[torch.Tensor] = []
 
     def capture(layer):
         return lambda module, inputs, output: outputs[layer].append(reduce[layer](output.detach()))
@@ -249,8 +251,10 @@ def layer_outputs(model: nn.Module, units: Units, x: torch.Tensor, keep: Sequenc
         handles = [units.layers[layer].closing.register_forward_hook(capture(layer)) for layer in reduce]
         try:
             for start in range(0, len(x), batch_size):
-                model(x[start:start + batch_size])
+                out = model(x[start:start + batch_size])
+                if logits is not None:
+                    heads.append(out[:, list(logits)])
         finally:
             for handle in handles:
                 handle.remove()
-    return [torch.cat(outputs[layer]) for layer in reduce]
+    return [torch.cat(outputs[layer]) for layer in reduce] + ([torch.cat(heads)] if logits is not None else [])

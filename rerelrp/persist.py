@@ -317,7 +317,9 @@ def _rebuild(model: nn.Module, saved: dict, meta: dict, tensors: dict[str, torch
         learner.novelty_memory_.floors = saved["floors"]
         learner.novelty_memory_.fit(learner.tasks_)
         learner.novelty_quantiles_ = [tensors[f"novelty.{t}"].numpy() for t in range(len(learner.tasks_))]
-    else:  # saved before the first layer's statistics were kept: no unknown answer (the learner says so)
+    if not saved or any(len(q) == 3 for q in learner.novelty_quantiles_):
+        # saved before the first layer's statistics or the head's confidence were kept: no unknown answer (the
+        # learner says so)
         learner.novelty_quantiles_ = []
     learner.growth_ = meta.get("growth") or [[0] * len(learner.units_.layers) for _ in learner.tasks_]
     learner.initial_sizes_ = meta.get("initial_sizes") or learner.units_.sizes
@@ -381,8 +383,8 @@ def _check_consistency(learner: ReReLRP, path: Path) -> None:
                     refuse("tensors.safetensors", f"holds a mixture of class {c} (detector {m}) that is not finite "
                                                   "or whose weights do not sum to 1")
     for t, quantiles in enumerate(learner.novelty_quantiles_):
-        if quantiles.shape != (3, 101) or not np.isfinite(quantiles).all() or np.any(np.diff(quantiles) < 0):
-            refuse("tensors.safetensors", f"holds novelty.{t} that is not 3 x 101 finite, increasing quantiles")
+        if quantiles.shape != (4, 101) or not np.isfinite(quantiles).all() or np.any(np.diff(quantiles) < 0):
+            refuse("tensors.safetensors", f"holds novelty.{t} that is not 4 x 101 finite, increasing quantiles")
     if learner.novelty_quantiles_:
         low = learner.novelty_memory_
         if len(low.floors) != len(learner.tasks_) or any(f is not None and not (np.isfinite(f) and f > 0)

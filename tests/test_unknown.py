@@ -67,20 +67,24 @@ def test_known_fraction_is_read_at_prediction_and_saved(digits, default_learner,
         loaded.score_samples(x)
 
 
-def test_a_save_without_the_first_layers_statistics_loads_without_the_unknown_answer(digits, default_learner,
-                                                                                     tmp_path):
+@pytest.mark.parametrize("kept", ["last layer", "no head confidence"])
+def test_an_older_save_loads_without_the_unknown_answer(digits, default_learner, tmp_path, kept):
     """A save written before the first layer's statistics were kept (no ``novelty_memory`` in meta.json, one row
-    of quantiles per task) still loads and predicts; the unknown answer says how to get it back."""
+    of quantiles per task), or before the head's confidence was (three rows), still loads and predicts; the
+    unknown answer says how to get it back."""
     _, test = digits
     x = torch.cat([x for x, _ in test])
     path = default_learner.save(tmp_path / "learner.zip")
     older = tmp_path / "older.zip"
     with zipfile.ZipFile(path) as source, zipfile.ZipFile(older, "w") as target:
         meta = json.loads(source.read("meta.json"))
-        del meta["novelty_memory"]
         tensors = safetensors.torch.load(source.read("tensors.safetensors"))
-        tensors = {k: v[2] if k.startswith("novelty.") else v for k, v in tensors.items()
-                   if not k.startswith("novelty-memory.")}
+        if kept == "last layer":
+            del meta["novelty_memory"]
+            tensors = {k: v[3] if k.startswith("novelty.") else v for k, v in tensors.items()
+                       if not k.startswith("novelty-memory.")}
+        else:
+            tensors = {k: v[[0, 1, 3]] if k.startswith("novelty.") else v for k, v in tensors.items()}
         target.writestr("meta.json", json.dumps(meta))
         target.writestr("tensors.safetensors", safetensors.torch.save(tensors))
     loaded = load(older, digits_mlp(seed=5))
@@ -116,7 +120,7 @@ def test_calibration_holds_on_held_out_mnist_and_later_tasks_score_lower():
     known = learner.score_samples(x[seen])
     later = auroc(known, learner.score_samples(x[~seen & held]))
     print(f"AUROC of tasks 0-2 against the digits of tasks 3-4, not learned yet: {later:.3f}")
-    assert later > 0.8
+    assert later > 0.88  # 0.864 without the head's confidence in the typicality, 0.896 with it
     # images of no MNIST task: grey images of one value, and scikit-learn's 8x8 digits (another scanner, another
     # style) enlarged to 28 x 28 and scaled like MNIST. The last hidden layer alone ranked some of them above known
     # digits (AUROC 0.970 / 0.990 here, the code before); the first layer's statistics (how a scan looks) tell them
