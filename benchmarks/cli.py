@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from rerelrp.prune import MEASURES
 from rerelrp.recognize import RECOGNIZERS
 
 from benchmarks.backbones import BACKBONES
@@ -33,7 +34,7 @@ LEARNER_OPTIONS = {
     "acc_drop": (float, "rerelrp's pruning threshold, in points of validation accuracy"),
     "drop_confidence": (float, "confidence of rerelrp's paired test that a pruning costs more than --acc-drop (0.5: "
                                "the raw accuracy difference)"),
-    "drop_measure": (("auto", "accuracy", "probability"),
+    "drop_measure": (MEASURES,
                      "what rerelrp's pruning threshold compares per validation image: accuracy (right or wrong), "
                      "probability (of the true class) or auto (accuracy where --acc-drop points of the task's "
                      "validation images are at least 20 images, probability below)"),

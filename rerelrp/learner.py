@@ -37,7 +37,7 @@ from .distributed import agree, from_rank0, is_distributed, is_rank0
 from .freeze import FrozenParameters
 from .network import (eval_mode, find_units, layer_outputs, masked, model_lock, position_mean, position_spread,
                       unit_outputs)
-from .prune import MEASURES, PruneResult, drop_measure, prune_to_threshold, unit_scores
+from .prune import PruneResult, drop_measure, prune_to_threshold, unit_scores
 from .recognize import RECOGNIZERS, GaussianRecognizer, TaskRecognizer, chain_scores, decided, default_detector
 from .relevance import input_composite, lrp, normalize_units
 from .remember import ActivationStatistics, RelevanceMemory
@@ -682,8 +682,7 @@ class ReReLRP(BaseEstimator):
         if not 0.5 <= self.drop_confidence < 1:
             raise ValueError(f"drop_confidence must lie in [0.5, 1) (0.5: the raw accuracy difference), "
                              f"got {self.drop_confidence!r}")
-        if self.drop_measure not in MEASURES:
-            raise ValueError(f"drop_measure must be one of {', '.join(map(repr, MEASURES))}, got {self.drop_measure!r}")
+        drop_measure(self.drop_measure, 0, self.acc_drop)  # raises for a value it does not accept
         if not isinstance(self.prune_rounds, int) or self.prune_rounds < 1:
             raise ValueError(f"prune_rounds must be a positive int, got {self.prune_rounds!r}")
         if self.retrain_epochs is not None and (not isinstance(self.retrain_epochs, int) or self.retrain_epochs < 0):
