@@ -759,12 +759,10 @@ class ReReLRP(BaseEstimator):
     def _predict_known(self, x: torch.Tensor, t: int) -> torch.Tensor:
         """Task-aware classes ``(n,)`` of task t, -1 where an input is not typical of task t."""
         quantiles = self.novelty_quantiles_[t]
-        typical = novelty.typicality(*self._novelty_measures(x, t), quantiles)
-        known = torch.as_tensor(novelty.accepted(typical, quantiles, self.known_fraction), device=x.device)
-        predictions = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
-        if known.any():
-            predictions[known] = self._predict_head(x[known], self.tasks_[t], self.masks_[t])
-        return predictions
+        own, low, conf, classes = self._novelty_measures(x, t)
+        known = torch.as_tensor(novelty.accepted(novelty.typicality(own, low, conf, quantiles), quantiles,
+                                                 self.known_fraction), device=x.device)
+        return torch.where(known, classes, torch.full_like(classes, -1))
 
     def _check_novelty(self) -> None:
         self._check_fitted()
@@ -842,22 +840,27 @@ class ReReLRP(BaseEstimator):
         if self.recognizer != "gaussian":
             return None
         t = len(self.tasks_) - 1
-        return novelty.calibrate(*self._novelty_measures(task.val_x.to(self.device_), t))
+        return novelty.calibrate(*self._novelty_measures(task.val_x.to(self.device_), t)[:3])
 
-    def _novelty_measures(self, x: torch.Tensor, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _novelty_measures(self, x: torch.Tensor, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
         """``own``, ``low`` and ``conf`` ``(n,)`` of inputs under task m (:mod:`rerelrp.novelty`): log-likelihoods
-        under its classes in detector m's space and under its first layer's statistics, and its head's confidence,
-        from one pass."""
+        under its classes in detector m's space and under its first layer's statistics, and its head's confidence;
+        and task m's task-aware classes ``(n,)`` (global ids): all from one pass."""
         spread, last, logits = self._novelty_pass(x, m)
         own = self.recognizer_.task_loglik(m, self.memory_.select(m, last), slice(m, m + 1))[:, 0]
-        return own, self.novelty_memory_.loglik(m, spread), novelty.confidence(logits)
+        return own, self.novelty_memory_.loglik(m, spread), novelty.confidence(logits), self._argmax(logits, m)
+
+    def _argmax(self, logits: torch.Tensor, m: int) -> torch.Tensor:
+        """Global class ids ``(n,)`` of the top columns of task m's ``(n, len(tasks_[m]))`` logits."""
+        return torch.as_tensor(self.tasks_[m], device=logits.device)[logits.argmax(1)]
 
     def _route(self, x: torch.Tensor, stop_early: bool = True, novel: bool = False, heads: bool = True,
                reject: bool = False) -> "_Route":
         """Run the detector chain: probabilities ``(n, T-1)``, argmax task ``(n,)``, its predicted class ``(n,)``
         (with ``heads``) and, with ``novel`` or ``reject``, the :func:`rerelrp.novelty.standardize` score ``(n,)`` of
         each row under its recognized task; ``reject`` answers -1 (task and class) for rows below their task's
-        threshold, and runs no head for them.
+        threshold. With ``novel`` or ``reject`` the classes come from the logits that the detector passes read
+        (through S_0..S_m, which is subnetwork m): no head pass at all.
 
         With ``stop_early`` the chain stops for the rows whose best task is already certain
         (:func:`rerelrp.recognize.decided`; their later probabilities are NaN): a row recognized as task
@@ -871,15 +874,16 @@ class ReReLRP(BaseEstimator):
         task = torch.full((n,), T - 1, dtype=torch.long)
         p = np.full((n, T - 1), np.nan)
         # row's measures under task m through S_0..S_m: log-likelihoods in detector m's space and of the first
-        # layer, and head m's confidence
+        # layer, and head m's confidence; and head m's class
         own, low, conf = (np.full((n, T), np.nan) for _ in range(3)) if novel else (None, None, None)
+        classes = torch.full((n, T), -1, dtype=torch.long, device=x.device) if novel else None
         rows = np.arange(n)
         for m in range(T - 1):
             if novel:
                 spread, outputs, logits = self._novelty_pass(x[rows], m)
                 loglik = self.recognizer_.task_loglik(m, self.memory_.select(m, outputs))
                 own[rows, m], low[rows, m] = loglik[:, 0], self.novelty_memory_.loglik(m, spread)
-                conf[rows, m] = novelty.confidence(logits)
+                conf[rows, m], classes[rows, m] = novelty.confidence(logits), self._argmax(logits, m)
                 p[rows, m] = self.recognizer_.proba(loglik)
             else:
                 features = self._detector_features(x[rows], m)
@@ -895,8 +899,9 @@ class ReReLRP(BaseEstimator):
         if novel:
             last = (task == T - 1).nonzero()[:, 0].numpy()
             if len(last):
-                own[last, T - 1], low[last, T - 1], conf[last, T - 1] = self._novelty_measures(
-                    x[torch.as_tensor(last, device=x.device)], T - 1)
+                where = torch.as_tensor(last, device=x.device)
+                own[last, T - 1], low[last, T - 1], conf[last, T - 1], classes[where, T - 1] = self._novelty_measures(
+                    x[where], T - 1)
             chosen = np.arange(n), task.numpy()
             score = np.empty(n)
             for m in task.unique().tolist():
@@ -909,7 +914,10 @@ class ReReLRP(BaseEstimator):
                     known = novelty.accepted(typical, quantiles, self.known_fraction)
                     task[np.flatnonzero(members)[~known]] = -1
         predictions = None
-        if heads:
+        if heads and novel:
+            recognized = task.to(x.device)
+            predictions = torch.where(recognized >= 0, classes.gather(1, recognized.clamp(min=0)[:, None])[:, 0], -1)
+        elif heads:
             predictions = torch.full((n,), -1, dtype=torch.long, device=x.device)
             for m in [m for m in task.unique().tolist() if m >= 0]:
                 members = (task == m).nonzero()[:, 0].to(x.device)

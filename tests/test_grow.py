@@ -79,6 +79,20 @@ def test_old_subnetworks_stay_bit_identical_and_never_read_the_new_units(grown, 
     assert torch.all(reader[task1_rows & frozen_rows, width_then:] == 0)
 
 
+def test_the_unknown_answer_of_a_grown_learner_names_the_classes_its_subnetworks_name(grown, digits):
+    """predict(reject=True) reads each task's classes from the detector passes through S_0..S_m (no head pass):
+    with grown layers too, those are subnetwork m's answers."""
+    learner, _ = grown
+    _, test = digits
+    x = torch.cat([x for x, _ in test])
+    plain, rejecting = learner.predict(x), learner.predict(x, reject=True)
+    known = rejecting >= 0
+    assert known.float().mean() > 0.5 and torch.equal(rejecting[known], plain[known])
+    for t in range(len(learner.tasks_)):
+        aware = learner.predict(x, task_id=t, reject=True)
+        assert torch.equal(aware[aware >= 0], learner.predict(x, task_id=t)[aware >= 0])
+
+
 def test_a_grown_learner_loads_into_a_model_of_the_original_widths(grown, digits, tmp_path):
     learner, _ = grown
     _, test = digits
