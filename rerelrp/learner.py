@@ -498,7 +498,7 @@ class ReReLRP(BaseEstimator):
             if reject:
                 self._check_novelty()
                 return self._per_batch(x, lambda b: self._predict_known(b, task_id))
-            return self._per_batch(x, lambda b: self._predict_head(b, self.tasks_[task_id], self.masks_[task_id]))
+            return self._per_batch(x, lambda b: self._predict_head(b, task_id))
         if reject:
             self._check_novelty()
         return self._per_batch(x, lambda b: self._route(b, reject=reject).predictions)
@@ -780,9 +780,9 @@ class ReReLRP(BaseEstimator):
         with torch.no_grad(), eval_mode(self._net), masked(self.units_, keep):
             return torch.cat([self._net(x[i:i + self.batch_size])[:, head] for i in range(0, len(x), self.batch_size)])
 
-    def _predict_head(self, x: torch.Tensor, classes: Sequence[int], keep) -> torch.Tensor:
-        """Argmax within ``classes`` of the subnetwork ``keep``: ``(n,)`` global class ids."""
-        return torch.as_tensor(list(classes), device=x.device)[self._head_logits(x, classes, keep).argmax(1)]
+    def _predict_head(self, x: torch.Tensor, m: int) -> torch.Tensor:
+        """Task-aware answers ``(n,)`` of subnetwork m: global class ids, the argmax within task m's classes."""
+        return self._argmax(self._head_logits(x, self.tasks_[m], self.masks_[m]), m)
 
     def _unit_relevance(self, x: torch.Tensor, m: int) -> torch.Tensor:
         """Normalised unit relevance ``(n, total_units)`` of S_m, from its predicted classes."""
@@ -921,7 +921,7 @@ class ReReLRP(BaseEstimator):
             predictions = torch.full((n,), -1, dtype=torch.long, device=x.device)
             for m in [m for m in task.unique().tolist() if m >= 0]:
                 members = (task == m).nonzero()[:, 0].to(x.device)
-                predictions[members] = self._predict_head(x[members], self.tasks_[m], self.masks_[m])
+                predictions[members] = self._predict_head(x[members], m)
         return _Route(p, task.to(x.device), predictions, score)
 
 
