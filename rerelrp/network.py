@@ -235,13 +235,15 @@ def position_mean(output: torch.Tensor) -> torch.Tensor:
 
 def layer_outputs(model: nn.Module, units: Units, x: torch.Tensor, keep: Sequence[torch.Tensor] | None,
                   reduce: dict[int, Callable[[torch.Tensor], torch.Tensor]], batch_size: int = 256,
-                  logits: Sequence[int] | None = None) -> list[torch.Tensor]:
+                  logits: Sequence[int] | None = None, head_input: bool = False) -> list[torch.Tensor]:
     """Outputs of several unit layers in one pass: for each ``layer: reduce`` of ``reduce`` (in its order),
     ``reduce`` applied batch by batch to the layer's output (where its mask applies) and concatenated, ``(n, ...)``;
-    with ``logits`` (global class ids), the model's logits of those classes ``(n, len(logits))`` after them, from the
-    same pass. No gradient is recorded."""
+    with ``head_input``, the input of the output layer, flattened, ``(n, in_features)``, after them; with ``logits``
+    (global class ids), the model's logits of those classes ``(n, len(logits))`` last; all from the same pass. No
+    gradient is recorded."""
     outputs: dict[int, list[torch.Tensor]] = {layer: [] for layer in reduce}
     heads: list[torch.Tensor] = []
+    read: list[torch.Tensor] = []
 
     def capture(layer):
         return lambda module, inputs, output: outputs[layer].append(reduce[layer](output.detach()))
@@ -249,6 +251,9 @@ def layer_outputs(model: nn.Module, units: Units, x: torch.Tensor, keep: Sequenc
     with torch.no_grad(), eval_mode(model), masked(units, keep):
         # registered after the masks' hooks: they see the masked outputs
         handles = [units.layers[layer].closing.register_forward_hook(capture(layer)) for layer in reduce]
+        if head_input:
+            handles.append(units.output.register_forward_pre_hook(
+                lambda module, inputs: read.append(inputs[0].detach().flatten(1))))
         try:
             for start in range(0, len(x), batch_size):
                 out = model(x[start:start + batch_size])
@@ -257,4 +262,5 @@ def layer_outputs(model: nn.Module, units: Units, x: torch.Tensor, keep: Sequenc
         finally:
             for handle in handles:
                 handle.remove()
-    return [torch.cat(outputs[layer]) for layer in reduce] + ([torch.cat(heads)] if logits is not None else [])
+    return ([torch.cat(outputs[layer]) for layer in reduce] + ([torch.cat(read)] if head_input else [])
+            + ([torch.cat(heads)] if logits is not None else []))

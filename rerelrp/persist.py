@@ -368,12 +368,16 @@ def _check_consistency(learner: ReReLRP, path: Path) -> None:
     if memory.n_tasks != len(learner.tasks_):
         refuse("tensors.safetensors", f"holds memory of {memory.n_tasks} tasks for {len(learner.tasks_)} learned tasks")
     if isinstance(memory, ActivationStatistics):
-        width = units.sizes[-1]
         for m, per in enumerate(memory.classes):
-            idx = memory.units[m]
+            idx, basis = memory.units[m], memory.bases[m]
+            width, space = ((units.sizes[-1], "unit indices of the last hidden layer") if basis is None
+                            else (units.output.in_features, "indices of the output layer's inputs"))
             if idx.dtype != torch.long or len(idx.unique()) != len(idx) or not ((0 <= idx) & (idx < width)).all():
-                refuse("tensors.safetensors", f"holds units.{m} that are not distinct unit indices of the last hidden "
-                                              f"layer (0..{width - 1})")
+                refuse("tensors.safetensors", f"holds units.{m} that are not distinct {space} (0..{width - 1})")
+            if basis is not None and (basis[0].shape != idx.shape or basis[1].dim() != 2
+                                      or basis[1].shape[1] != len(idx) or not all(b.isfinite().all() for b in basis)):
+                refuse("tensors.safetensors", f"holds center.{m} or axes.{m} that are not a finite center and axes "
+                                              f"over detector {m}'s {len(idx)} inputs")
             expected = {c for classes in learner.tasks_[m:] for c in classes}
             if set(per) != expected:
                 refuse("meta.json", f"gives detector {m} the classes {sorted(per)}, not those of tasks {m} on")
@@ -405,7 +409,9 @@ def _memory_tensors(memory, prefix: str = "") -> dict[str, torch.Tensor]:
     if isinstance(memory, ActivationStatistics):
         for m, units in enumerate(memory.units):
             tensors[f"{prefix}units.{m}"] = units.contiguous()
-            rows, cols = np.triu_indices(len(units))
+            if memory.bases[m] is not None:
+                tensors[f"{prefix}center.{m}"], tensors[f"{prefix}axes.{m}"] = memory.bases[m]
+            rows, cols = np.triu_indices(memory.dims(m))
             for c, stats in memory.classes[m].items():
                 tensors[f"{prefix}weights.{m}.{c}"] = torch.from_numpy(stats.weights.copy())
                 tensors[f"{prefix}means.{m}.{c}"] = torch.from_numpy(stats.means.copy())
@@ -428,9 +434,11 @@ def _memory_index(memory) -> dict:
 def _restore_memory(memory, index: dict, tensors: dict[str, torch.Tensor], prefix: str = "") -> None:
     if isinstance(memory, ActivationStatistics):
         memory.units = [tensors[f"{prefix}units.{m}"] for m in range(len(index["counts"]))]
+        memory.bases = [(tensors[f"{prefix}center.{m}"], tensors[f"{prefix}axes.{m}"])
+                        if f"{prefix}axes.{m}" in tensors else None for m in range(len(index["counts"]))]
         memory.classes = []
         for m, counts in enumerate(index["counts"]):
-            d = len(memory.units[m])
+            d = memory.dims(m)
             rows, cols = np.triu_indices(d)
             per = {}
             for c, count in counts.items():

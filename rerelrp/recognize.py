@@ -28,10 +28,12 @@ from sklearn.utils.validation import has_fit_parameter
 
 from .remember import ActivationStatistics, RelevanceMemory
 
-__all__ = ["RECOGNIZERS", "default_detector", "GaussianRecognizer", "TaskRecognizer", "chain_scores", "decided"]
+__all__ = ["RECOGNIZERS", "DETECTOR_SPACES", "default_detector", "GaussianRecognizer", "TaskRecognizer", "chain_scores", "decided"]
 
 #: Accepted values of ``ReReLRP(recognizer=...)``.
 RECOGNIZERS = ("gaussian", "paper")
+#: Accepted values of ``ReReLRP(detector_space=...)``: what the Gaussian detectors read.
+DETECTOR_SPACES = ("units", "head")
 
 
 def default_detector(random_state: int | None = None) -> RandomForestClassifier:

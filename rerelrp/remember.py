@@ -11,6 +11,11 @@ frozen from task m on and everything else is masked, so the statistics of a
 later task, computed when it arrives, live in the same space as task m's.
 The units are the ones that vary most on task m's own data, fixed once task m
 is learned. Only the mixtures' weights, means and covariances are stored: no inputs, no vectors.
+With ``ReReLRP(detector_space="head")`` a detector reads instead the ``n_features`` principal components, on task
+m's own data, of the vector the output layer reads (:meth:`ActivationStatistics.choose_basis`): on a residual
+network the last hidden unit layer is a block's convolution before its residual addition, whose outputs can
+vary along very few directions (ResNet-18 on PneumoniaMNIST: about two), where the mixtures' regularisation
+rather than the data would decide between tasks.
 
 :class:`RelevanceMemory` (the paper's) keeps, for every subnetwork S_m and every
 reference sample of every task s >= m, the relevance that sample leaves in
@@ -84,7 +89,9 @@ class ActivationStatistics:
 
     Attributes
     ----------
-    units: per detector m, a ``(d_m,)`` LongTensor of unit indices into the last hidden unit layer.
+    units: per detector m, a LongTensor of the indices it reads of the layer's ``(n, width)`` outputs.
+    bases: per detector m, None (it reads those units as they are), or ``(center (len(units),), axes (d_m,
+        len(units)))`` float32: it reads the outputs' coordinates ``(x - center) @ axes.T`` (:meth:`choose_basis`).
     classes: per detector m, ``{class id: ClassStatistics}`` for every class of a task s >= m.
     """
 
@@ -95,6 +102,7 @@ class ActivationStatistics:
             raise ValueError(f"n_components must be >= 1, got {n_components}")
         self.n_features, self.n_components, self.random_state = n_features, n_components, random_state
         self.units: list[torch.Tensor] = []
+        self.bases: list[tuple[torch.Tensor, torch.Tensor] | None] = []
         self.classes: list[dict[int, ClassStatistics]] = []
 
     @property
@@ -108,11 +116,32 @@ class ActivationStatistics:
         variance = activations[:, candidates].double().var(0)
         top = torch.topk(variance, min(self.n_features, len(candidates))).indices
         self.units.append(candidates[top].sort().values.cpu())
+        self.bases.append(None)
         self.classes.append({})
 
+    def choose_basis(self, activations: torch.Tensor) -> None:
+        """Fix the newest detector's space as the ``n_features`` principal components of the new task's ``(n, D)``
+        activations (fewer where they span fewer: directions whose singular value is under 1e-6 of the largest
+        are left out, since no class varies in them by more than rounding)."""
+        a = activations.detach().cpu().double()
+        center = a.mean(0)
+        _, singular, axes = torch.linalg.svd(a - center, full_matrices=False)
+        d = max(1, min(self.n_features, int((singular > 1e-6 * singular[0]).sum())))
+        self.units.append(torch.arange(a.shape[1]))
+        self.bases.append((center.float(), axes[:d].float().contiguous()))  # float32, as saved
+        self.classes.append({})
+
+    def dims(self, m: int) -> int:
+        """``d_m``, the number of features detector m reads."""
+        return len(self.units[m]) if self.bases[m] is None else len(self.bases[m][1])
+
     def select(self, m: int, activations: torch.Tensor) -> np.ndarray:
-        """Cut ``(n, layer units)`` activations through detector m's subnetworks down to its ``(n, d_m)`` units."""
-        return activations[:, self.units[m].to(activations.device)].detach().cpu().double().numpy()
+        """Detector m's ``(n, d_m)`` features of ``(n, width)`` activations through its subnetworks."""
+        features = activations[:, self.units[m].to(activations.device)].detach().cpu().double()
+        if self.bases[m] is not None:
+            center, axes = self.bases[m]
+            features = (features - center.double()) @ axes.double().T
+        return features.numpy()
 
     def add_class(self, m: int, c: int, features: np.ndarray) -> None:
         """Remember class ``c``'s ``(n, d_m)`` features in detector m's space."""

@@ -75,9 +75,10 @@ def test_each_detector_has_a_gaussian_for_every_class_of_its_task_and_later(defa
         assert union_last[memory.units[m]].all(), "a detector reads a unit that no task up to it keeps"
 
 
-def test_detector_features_never_change_after_later_tasks(digits):
+@pytest.mark.parametrize("space", ["units", "head"])
+def test_detector_features_never_change_after_later_tasks(digits, space):
     train, test = digits
-    learner = ReReLRP(digits_mlp(), epochs=5, progress=False)
+    learner = ReReLRP(digits_mlp(), epochs=5, progress=False, detector_space=space)
     x = torch.cat([x for x, _ in test])
     learner.fit_task(loader(*train[0]))
     learner.fit_task(loader(*train[1]))
@@ -102,6 +103,8 @@ def test_min_keep_keeps_the_most_relevant_share_of_every_layer():
     ({"recognizer": "forest"}, r"recognizer must be one of 'gaussian', 'paper', got 'forest'"),
     ({"detector": object()}, r"detector applies to recognizer='paper' only"),
     ({"min_keep": 1.5}, r"min_keep must lie in \[0, 1\]"),
+    ({"detector_space": "pixels"}, r"detector_space must be one of 'units', 'head', got 'pixels'"),
+    ({"detector_space": "head", "recognizer": "paper"}, r"detector_space='head' applies to recognizer='gaussian' only"),
 ])
 def test_bad_recognizer_options_are_named(digits, options, message):
     x, y = digits[0][0]
@@ -116,6 +119,38 @@ def test_the_recognizer_cannot_change_between_tasks(digits):
     learner.recognizer = "paper"  # set around set_params: fit_task still refuses it
     with pytest.raises(ValueError, match="recognizer cannot change once a task is learned"):
         learner.fit_task(loader(*digits[0][1]))
+
+
+def test_the_detector_space_cannot_change_between_tasks(digits):
+    learner = ReReLRP(digits_mlp(), epochs=2, progress=False).fit_task(loader(*digits[0][0]))
+    with pytest.raises(ValueError, match="detector_space cannot change once a task is learned"):
+        learner.set_params(detector_space="head")
+
+
+def test_head_space_reads_what_the_output_layer_reads_in_an_orthonormal_basis(digits, tmp_path):
+    from rerelrp.network import layer_outputs, position_mean
+    from rerelrp.persist import load
+
+    train, test = digits
+    learner = ReReLRP(digits_mlp(), epochs=10, progress=False, detector_space="head")
+    for x, y in train:
+        learner.fit_task(loader(x, y))
+    x = torch.cat([x for x, _ in test])
+    # the MLP's output layer reads the ReLU of its last hidden unit layer
+    last, head = layer_outputs(learner.model, learner.units_, x, learner._union(1), {-1: position_mean},
+                               head_input=True)
+    assert torch.equal(head, torch.relu(last))
+    for m in range(5):
+        center, axes = learner.memory_.bases[m]
+        assert axes.shape[0] <= learner.n_features and axes.shape[1] == 128
+        assert torch.allclose(axes.double() @ axes.double().T, torch.eye(len(axes), dtype=torch.float64), atol=1e-5)
+    recognized = task_recognition(learner, test)
+    print(f"task recognition on held-out digits, head space: {recognized:.3f}")
+    assert recognized > 0.9
+    learner.save(tmp_path / "head.rerelrp")
+    loaded = load(tmp_path / "head.rerelrp", digits_mlp(seed=1))
+    assert torch.equal(loaded.predict(x), learner.predict(x))
+    assert torch.equal(loaded.score_samples(x), learner.score_samples(x))
 
 
 def test_a_class_gets_a_mixture_only_when_its_data_supports_one():
