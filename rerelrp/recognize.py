@@ -28,7 +28,8 @@ from sklearn.utils.validation import has_fit_parameter
 
 from .remember import ActivationStatistics, RelevanceMemory
 
-__all__ = ["RECOGNIZERS", "DETECTOR_SPACES", "default_detector", "GaussianRecognizer", "TaskRecognizer", "chain_scores", "decided"]
+__all__ = ["RECOGNIZERS", "DETECTOR_SPACES", "default_detector", "GaussianRecognizer", "TaskRecognizer", "chain_scores",
+           "decided"]
 
 #: Accepted values of ``ReReLRP(recognizer=...)``.
 RECOGNIZERS = ("gaussian", "paper")
