@@ -811,7 +811,7 @@ class ReReLRP(BaseEstimator):
         """Masks of the units kept by any of the tasks 0..m: frozen from task m on, so their outputs never change."""
         return [u.to(self.device_) for u in capacity.kept_by(self.masks_, self.units_.sizes, m + 1)]
 
-    def _last_layer(self, x: torch.Tensor, m: int) -> torch.Tensor:
+    def _detector_outputs(self, x: torch.Tensor, m: int) -> torch.Tensor:
         """What the detectors read (``detector_space``) through S_0..S_m together: the last hidden unit layer's
         outputs ``(n, last layer units)``, or the output layer's input ``(n, in_features)``."""
         layers, head_input = self._detector_read()
@@ -824,7 +824,7 @@ class ReReLRP(BaseEstimator):
 
     def _novelty_pass(self, x: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """In one pass through S_0..S_m together: the first unit layer's :func:`rerelrp.network.position_spread`
-        ``(n, 2 C)`` or ``(n, U)``, what the detectors read (:meth:`_last_layer`), and the logits
+        ``(n, 2 C)`` or ``(n, U)``, what the detectors read (:meth:`_detector_outputs`), and the logits
         ``(n, len(tasks_[m]))`` of task m's classes (S_m holds every unit of S_0..S_m-1: its task-aware logits)."""
         layers, head_input = self._detector_read()
         spread, last, logits = layer_outputs(self._net, self.units_, x, self._union(m),
@@ -835,7 +835,7 @@ class ReReLRP(BaseEstimator):
     def _detector_features(self, x: torch.Tensor, m: int) -> np.ndarray:
         """Detector m's ``(n, d_m)`` features of inputs ``x``."""
         if self.recognizer == "gaussian":
-            return self.memory_.select(m, self._last_layer(x, m))
+            return self.memory_.select(m, self._detector_outputs(x, m))
         return self.memory_.select(m, self._unit_relevance(x, m))
 
     def _remember(self, task, ref_x: torch.Tensor) -> None:
@@ -851,12 +851,12 @@ class ReReLRP(BaseEstimator):
                 self.novelty_memory_.add_task(spread, y, task.classes, self._union(t)[0])
                 self._choose_space(outputs)
             else:
-                outputs = self._last_layer(x, m)
+                outputs = self._detector_outputs(x, m)
             for c in task.classes:
                 self.memory_.add_class(m, c, self.memory_.select(m, outputs[y == c]))
 
     def _choose_space(self, outputs: torch.Tensor) -> None:
-        """Fix the newest detector's space from its task's ``outputs`` (:meth:`_last_layer`): the kept units of the
+        """Fix the newest detector's space from its task's ``outputs`` (:meth:`_detector_outputs`): the kept units of the
         last hidden unit layer that vary most, or the principal components of the output layer's input."""
         if self.detector_space == "head":
             self.memory_.choose_basis(outputs)
