@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from rerelrp.prune import MEASURES
-from rerelrp.recognize import DETECTOR_SPACES
-from rerelrp.recognize import RECOGNIZERS
+from rerelrp.recognize import DETECTOR_SPACES, RECOGNIZERS
 
 from benchmarks.backbones import BACKBONES
 from benchmarks.methods import LEARNER_DEFAULTS, METHODS, detectors

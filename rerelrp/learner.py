@@ -37,7 +37,8 @@ from .distributed import agree, from_rank0, is_distributed, is_rank0
 from .freeze import FrozenParameters
 from .network import eval_mode, find_units, layer_outputs, masked, model_lock, position_mean, position_spread
 from .prune import PruneResult, drop_measure, prune_to_threshold, unit_scores
-from .recognize import DETECTOR_SPACES, RECOGNIZERS, GaussianRecognizer, TaskRecognizer, chain_scores, decided, default_detector
+from .recognize import (DETECTOR_SPACES, RECOGNIZERS, GaussianRecognizer, TaskRecognizer, chain_scores, decided,
+                        default_detector)
 from .relevance import input_composite, lrp, normalize_units
 from .remember import ActivationStatistics, RelevanceMemory
 from .train import OptimizerFactory, TaskTraining, batchnorm_frozen, train_task
@@ -856,8 +857,8 @@ class ReReLRP(BaseEstimator):
                 self.memory_.add_class(m, c, self.memory_.select(m, outputs[y == c]))
 
     def _choose_space(self, outputs: torch.Tensor) -> None:
-        """Fix the newest detector's space from its task's ``outputs`` (:meth:`_detector_outputs`): the kept units of the
-        last hidden unit layer that vary most, or the principal components of the output layer's input."""
+        """Fix the newest detector's space from its task's ``outputs`` (:meth:`_detector_outputs`): the kept units
+        of the last hidden unit layer that vary most, or the principal components of the output layer's input."""
         if self.detector_space == "head":
             self.memory_.choose_basis(outputs)
             return
