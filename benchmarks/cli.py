@@ -31,8 +31,9 @@ LEARNER_OPTIONS = {
     "n_components": (int, "most Gaussian mixture components per class with --recognizer gaussian (1: one Gaussian "
                           "per class)"),
     "detector_space": (DETECTOR_SPACES, "what rerelrp's Gaussian detectors read: units (the last hidden unit layer's "
-                                        "units that vary most) or head (principal components of the output layer's "
-                                        "input; use it for --backbone resnet18)"),
+                                        "units that vary most), head (principal components of the output layer's "
+                                        "input; use it for --backbone resnet18) or layers (principal components of "
+                                        "every unit layer's standardized outputs; small networks)"),
     "min_keep": (float, "fraction of each layer every rerelrp task keeps (0: the paper's pruning)"),
     "acc_drop": (float, "rerelrp's pruning threshold, in points of validation accuracy"),
     "drop_confidence": (float, "confidence of rerelrp's paired test that a pruning costs more than --acc-drop (0.5: "

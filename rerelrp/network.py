@@ -28,7 +28,7 @@ from .canonizers import block_canonizers, merge_batchnorm
 from .dataflow import trace
 
 __all__ = ["UnitLayer", "Units", "find_units", "masked", "eval_mode", "unit_outputs", "layer_outputs",
-           "position_mean", "position_spread", "model_lock"]
+           "position_grid", "position_mean", "position_spread", "model_lock"]
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
@@ -231,6 +231,14 @@ def position_mean(output: torch.Tensor) -> torch.Tensor:
     """A convolution's ``(n, C, *positions)`` output as ``(n, C)``, each channel's mean over positions; a dense
     ``(n, U)`` output as it is."""
     return output.flatten(2).mean(2) if output.dim() > 2 else output
+
+
+def position_grid(output: torch.Tensor) -> torch.Tensor:
+    """A convolution's ``(n, C, H, W)`` output as ``(n, 4 C)``: each channel's means over a 2 x 2 grid of position
+    blocks (adaptive average pooling: where they lie, not only how much); a dense ``(n, U)`` output as it is."""
+    if output.dim() == 4:
+        return torch.nn.functional.adaptive_avg_pool2d(output, 2).flatten(1)
+    return position_mean(output)
 
 
 def layer_outputs(model: nn.Module, units: Units, x: torch.Tensor, keep: Sequence[torch.Tensor] | None,

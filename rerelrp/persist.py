@@ -370,8 +370,8 @@ def _check_consistency(learner: ReReLRP, path: Path) -> None:
     if isinstance(memory, ActivationStatistics):
         for m, per in enumerate(memory.classes):
             idx, basis = memory.units[m], memory.bases[m]
-            width, space = ((units.sizes[-1], "unit indices of the last hidden layer") if basis is None
-                            else (units.output.in_features, "indices of the output layer's inputs"))
+            width, space = (learner._detector_width(), "unit indices of the last hidden layer" if basis is None
+                            else f"indices of what detector_space={learner.detector_space!r} reads")
             if idx.dtype != torch.long or len(idx.unique()) != len(idx) or not ((0 <= idx) & (idx < width)).all():
                 refuse("tensors.safetensors", f"holds units.{m} that are not distinct {space} (0..{width - 1})")
             if basis is not None and (basis[0].shape != idx.shape or basis[1].dim() != 2

@@ -34,7 +34,7 @@ __all__ = ["RECOGNIZERS", "DETECTOR_SPACES", "default_detector", "GaussianRecogn
 #: Accepted values of ``ReReLRP(recognizer=...)``.
 RECOGNIZERS = ("gaussian", "paper")
 #: Accepted values of ``ReReLRP(detector_space=...)``: what the Gaussian detectors read.
-DETECTOR_SPACES = ("units", "head")
+DETECTOR_SPACES = ("units", "head", "layers")
 
 
 def default_detector(random_state: int | None = None) -> RandomForestClassifier:

@@ -15,7 +15,10 @@ With ``ReReLRP(detector_space="head")`` a detector reads instead the ``n_feature
 m's own data, of the vector the output layer reads (:meth:`ActivationStatistics.choose_basis`): on a residual
 network the last hidden unit layer is a block's convolution before its residual addition, whose outputs can
 vary along very few directions (ResNet-18 on PneumoniaMNIST: about two), where the mixtures' regularisation
-rather than the data would decide between tasks.
+rather than the data would decide between tasks. With ``detector_space="layers"`` it reads the ``n_features``
+principal components of every unit layer's outputs together, each column scaled to unit variance on task m's data:
+the lower layers' features were not trained to tell task m's classes apart and keep more of what sets other digits
+apart from them (see :class:`rerelrp.ReReLRP`).
 
 :class:`RelevanceMemory` (the paper's) keeps, for every subnetwork S_m and every
 reference sample of every task s >= m, the relevance that sample leaves in
@@ -119,16 +122,27 @@ class ActivationStatistics:
         self.bases.append(None)
         self.classes.append({})
 
-    def choose_basis(self, activations: torch.Tensor) -> None:
+    def choose_basis(self, activations: torch.Tensor, standardize: bool = False) -> None:
         """Fix the newest detector's space as the ``n_features`` principal components of the new task's ``(n, D)``
         activations (fewer where they span fewer: directions whose singular value is under 1e-6 of the largest
-        are left out, since no class varies in them by more than rounding)."""
+        are left out, since no class varies in them by more than rounding).
+
+        With ``standardize`` the components are those of the activations divided by their standard deviation on
+        the new task's data, so that columns of different layers weigh alike; columns that do not vary there (units
+        masked out of the subnetworks, or constant to within 1e-6 of the most varying column) are left out. The
+        scales are folded into the axes (each column's weight multiplied by its ``1 / std``, 0 where left out), so
+        the features are still ``(x - center) @ axes.T``; the axes are then no longer orthonormal."""
         a = activations.detach().cpu().double()
         center = a.mean(0)
-        _, singular, axes = torch.linalg.svd(a - center, full_matrices=False)
+        a = a - center
+        weight = torch.ones(a.shape[1], dtype=torch.float64)
+        if standardize:
+            spread = a.std(0)
+            weight = torch.where(spread > 1e-6 * spread.max(), 1.0 / spread, 0.0)
+        _, singular, axes = torch.linalg.svd(a * weight, full_matrices=False)
         d = max(1, min(self.n_features, int((singular > 1e-6 * singular[0]).sum())))
         self.units.append(torch.arange(a.shape[1]))
-        self.bases.append((center.float(), axes[:d].float().contiguous()))  # float32, as saved
+        self.bases.append((center.float(), (axes[:d] * weight).float().contiguous()))  # float32, as saved
         self.classes.append({})
 
     def dims(self, m: int) -> int:

@@ -2,6 +2,7 @@
 import math
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load as load_tensors
@@ -10,6 +11,7 @@ from benchmarks.backbones import small_cnn
 from rerelrp import ReReLRP
 from rerelrp.persist import bytes_beyond_weights
 from rerelrp.prune import prune_to_threshold
+from rerelrp.recognize import DETECTOR_SPACES
 from conftest import TASKS, digits_mlp, loader, task_recognition
 
 
@@ -75,7 +77,7 @@ def test_each_detector_has_a_gaussian_for_every_class_of_its_task_and_later(defa
         assert union_last[memory.units[m]].all(), "a detector reads a unit that no task up to it keeps"
 
 
-@pytest.mark.parametrize("space", ["units", "head"])
+@pytest.mark.parametrize("space", DETECTOR_SPACES)
 def test_detector_features_never_change_after_later_tasks(digits, space):
     train, test = digits
     learner = ReReLRP(digits_mlp(), epochs=5, progress=False, detector_space=space)
@@ -103,7 +105,7 @@ def test_min_keep_keeps_the_most_relevant_share_of_every_layer():
     ({"recognizer": "forest"}, r"recognizer must be one of 'gaussian', 'paper', got 'forest'"),
     ({"detector": object()}, r"detector applies to recognizer='paper' only"),
     ({"min_keep": 1.5}, r"min_keep must lie in \[0, 1\]"),
-    ({"detector_space": "pixels"}, r"detector_space must be one of 'units', 'head', got 'pixels'"),
+    ({"detector_space": "pixels"}, r"detector_space must be one of 'units', 'head', 'layers', got 'pixels'"),
     ({"detector_space": "head", "recognizer": "paper"}, r"detector_space='head' applies to recognizer='gaussian' only"),
 ])
 def test_bad_recognizer_options_are_named(digits, options, message):
@@ -127,30 +129,41 @@ def test_the_detector_space_cannot_change_between_tasks(digits):
         learner.set_params(detector_space="head")
 
 
-def test_head_space_reads_what_the_output_layer_reads_in_an_orthonormal_basis(digits, tmp_path):
+@pytest.mark.parametrize("space", ["head", "layers"])
+def test_basis_spaces_read_principal_components_of_what_they_name(digits, tmp_path, space):
     from rerelrp.network import layer_outputs, position_mean
     from rerelrp.persist import load
 
     train, test = digits
-    learner = ReReLRP(digits_mlp(), epochs=10, progress=False, detector_space="head")
+    learner = ReReLRP(digits_mlp(), epochs=10, progress=False, detector_space=space)
     for x, y in train:
         learner.fit_task(loader(x, y))
     x = torch.cat([x for x, _ in test])
-    # the MLP's output layer reads the ReLU of its last hidden unit layer
-    last, head = layer_outputs(learner.model, learner.units_, x, learner._union(1), {-1: position_mean},
-                               head_input=True)
-    assert torch.equal(head, torch.relu(last))
+    first, last, head = layer_outputs(learner.model, learner.units_, x, learner._union(1),
+                                      {0: position_mean, -1: position_mean}, head_input=True)
+    if space == "head":  # the MLP's output layer reads the ReLU of its last hidden unit layer
+        assert torch.equal(head, torch.relu(last))
+    else:  # both hidden layers of the MLP, as they are
+        assert torch.equal(learner._detector_outputs(x, 1), torch.cat([first, last], 1))
     for m in range(5):
         center, axes = learner.memory_.bases[m]
-        assert axes.shape[0] <= learner.n_features and axes.shape[1] == 128
-        assert torch.allclose(axes.double() @ axes.double().T, torch.eye(len(axes), dtype=torch.float64), atol=1e-5)
+        assert axes.shape[0] <= learner.n_features and axes.shape[1] == learner._detector_width()
+        assert axes.shape[1] == (128 if space == "head" else 256)
+        if space == "head":  # orthonormal axes (with "layers" they carry each column's scale)
+            gram = axes.double() @ axes.double().T
+            assert torch.allclose(gram, torch.eye(len(axes), dtype=torch.float64), atol=1e-5)
+        # principal components of task m's own data: uncorrelated there (the learner fitted them on 90 % of it)
+        correlation = np.corrcoef(learner._detector_features(train[m][0], m).T)
+        assert np.abs(correlation - np.eye(len(correlation))).max() < 0.25
     recognized = task_recognition(learner, test)
-    print(f"task recognition on held-out digits, head space: {recognized:.3f}")
+    print(f"task recognition on held-out digits, {space} space: {recognized:.3f}")
     assert recognized > 0.9
-    learner.save(tmp_path / "head.rerelrp")
-    loaded = load(tmp_path / "head.rerelrp", digits_mlp(seed=1))
+    learner.save(tmp_path / "basis.rerelrp")
+    loaded = load(tmp_path / "basis.rerelrp", digits_mlp(seed=1))
     assert torch.equal(loaded.predict(x), learner.predict(x))
     assert torch.equal(loaded.score_samples(x), learner.score_samples(x))
+    with pytest.raises(ValueError, match="detector_space cannot change once a task is learned"):
+        learner.set_params(detector_space="units")
 
 
 def test_a_class_gets_a_mixture_only_when_its_data_supports_one():
