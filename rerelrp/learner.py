@@ -141,6 +141,7 @@ class ReReLRP(BaseEstimator):
         (see :meth:`parameter_growth`).
     memory_: what is kept of past data: :class:`rerelrp.remember.ActivationStatistics`, or
         :class:`rerelrp.remember.RelevanceMemory` with ``recognizer="paper"``.
+    detector_space_: the ``detector_space`` the memory was built in (fixed by the first task).
     recognizer_: the detector chain: :class:`rerelrp.recognize.GaussianRecognizer`, or
         :class:`rerelrp.recognize.TaskRecognizer` with ``recognizer="paper"``.
     input_shape_: shape of one input, without the batch dimension.
@@ -616,6 +617,7 @@ class ReReLRP(BaseEstimator):
         self.device_ = torch.device(self.device) if self.device is not None else next(self._net.parameters()).device
         self._net.to(self.device_)
         self.composite_ = self.composite
+        self.detector_space_ = self.detector_space
         self.frozen_ = FrozenParameters(self.units_)
         if self.recognizer == "gaussian":
             self.memory_ = ActivationStatistics(self.n_features, self.n_components, self.random_state)
@@ -685,9 +687,7 @@ class ReReLRP(BaseEstimator):
         if self.detector_space != "units" and self.recognizer != "gaussian":
             raise ValueError(f"detector_space={self.detector_space!r} applies to recognizer='gaussian' only; the "
                              "paper's forests read relevance")
-        if (hasattr(self, "memory_") and isinstance(self.memory_, ActivationStatistics) and self.memory_.n_tasks
-                and ((self.memory_.bases[0] is None) != (self.detector_space == "units")
-                     or self.memory_.bases[0] is not None and len(self.memory_.units[0]) != self._detector_width())):
+        if getattr(self, "tasks_", None) and self.detector_space != self.detector_space_:
             raise ValueError("detector_space cannot change once a task is learned: the earlier tasks' statistics "
                              "live in another space")
         if self.detector is not None and self.recognizer != "paper":

@@ -129,19 +129,21 @@ class ActivationStatistics:
 
         With ``standardize`` the components are those of the activations divided by their standard deviation on
         the new task's data, so that columns of different layers weigh alike; columns that do not vary there (units
-        masked out of the subnetworks, or constant to within 1e-6 of the most varying column) are left out. The
-        scales are folded into the axes (each column's weight multiplied by its ``1 / std``, 0 where left out), so
-        the features are still ``(x - center) @ axes.T``; the axes are then no longer orthonormal."""
+        masked out of the subnetworks, or constant to within 1e-6 of the most varying column) are left out of
+        :attr:`units`, so that the axes span only the columns read. The scales are folded into the axes (each
+        column's weight multiplied by its ``1 / std``), so the features are still ``(x[:, units] - center) @
+        axes.T``; the axes are then no longer orthonormal."""
         a = activations.detach().cpu().double()
-        center = a.mean(0)
-        a = a - center
+        columns = torch.arange(a.shape[1])
         weight = torch.ones(a.shape[1], dtype=torch.float64)
         if standardize:
             spread = a.std(0)
-            weight = torch.where(spread > 1e-6 * spread.max(), 1.0 / spread, 0.0)
-        _, singular, axes = torch.linalg.svd(a * weight, full_matrices=False)
+            columns = (spread > 1e-6 * spread.max()).nonzero()[:, 0]
+            a, weight = a[:, columns], 1.0 / spread[columns]
+        center = a.mean(0)
+        _, singular, axes = torch.linalg.svd((a - center) * weight, full_matrices=False)
         d = max(1, min(self.n_features, int((singular > 1e-6 * singular[0]).sum())))
-        self.units.append(torch.arange(a.shape[1]))
+        self.units.append(columns)
         self.bases.append((center.float(), (axes[:d] * weight).float().contiguous()))  # float32, as saved
         self.classes.append({})
 

@@ -147,8 +147,12 @@ def test_basis_spaces_read_principal_components_of_what_they_name(digits, tmp_pa
         assert torch.equal(learner._detector_outputs(x, 1), torch.cat([first, last], 1))
     for m in range(5):
         center, axes = learner.memory_.bases[m]
-        assert axes.shape[0] <= learner.n_features and axes.shape[1] == learner._detector_width()
-        assert axes.shape[1] == (128 if space == "head" else 256)
+        read = learner.memory_.units[m]  # "layers" leaves out the columns constant on task m's data (masked units)
+        assert axes.shape[0] <= learner.n_features and axes.shape[1] == len(read) <= learner._detector_width()
+        assert learner._detector_width() == (128 if space == "head" else 256)
+        if space == "layers":
+            outputs = learner._detector_outputs(train[m][0], m)
+            assert (outputs.std(0)[read] > 0).all() and (m > 0 or len(read) < 256)
         if space == "head":  # orthonormal axes (with "layers" they carry each column's scale)
             gram = axes.double() @ axes.double().T
             assert torch.allclose(gram, torch.eye(len(axes), dtype=torch.float64), atol=1e-5)
