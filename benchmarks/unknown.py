@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.cli import HelpFormatter, add_threads_option, set_threads  # noqa: E402
+from rerelrp.recognize import DETECTOR_SPACES  # noqa: E402
 
 KINDS = ("next tasks", "other data", "noise", "constant")
 SCORES = ("rerelrp", "max softmax", "energy", "mahalanobis")
@@ -53,6 +54,9 @@ def parse() -> argparse.Namespace:
                    help="rerelrp's known_fraction: the share of each task's validation inputs accepted")
     p.add_argument("--quick", action="store_true", help="a few hundred images per task and 1 epoch: checks the "
                                                         "pipeline, its numbers mean little")
+    p.add_argument("--detector-space", default="units", choices=DETECTOR_SPACES,
+                   help="what rerelrp's Gaussian detectors read (rerelrp.ReReLRP's detector_space): units (the "
+                        "default), head or layers")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--device", default="cpu", help="torch device")
     add_threads_option(p)
@@ -140,7 +144,8 @@ def evaluate(name: str, args: argparse.Namespace) -> tuple[dict, dict]:
     torch.manual_seed(args.seed)
     method = ReReLRPMethod(small_cnn(stream.input_shape[0], stream.n_classes), epochs=epochs, seed=args.seed,
                            device=args.device, batch_size=64, lr=1e-3, progress=not args.no_progress,
-                           options={"n_tasks": len(stream.tasks), "known_fraction": args.known_fraction})
+                           options={"n_tasks": len(stream.tasks), "known_fraction": args.known_fraction,
+                                    "detector_space": args.detector_space})
     learner = method.learner
     start = time.perf_counter()
     for t in range(learned):  # as benchmarks/mnist.py and medical.py train rerelrp: the same learner after `learned`
