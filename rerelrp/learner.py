@@ -95,7 +95,9 @@ class ReReLRP(BaseEstimator):
         task's calibrated typicality are answered -1.
     n_reference: reference samples per class for the relevance that ranks units (paper: 132; 500
         gave 4 points more task-agnostic accuracy on Split MNIST validation data, 0.874 against 0.832).
-    n_features: units each task detector reads (paper: 40).
+    n_features: units (or principal components) each task detector reads (paper: 40). The side memory grows with
+        its square: on 20 ten-class Permuted MNIST tasks 16 kept 2.0 MiB against 48's 10.0 MiB, at 99.5 % task
+        recognition against 99.97 %; on Split MNIST 32 recognized 0.6 points worse than 48 (README).
     n_components: with ``recognizer="gaussian"``, the most Gaussian mixture components per class (the number is
         chosen by BIC per class; see :class:`rerelrp.remember.ClassStatistics`). 4 recognized Split MNIST
         validation data 1 point better than 1 (97.4 % against 96.4 %, 2 seeds).
