@@ -109,3 +109,8 @@ def assert_statistics_kept(model, snapshot: dict) -> None:
     for name, (rows, mean, var) in snapshot.items():
         module = model.get_submodule(name)
         assert torch.equal(module.running_mean[rows], mean) and torch.equal(module.running_var[rows], var), name
+
+
+def replay_buffer_bytes(x: torch.Tensor, y: torch.Tensor, size: int = 200) -> int:
+    """Bytes of a replay buffer of ``size`` inputs like ``x`` (float32) with their int64 labels."""
+    return size * (x[0].numel() * 4 + y.element_size())

