@@ -80,6 +80,7 @@ def parser(script: str, description: str, default_epochs: int, quick_epochs: int
     """The options mnist.py and medical.py share (``script``: the file's name, as usage and results.json name it);
     each script adds its own."""
     p = argparse.ArgumentParser(prog=script, description=description, formatter_class=HelpFormatter)
+    p.set_defaults(script=script)
     p.add_argument("--data-root", default=None,
                    help="folder with the data files (mnist/, medmnist/); default: $RERELRP_DATA, else the "
                         "data library's own default folder")
@@ -130,8 +131,8 @@ def main(args: argparse.Namespace, stream_fn: Callable[[argparse.Namespace], Str
     """Run every method on the stream, write JSON/Markdown/PNGs to --out, print the table and the wall time.
 
     ``model_fn(stream, args.backbone)`` builds the network; the script has set ``args.backbone`` to its default
-    when the option was not given, and ``args.script`` to its file's name (results.json's ``config.script``, which
-    ``check_results.py`` re-runs)."""
+    when the option was not given; ``args.script`` (set by :func:`parser`) is its file's name, results.json's
+    ``config.script``, which ``check_results.py`` re-runs."""
     wall = time.perf_counter()
     set_threads(args.threads)
     try:

@@ -79,7 +79,6 @@ def command_line(argv: Sequence[str] | None = None) -> int:
     cli.add_argument("--scenario", default="cross-domain", choices=sorted(SCENARIOS),
                      help="which stream: cross-domain (offline default), bloodmnist or pathmnist (download needed)")
     args = cli.parse_args(argv)
-    args.script = cli.prog
     args.backbone = args.backbone or DEFAULT_BACKBONE[args.scenario]
     return main(args, load_stream, lambda s, backbone: BACKBONES[backbone](3, s.n_classes), DEFAULT_EPOCHS,
                 QUICK_EPOCHS, QUICK_PER_TASK)

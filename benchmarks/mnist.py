@@ -136,7 +136,6 @@ def command_line(argv: Sequence[str] | None = None) -> int:
                      help="with --scenario split, the ten digits in the order the tasks take them, two by two "
                           "(default: 0 1 2 ... 9)")
     args = cli.parse_args(argv)
-    args.script = cli.prog
     if args.class_order is not None and (sorted(args.class_order) != list(range(10)) or args.scenario != "split"):
         cli.error("--class-order takes each digit 0-9 once, with --scenario split")
     if args.dataset == "digits" and args.backbone not in (None, "small-cnn"):
