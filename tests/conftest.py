@@ -15,6 +15,9 @@ from rerelrp.train import train_task
 
 TASKS = class_splits(10, 5)
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest-xdist's workers share the cores instead of each taking all
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 def digits_mlp(seed: int = 0, batchnorm: bool = False) -> nn.Sequential:
     """The issue's MLP 64-128-128-10 (optionally with BatchNorm after each hidden layer)."""
