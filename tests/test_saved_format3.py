@@ -1,0 +1,30 @@
+"""Promise: saves of format 3 written before the redesign (tests/data, made by rerelrp at commit eb47bfd on digits,
+3 tasks, 3 epochs) load and give the answers they gave when they were written."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import rerelrp
+from conftest import digits_mlp
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def answers():
+    return dict(np.load(DATA / "format3-answers.npz"))
+
+
+@pytest.mark.parametrize("recognizer", ["gaussian", "paper"])
+def test_a_format3_save_loads_and_answers_as_it_did(answers, recognizer):
+    learner = rerelrp.load(DATA / f"format3-{recognizer}.zip", digits_mlp(seed=1))
+    x = torch.from_numpy(answers["x"])
+    assert np.array_equal(learner.predict(x).numpy(), answers[f"{recognizer}_predict"])
+    assert np.array_equal(learner.predict_task(x).numpy(), answers[f"{recognizer}_task"])
+    if recognizer == "gaussian":
+        assert np.array_equal(learner.predict(x, reject=True).numpy(), answers["gaussian_reject"])
+        np.testing.assert_allclose(learner.score_samples(x).numpy(), answers["gaussian_score"], rtol=1e-9, atol=1e-9)
