@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from rerelrp.prune import MEASURES
-from rerelrp.recognize import DETECTOR_SPACES, RECOGNIZERS
+from rerelrp.recognize import RECOGNIZERS
+from rerelrp.spaces import DETECTOR_SPACES
 
 from benchmarks.backbones import BACKBONES
 from benchmarks.methods import LEARNER_DEFAULTS, METHODS, detectors

@@ -22,7 +22,7 @@ from sklearn.base import BaseEstimator
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 import rerelrp
-from rerelrp.persist import bytes_beyond_weights
+from benchmarks.memory import bytes_beyond_weights
 from rerelrp.recognize import default_detector
 
 from benchmarks.stream import Stream, loader

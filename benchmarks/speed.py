@@ -38,8 +38,8 @@ from benchmarks.reports import environment  # noqa: E402
 from benchmarks.stream import loader  # noqa: E402
 from benchmarks.mnist import load_stream  # noqa: E402
 from rerelrp import ReReLRP  # noqa: E402
-from rerelrp.persist import bytes_beyond_weights  # noqa: E402
-from rerelrp.recognize import TaskRecognizer, default_detector  # noqa: E402
+from benchmarks.memory import bytes_beyond_weights  # noqa: E402
+from rerelrp.recognize import default_detector  # noqa: E402
 from rerelrp.relevance import default_composite, lrp  # noqa: E402
 
 
@@ -104,7 +104,7 @@ def recognizer_figures(learner, fit_s: float, x_test, truth) -> dict:
 def detector_variant(learner, estimator, x_test, truth) -> dict:
     """Refit a ``recognizer="paper"`` learner's detector chain with ``estimator`` and measure it."""
     start = time.perf_counter()
-    learner.recognizer_ = TaskRecognizer(estimator, random_state=learner.random_state).fit(learner.memory_)
+    learner.recognizer_ = learner.recognizer_.with_estimator(estimator).fit(learner.tasks_)
     return recognizer_figures(learner, time.perf_counter() - start, x_test, truth)
 
 
@@ -196,7 +196,7 @@ def main() -> int:
         x_mix = mixed_batch(stream, T, args.batch, device)
         ours = timed(lambda: learner_t.predict(x_mix), args.repeat)
         limit = T * timed(lambda: forward_backward(learner_t.model, x_mix, learner_t.tasks_[0]), args.repeat)
-        passes = float(np.isfinite(learner_t._route(learner_t._check_x(x_mix))[0]).sum()) / len(x_mix)
+        passes = float(np.isfinite(learner_t.route(x_mix).p).sum()) / len(x_mix)
         kept = bytes_beyond_weights(learner_t)
         report["predict"][T] = {"predict_s": ours, "T_forward_backward_s": limit, "detector_passes_per_input": passes,
                                 "without_early_stop": T - 1, "bytes_beyond_weights": kept}

@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.cli import HelpFormatter, add_threads_option, set_threads  # noqa: E402
-from rerelrp.recognize import DETECTOR_SPACES  # noqa: E402
+from rerelrp.spaces import DETECTOR_SPACES  # noqa: E402
 
 KINDS = ("next tasks", "other data", "noise", "constant")
 SCORES = ("rerelrp", "max softmax", "energy", "mahalanobis")

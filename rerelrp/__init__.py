@@ -20,11 +20,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ._version import __version__
-from .learner import ReReLRP
-from .persist import UntrustedFileError, load
+from .learner import ReReLRP, load
+from .options import InvalidParameterError
+from .persist import UntrustedFileError
 
 __all__ = ["ReReLRP", "fit_task", "predict", "load", "default_learner", "NotFittedError", "UntrustedFileError",
-           "__version__"]
+           "InvalidParameterError", "__version__"]
 
 _default: ReReLRP | None = None
 

@@ -32,7 +32,7 @@ except ImportError as error:  # pragma: no cover - the message is the point
         from error
 
 from .learner import ReReLRP
-from .persist import load as load_learner
+from .learner import load as load_learner
 
 __all__ = ["ReReLRPStrategy", "OTHER_CLASSES"]
 
@@ -131,21 +131,16 @@ class ReReLRPStrategy(SupervisedTemplate):
         """``(n, n_classes)`` evaluation scores of inputs ``x`` whose argmax is ``learner.predict(x)``, on ``x``'s
         device."""
         learner = self.learner
-
-        def batch_scores(b: torch.Tensor) -> torch.Tensor:
-            task = learner._route(b, heads=False).task
-            out = torch.full((len(b), learner.units_.output.out_features), OTHER_CLASSES, device=b.device)
-            for m in task.unique().tolist():
-                rows = (task == m).nonzero()[:, 0]
-                head = torch.as_tensor(learner.tasks_[m], device=b.device)
-                out[rows.unsqueeze(1), head.unsqueeze(0)] = learner._head_logits(b[rows], learner.tasks_[m],
-                                                                                 learner.masks_[m]).to(out)
-            return out
-
-        return learner._per_batch(x, batch_scores).to(x.device)  # checked, locked, as every verb of the learner
+        task = learner.route(x, heads=False).task  # checked and locked, as every verb of the learner
+        out = torch.full((len(x), learner.units_.output.out_features), OTHER_CLASSES, device=x.device)
+        for m in task.unique().tolist():
+            rows = (task == m).nonzero()[:, 0].to(x.device)
+            head = torch.as_tensor(learner.tasks_[m], device=x.device)
+            out[rows.unsqueeze(1), head.unsqueeze(0)] = learner.task_logits(x[rows], m).to(out)
+        return out
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Save the learner (rerelrp's safe format, :func:`rerelrp.persist.save`); returns the path."""
+        """Save the learner (rerelrp's safe format, :meth:`rerelrp.ReReLRP.save`); returns the path."""
         return self.learner.save(path)
 
     @classmethod

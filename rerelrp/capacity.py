@@ -2,28 +2,23 @@
 
 A unit kept by a finished task is frozen for good; the units kept by no task are the pool every later task
 trains. Left alone, the first tasks take what they like, and a long stream ends with tasks that train nothing
-but their own head rows. Four things here keep the pool in view:
+but their own head rows. Three things here keep the pool in view:
 
 - a *budget*: told how many tasks to expect (``n_tasks``), task t may keep at most
   ``free // (tasks left + 1)`` of each layer's free units (CPG's rule, per layer; Hung et al., *Compacting,
   Picking and Growing*, 2019), so every task to come finds at least as many (:func:`task_budget`);
 - a *report* per task and per layer of the units each task kept, how many of them were new (taken from the
   pool) or reused (frozen by an earlier task), and what stayed free (:func:`capacity_report`);
-- a *fresh start* for the free units of every task after the first (:func:`reset_free_units`): a unit that an
-  earlier task trained and then pruned keeps weights fitted to that task, and a network of such units learned
-  RetinaMNIST, the third task of the medical stream, no better than its majority class (43 %), where freshly
-  initialised free units reached 50-52 % (test, seed 0); and, where a BatchNorm closes a unit layer, the
-  statistics of its free channels measured on the new task's inputs (:func:`refresh_free_statistics`: BatchNorm
-  is frozen after the first task, and statistics of other weights normalised the new units to the wrong scale);
 - a *forecast* from the units the tasks so far took of each layer, warned *before* a layer runs out
   (:func:`running_out`), and a check that a task was learned better than its majority class
   (:func:`above_chance`), so that a task without room is never learned at chance silently.
 
 Masks are those of :attr:`rerelrp.ReReLRP.masks_`: per task, one bool tensor ``(n_units,)`` per unit layer.
+This module only counts; the fresh start of the free units of every task after the first, which rewrites their
+weights and BatchNorm statistics, is :mod:`rerelrp.reinit`.
 """
 from __future__ import annotations
 
-import copy
 import math
 from typing import Sequence
 
@@ -33,7 +28,7 @@ from scipy.stats import binomtest
 from .network import Units
 
 __all__ = ["kept_by", "task_budget", "free_capacity", "capacity_report", "running_out", "above_chance",
-           "reset_free_units", "refresh_free_statistics"]
+           "at_chance_message", "warnings_after", "check_tasks", "check_masks"]
 
 Masks = Sequence[Sequence[torch.Tensor]]
 
@@ -123,58 +118,54 @@ def above_chance(correct: torch.Tensor, labels: torch.Tensor, alpha: float = 0.0
     return binomtest(int(correct.sum()), n, majority, alternative="greater").pvalue < alpha
 
 
-def reset_free_units(units: Units, masks: Masks, seed: int) -> None:
-    """Re-initialise the incoming weights and bias of every unit kept by no task in ``masks``, with the layer's
-    own ``reset_parameters`` drawn from ``seed`` (the global RNG is left as it was).
 
-    Every old subnetwork masks these units to zero, so no old subnetwork changes; frozen entries are untouched.
-    """
-    used = kept_by(masks, units.sizes)
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(seed)
-        for layer, kept in zip(units.layers, used):
-            module = layer.module
-            fresh = copy.deepcopy(module)
-            fresh.reset_parameters()
-            free = ~kept.to(module.weight.device)
-            for name in ("weight", "bias"):
-                param = getattr(module, name)
-                if param is not None:
-                    param[free] = getattr(fresh, name)[free]
+def at_chance_message(task: int, correct: torch.Tensor, free: int, total: int) -> str:
+    """The warning's text when task ``task``'s unpruned network, right on the validation images where ``correct``
+    ``(n,)`` is True, is not :func:`above_chance`; ``free`` of ``total`` units were free for it."""
+    return (f"task {task} reached {float(correct.float().mean()):.1%} validation accuracy before pruning, no better "
+            f"than always answering its most frequent class; {free} of {total} units were free for it. It is learned "
+            "as it is: to leave later tasks more room, set n_tasks (a budget per task) or a larger acc_drop from the "
+            "first task on, or use a wider model or more epochs")
 
 
-def refresh_free_statistics(model: torch.nn.Module, units: Units, masks: Masks, x: torch.Tensor) -> None:
-    """Set the running mean and variance of the free channels of every BatchNorm that closes a unit layer to their
-    statistics on the inputs ``x`` ``(n, *input_shape)``, in one forward pass of the whole network in eval mode
-    (a layer's statistics are set before its BatchNorm normalises, so every later layer sees the new ones).
+def warnings_after(units: Units, masks: Masks, result, n_tasks: int | None, growth: Sequence[Sequence[int]],
+                   growing: bool) -> list[str]:
+    """The capacity warnings after the newest task of ``masks`` was pruned to ``result`` (its
+    :class:`rerelrp.prune.PruneResult`): that its budget cost it more than the threshold, and :func:`running_out`'s
+    forecast (not while ``growing``: each layer then grows before it runs out, or warns that it cannot)."""
+    messages = []
+    if result.over_threshold:
+        measured = "validation accuracy" if result.measure == "accuracy" else \
+            "mean validation probability of the true class"
+        messages.append(
+            f"task {len(masks) - 1} needed more than its budget of {sum(result.budget)} free units ({result.budget} "
+            f"per unit layer, n_tasks={n_tasks}): its subnetwork reaches {result.accuracy:.1%} {measured} against "
+            f"{result.base_accuracy:.1%} unpruned, more than acc_drop below it; a wider model leaves every task more "
+            "room")
+    forecast = None if growing else running_out(units, masks, n_tasks, growth)
+    if forecast:
+        messages.append(forecast)
+    return messages
 
-    After the first task BatchNorm normalises with frozen statistics; those of a free channel were measured on
-    other weights (an earlier task's, or none for a grown unit), so a freshly initialised unit came out at an
-    arbitrary scale. Every old subnetwork masks a free channel after its BatchNorm, so none changes; the channels
-    of kept units and every other BatchNorm are untouched.
-    """
-    used = kept_by(masks, units.sizes)
-    handles = []
 
-    def measure(free: torch.Tensor):
-        def hook(norm, inputs):
-            values = inputs[0].transpose(0, 1).reshape(norm.num_features, -1)
-            norm.running_mean[free] = values[free].mean(1).to(norm.running_mean.dtype)
-            norm.running_var[free] = values[free].var(1).to(norm.running_var.dtype)
-        return hook
+def check_tasks(tasks: Sequence[Sequence[int]], n_outputs: int) -> list[list[int]]:
+    """``tasks`` as lists of ints; ValueError unless each holds two or more distinct class ids in
+    ``[0, n_outputs)`` that no earlier task holds."""
+    checked, seen = [list(map(int, classes)) for classes in tasks], set()
+    for t, classes in enumerate(checked):
+        if len(classes) < 2 or len(set(classes)) != len(classes) or not all(0 <= c < n_outputs for c in classes):
+            raise ValueError(f"meta.json gives task {t} the classes {classes}: not two or more distinct ids in "
+                             f"[0, {n_outputs})")
+        if seen & set(classes):
+            raise ValueError(f"meta.json gives task {t} classes {sorted(seen & set(classes))} of an earlier task")
+        seen |= set(classes)
+    return checked
 
-    for layer, kept in zip(units.layers, used):
-        norm = layer.closing
-        if norm is not layer.module and norm.track_running_stats and not kept.all():
-            handles.append(norm.register_forward_pre_hook(measure(~kept.to(norm.running_mean.device))))
-    if not handles:
-        return
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(x)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+
+def check_masks(masks: Masks, sizes: Sequence[int]) -> None:
+    """ValueError unless every task's mask of every unit layer is a bool tensor ``(n_units,)`` of ``sizes``."""
+    for t, keep in enumerate(masks):
+        for i, (mask, n) in enumerate(zip(keep, sizes)):
+            if mask.dtype != torch.bool or tuple(mask.shape) != (n,):
+                raise ValueError(f"tensors.safetensors holds mask.{t}.{i} as {mask.dtype} {tuple(mask.shape)}, "
+                                 f"not bool ({n},)")

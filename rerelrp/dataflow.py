@@ -16,11 +16,9 @@ input needed), inside the canonizers that give residual additions a module of th
 """
 from __future__ import annotations
 
-import contextlib
 import operator
-import threading
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.fx as fx
@@ -31,8 +29,9 @@ from zennit.core import Composite
 from zennit.layer import Sum
 
 from .canonizers import Gate
+from .concurrency import TRACE_LOCK
 
-__all__ = ["Flow", "trace", "traced", "is_shape", "TRACE_LOCK"]
+__all__ = ["Flow", "trace", "traced", "is_shape"]
 
 _COMBINING = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
               operator.truediv, operator.itruediv, operator.matmul, torch.add, torch.sub, torch.mul, torch.div,
@@ -46,55 +45,6 @@ _REDUCING = {torch.mean, torch.sum, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d
 _REDUCING_METHODS = {"mean", "sum", "nanmean", "nansum"}
 _SHAPE_METHODS = {"size", "dim", "numel", "type", "get_device"}
 _SHAPE_ATTRIBUTES = {"shape", "ndim", "dtype", "device"}
-
-
-class _TraceLock:
-    """torch.fx's symbolic tracing patches ``nn.Module.__call__`` for the whole process while it runs: two traces
-    at once (two learners' first tasks in two threads) left torch patched for good, and a forward in another
-    thread during a trace lands in the tracer. So a trace runs alone (:meth:`exclusive`) and rerelrp's own
-    forwards (a task's training, predictions) hold a :meth:`shared` turn, which any number of threads may hold
-    together."""
-
-    def __init__(self):
-        self._condition = threading.Condition()
-        self._readers = 0
-        self._tracing = False
-        self._mine = threading.local()
-
-    @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._condition:
-            while self._tracing:
-                self._condition.wait()
-            self._readers += 1
-        self._mine.count = getattr(self._mine, "count", 0) + 1
-        try:
-            yield
-        finally:
-            self._mine.count -= 1
-            with self._condition:
-                self._readers -= 1
-                self._condition.notify_all()
-
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        if getattr(self._mine, "count", 0):
-            raise RuntimeError("a torch.fx trace was started while this thread runs rerelrp forwards (it would wait "
-                               "for itself); trace before the task or prediction")
-        with self._condition:
-            while self._tracing or self._readers:
-                self._condition.wait()
-            self._tracing = True
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._tracing = False
-                self._condition.notify_all()
-
-
-#: Traces and rerelrp's forwards take turns through this lock (see :class:`_TraceLock`).
-TRACE_LOCK = _TraceLock()
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
+from .contexts import hooks
 from .network import Units
 
 __all__ = ["FrozenParameters"]
@@ -66,6 +67,34 @@ class FrozenParameters:
             for param in module.parameters(recurse=False):
                 self._mask(param).fill_(True)
 
+    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The masks by the name of their parameter in ``model``: ``{name: bool tensor of its shape}`` (CPU)."""
+        return {name: self.masks[p].cpu().contiguous() for name, p in model.named_parameters() if p in self.masks}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], model: nn.Module) -> None:
+        """Take the masks of :meth:`state_dict` for the parameters of ``model``; raises KeyError for a name that is
+        not one of its parameters and ValueError, naming the entry, for a mask that is not a bool of its shape."""
+        named = dict(model.named_parameters())
+        for name, mask in state.items():
+            if mask.dtype != torch.bool or mask.shape != named[name].shape:
+                raise ValueError(f"tensors.safetensors holds frozen.{name} as {mask.dtype} {tuple(mask.shape)}, not "
+                                 f"bool {tuple(named[name].shape)}")
+        self.masks = {named[name]: mask.to(named[name].device) for name, mask in state.items()}
+
+    def check_covers(self, kept: Sequence[torch.Tensor], classes: Sequence[int], model: nn.Module) -> None:
+        """Raise ValueError unless every row of a unit in ``kept`` (one bool ``(n_units,)`` per unit layer) and the
+        head rows of ``classes`` are frozen in ``model``: else the next task would change old tasks."""
+        names = {id(p): name for name, p in model.named_parameters()}
+        n_out = self.units.output.out_features
+        rows = [(layer.module, k) for layer, k in zip(self.units.layers, kept)] + [
+            (self.units.output, torch.isin(torch.arange(n_out), torch.tensor(sorted(classes), dtype=torch.long)))]
+        for module, needed in rows:
+            mask = self.masks.get(module.weight)
+            if needed.any() and (mask is None or not mask[needed.to(mask.device)].all()):
+                raise ValueError(f"tensors.safetensors does not freeze every row of {names[id(module.weight)]} that "
+                                 "a learned task keeps (frozen.* entries missing or cleared): the next task would "
+                                 "change old tasks")
+
     @contextlib.contextmanager
     def enforced(self, model: nn.Module) -> Iterator[None]:
         """Within the context, every optimizer step leaves the frozen entries of ``model`` bit-identical.
@@ -99,12 +128,8 @@ class FrozenParameters:
                 for p, m, values in saved.pop(id(optimizer), []):
                     p[m] = values
 
-        handles = [register_optimizer_step_pre_hook(before), register_optimizer_step_post_hook(after)]
-        try:
+        with hooks(register_optimizer_step_pre_hook(before), register_optimizer_step_post_hook(after)):
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
         names = {id(p): name for name, p in model.named_parameters()}
         moved = [names.get(id(p), "?") for p, values in at_entry.items() if not torch.equal(p.detach()[frozen[p]], values)]
         if moved:

@@ -14,8 +14,6 @@ the BatchNorm, so that the unit's contribution downstream is zero either way.
 from __future__ import annotations
 
 import contextlib
-import threading
-import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -25,24 +23,13 @@ from zennit.canonizers import Canonizer
 from zennit.types import Activation
 
 from .canonizers import block_canonizers, merge_batchnorm
+from .contexts import hooks
 from .dataflow import trace
 
 __all__ = ["UnitLayer", "Units", "find_units", "masked", "eval_mode", "unit_outputs", "layer_outputs",
-           "position_grid", "position_mean", "position_spread", "model_lock"]
+           "position_grid", "position_mean", "position_spread"]
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def model_lock(model: nn.Module) -> threading.RLock:
-    """The re-entrant lock of ``model``: held while rerelrp's hooks (masks, captures, modes) are on its modules,
-    so that calls from several threads, which would see each other's hooks, take turns (one lock per model, so
-    two learners on one model take turns too)."""
-    with _LOCKS_GUARD:
-        if model not in _LOCKS:
-            _LOCKS[model] = threading.RLock()
-        return _LOCKS[model]
 
 
 @dataclass(frozen=True)
@@ -53,13 +40,13 @@ class UnitLayer:
     ----------
     name: qualified module name inside the model.
     module: the ``nn.Linear`` or ``nn.Conv2d``.
-    closing: the module whose output the mask multiplies: the BatchNorm that
+    masked_module: the module whose output the mask multiplies: the BatchNorm that
         directly follows ``module``, or ``module`` itself.
     """
 
     name: str
     module: nn.Module
-    closing: nn.Module
+    masked_module: nn.Module
 
     @property
     def n_units(self) -> int:
@@ -134,12 +121,12 @@ def find_units(model: nn.Module) -> Units:
             raise TypeError(f"module '{name}' ({type(module).__name__}) is called {flow.count(name)} times in "
                             "forward: a unit needs one output to mask, freeze and explain; use one module per call")
         reader = flow.modules.get(flow.reader.get(name, ""))
-        closing = name
+        masked_name = name
         if isinstance(reader, _BATCHNORMS) and reader.num_features == module.weight.shape[0] \
                 and flow.count(flow.reader[name]) == 1:
-            closing = flow.reader[name]
-            pairs.append((name, closing))
-        layers.append(UnitLayer(name, module, flow.modules[closing]))
+            masked_name = flow.reader[name]
+            pairs.append((name, masked_name))
+        layers.append(UnitLayer(name, module, flow.modules[masked_name]))
     if not layers:
         raise TypeError(
             "model has no nn.Linear or nn.Conv2d layer before its output layer: there are no units to keep or free"
@@ -186,14 +173,9 @@ def masked(units: Units, keep: Sequence[torch.Tensor] | None) -> Iterator[None]:
         return
     if len(keep) != len(units.layers):
         raise ValueError(f"keep has {len(keep)} masks, the model has {len(units.layers)} unit layers")
-    handles = [
-        layer.closing.register_forward_hook(_mask_hook(mask)) for layer, mask in zip(units.layers, keep)
-    ]
-    try:
+    with hooks(*(layer.masked_module.register_forward_hook(_mask_hook(mask))
+                 for layer, mask in zip(units.layers, keep))):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextlib.contextmanager
@@ -256,19 +238,15 @@ def layer_outputs(model: nn.Module, units: Units, x: torch.Tensor, keep: Sequenc
     def capture(layer):
         return lambda module, inputs, output: outputs[layer].append(reduce[layer](output.detach()))
 
-    with torch.no_grad(), eval_mode(model), masked(units, keep):
-        # registered after the masks' hooks: they see the masked outputs
-        handles = [units.layers[layer].closing.register_forward_hook(capture(layer)) for layer in reduce]
+    # registered after the masks' hooks: they see the masked outputs
+    with torch.no_grad(), eval_mode(model), masked(units, keep), \
+            hooks(*(units.layers[i].masked_module.register_forward_hook(capture(i)) for i in reduce)) as held:
         if head_input:
-            handles.append(units.output.register_forward_pre_hook(
+            held.append(units.output.register_forward_pre_hook(
                 lambda module, inputs: read.append(inputs[0].detach().flatten(1))))
-        try:
-            for start in range(0, len(x), batch_size):
-                out = model(x[start:start + batch_size])
-                if logits is not None:
-                    heads.append(out[:, list(logits)])
-        finally:
-            for handle in handles:
-                handle.remove()
+        for start in range(0, len(x), batch_size):
+            out = model(x[start:start + batch_size])
+            if logits is not None:
+                heads.append(out[:, list(logits)])
     return ([torch.cat(outputs[layer]) for layer in reduce] + ([torch.cat(read)] if head_input else [])
             + ([torch.cat(heads)] if logits is not None else []))

@@ -36,14 +36,18 @@ predict saves by not running a rejected input's head.
 """
 from __future__ import annotations
 
+from typing import NamedTuple, Sequence
+
 import numpy as np
 import torch
 
-from .recognize import GaussianRecognizer
-from .remember import ActivationStatistics
+from .remember import ActivationStatistics, GaussianDensities
 
-__all__ = ["LEVELS", "SPREAD_FLOOR", "LowLevelStatistics", "calibrate", "confidence", "low_features",
+__all__ = ["Measures", "judge", "check_quantiles", "LEVELS", "SPREAD_FLOOR", "LowLevelStatistics", "calibrate", "confidence", "low_features",
            "spread_floor", "standardize", "threshold", "accepted", "typicality"]
+
+#: Prefix of the names of :class:`LowLevelStatistics`' tensors in a learner's state.
+PREFIX = "novelty-memory."
 
 #: Quantile levels of the validation log-likelihoods kept per task.
 LEVELS = np.linspace(0.0, 1.0, 101)
@@ -52,6 +56,31 @@ LEVELS = np.linspace(0.0, 1.0, 101)
 #: spread of the task's training inputs (:func:`spread_floor`), so that a flat channel (a constant image) is far
 #: below every training image instead of at minus infinity.
 SPREAD_FLOOR = 1e-3
+
+
+class Measures(NamedTuple):
+    """The measures of ``n`` inputs under one task m, all from one pass through S_0..S_m (see the module's
+    docstring): ``own``, ``low`` and ``conf`` ``(n,)`` float64, and ``classes`` ``(n,)``, task m's task-aware
+    answers (global class ids)."""
+
+    own: np.ndarray
+    low: np.ndarray
+    conf: np.ndarray
+    classes: torch.Tensor
+
+
+def judge(own: np.ndarray, low: np.ndarray, conf: np.ndarray, task: np.ndarray, quantiles: Sequence[np.ndarray],
+          known_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Scores ``(n,)`` (:func:`standardize`) and whether each input is known ``(n,)`` bool (:func:`accepted`), from
+    each input's measures ``own``, ``low``, ``conf`` ``(n,)`` under the task ``task`` ``(n,)`` it is recognized
+    as, each task calibrated by its ``quantiles[m]`` ``(4, 101)``."""
+    score, known = np.empty(len(task)), np.ones(len(task), dtype=bool)
+    for m in np.unique(task).tolist():
+        rows = task == m
+        typical = typicality(own[rows], low[rows], conf[rows], quantiles[m])
+        score[rows] = standardize(typical, quantiles[m])
+        known[rows] = accepted(typical, quantiles[m], known_fraction)
+    return score, known
 
 
 def spread_floor(spread: torch.Tensor) -> float:
@@ -81,14 +110,14 @@ class LowLevelStatistics:
     ----------
     memory: an :class:`rerelrp.remember.ActivationStatistics` whose space t holds task t's classes only.
     floors: per task, its :func:`spread_floor` (None where the first unit layer is dense: no statistics kept).
-    densities: a :class:`rerelrp.recognize.GaussianRecognizer` of ``memory`` (rebuilt by :meth:`fit`).
+    densities: the :class:`rerelrp.remember.GaussianDensities` of ``memory`` (rebuilt by :meth:`fit`).
     """
 
     def __init__(self, n_features: int, random_state: int | None = None):
         self.n_features = n_features
         self.memory = ActivationStatistics(n_features, 1, random_state)
         self.floors: list[float | None] = []
-        self.densities = GaussianRecognizer()
+        self.densities = GaussianDensities()
 
     def add_task(self, spread: torch.Tensor, y: torch.Tensor, classes: list[int], kept: torch.Tensor) -> None:
         """Remember the newest task from its training inputs' ``(n, 2 C)`` (convolution) or ``(n, U)`` (dense)
@@ -112,6 +141,28 @@ class LowLevelStatistics:
         if self.memory.n_tasks:  # none with a dense first layer
             self.densities.fit(self.memory, tasks)
         return self
+
+    def state_dict(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """``(index, tensors)``: :meth:`rerelrp.remember.ActivationStatistics.state_dict` of :attr:`memory` with the
+        tensors named ``novelty-memory.*``, and the :attr:`floors` in the index."""
+        index, tensors = self.memory.state_dict(PREFIX)
+        return {**index, "floors": self.floors}, tensors
+
+    def load_state_dict(self, index: dict, tensors: dict[str, torch.Tensor], tasks: list[list[int]]) -> None:
+        """Restore from :meth:`state_dict`'s ``(index, tensors)`` of the learner's ``tasks`` (class ids of each); raises
+        ValueError, naming the entry, when they do not fit the tasks. Call :meth:`fit` next."""
+        self.memory.load_state_dict(index, tensors, PREFIX)
+        self.floors = index["floors"]
+        if len(self.floors) != len(tasks) or any(f is not None and not (np.isfinite(f) and f > 0)
+                                                 for f in self.floors):
+            raise ValueError("meta.json gives the first layer's statistics floors that are not one positive number "
+                             "per task")
+        if len(self.memory.classes) != sum(f is not None for f in self.floors):
+            raise ValueError("meta.json gives first-layer statistics to other tasks than those with a floor")
+        for m, per in enumerate(self.memory.classes):
+            if set(per) != set(tasks[m]):
+                raise ValueError(f"meta.json gives the first layer's statistics of task {m} the classes "
+                                 f"{sorted(per)}, not task {m}'s")
 
     def loglik(self, m: int, spread: torch.Tensor) -> np.ndarray:
         """Log-likelihoods ``(n,)`` of inputs under task m's classes, from their :func:`position_spread` ``spread``
@@ -138,6 +189,17 @@ def calibrate(own: np.ndarray, low: np.ndarray, conf: np.ndarray) -> np.ndarray:
     ``low``, of its head's :func:`confidence` ``conf``, and of their :func:`typicality` (n >= 2, finite)."""
     quantiles = np.stack([_quantiles(own), _quantiles(low), _quantiles(conf), np.zeros(len(LEVELS))])
     quantiles[3] = _quantiles(typicality(own, low, conf, quantiles))
+    return quantiles
+
+
+def check_quantiles(quantiles: list[np.ndarray]) -> list[np.ndarray]:
+    """Loaded per-task :func:`calibrate` quantiles: ``[]`` when they come from a rerelrp that kept three rows (no
+    unknown answer then), else ``quantiles``; ValueError unless each is ``(4, 101)``, finite and increasing."""
+    if any(len(q) == 3 for q in quantiles):
+        return []
+    for t, q in enumerate(quantiles):
+        if q.shape != (4, len(LEVELS)) or not np.isfinite(q).all() or np.any(np.diff(q) < 0):
+            raise ValueError(f"tensors.safetensors holds novelty.{t} that is not 4 x 101 finite, increasing quantiles")
     return quantiles
 
 

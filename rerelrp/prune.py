@@ -20,9 +20,10 @@ on the same images (the drop's standard error from the per-image differences). O
 (BreastMNIST) one wrong image is 1.3 points, so a raw 2-point threshold stopped the search at noise; on a
 thousand images the test is within a fraction of a point of the raw threshold; c = 0.5 is the raw threshold.
 
-What the threshold compares (:func:`drop_measure`): per image, either whether the subnetwork answers right
-(``"accuracy"``, the paper's) or the probability its softmax over the task's classes gives the true class
-(``"probability"``: the mean is the accuracy of a classifier that answers by drawing from its softmax). On a few
+What the threshold compares (the learner's ``drop_measure``, resolved by :func:`choose_measure`): per image, either
+whether the subnetwork answers right (``"accuracy"``, the paper's) or the probability its softmax over the task's
+classes gives the true class (``"probability"``: the mean is the accuracy of a classifier that answers by drawing
+from its softmax). On a few
 hundred validation images, accuracy is noise where a task's images lie near its decision boundaries: on
 RetinaMNIST (120 validation images, about 50 % accuracy, five graded classes) pruning 48 of 96 free units cost 3
 images (2.5 points) and was refused, pruning 1 unit gained 3, and the task kept every free unit; with
@@ -48,10 +49,10 @@ import torch
 
 from .relevance import normalize_units
 
-__all__ = ["PruneResult", "prune_to_threshold", "unit_scores", "paired_drop", "drop_measure", "MEASURES",
+__all__ = ["PruneResult", "prune_to_threshold", "unit_scores", "paired_drop", "choose_measure", "MEASURES",
            "MIN_IMAGES_PER_DROP"]
 
-#: What :func:`drop_measure` accepts.
+#: What :func:`choose_measure` accepts (the learner's ``drop_measure`` values).
 MEASURES = ("auto", "accuracy", "probability")
 #: Images that ``acc_drop`` points of the validation set must amount to for ``"auto"`` to compare accuracies.
 MIN_IMAGES_PER_DROP = 20
@@ -71,7 +72,7 @@ class PruneResult:
     budget: per unit layer, the most free units the task could keep (None: no budget).
     over_threshold: True when the budget forced a pruning beyond the accuracy threshold.
     measure: what the accuracies are: ``"accuracy"`` (share of images answered right) or ``"probability"``
-        (mean probability of the true class); see :func:`drop_measure`.
+        (mean probability of the true class); see :func:`choose_measure`.
     """
 
     keep: list[torch.Tensor]
@@ -83,8 +84,21 @@ class PruneResult:
     over_threshold: bool = False
     measure: str = "accuracy"
 
+    def to_dict(self) -> dict:
+        """Everything but ``keep``, as JSON values."""
+        return {"n_pruned": self.n_pruned, "base_accuracy": self.base_accuracy, "accuracy": self.accuracy,
+                "trials": self.trials, "budget": self.budget, "over_threshold": self.over_threshold,
+                "measure": self.measure}
 
-def drop_measure(measure: str, n_images: int, acc_drop: float) -> str:
+    @classmethod
+    def from_dict(cls, values: dict, keep: Sequence[torch.Tensor]) -> "PruneResult":
+        """The result :meth:`to_dict` gave, with the survivors ``keep`` (one bool tensor per unit layer)."""
+        return cls([k.cpu() for k in keep], values["n_pruned"], values["base_accuracy"], values["accuracy"],
+                   [tuple(x) for x in values["trials"]], values.get("budget"),
+                   bool(values.get("over_threshold", False)), values.get("measure", "accuracy"))
+
+
+def choose_measure(measure: str, n_images: int, acc_drop: float) -> str:
     """What the pruning threshold compares on ``n_images`` validation images: ``measure`` itself when it is
     ``"accuracy"`` or ``"probability"``; for ``"auto"``, ``"accuracy"`` where ``acc_drop`` percentage points of
     ``n_images`` are at least :data:`MIN_IMAGES_PER_DROP` images, else ``"probability"``."""

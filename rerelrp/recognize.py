@@ -1,49 +1,56 @@
-"""Recognize: the chain of task detectors.
+"""Recognize: the chain of task detectors, and the route of an input to its task's subnetwork.
 
-Detector m gives the probability p_m that an input comes from task m rather
-than from a later task, under a uniform prior over the tasks m, m+1, ..., T-1.
-Two kinds (``ReReLRP(recognizer=...)``):
+Detector m gives the probability p_m that an input comes from task m rather than from a later task, under a
+uniform prior over the tasks m, m+1, ..., T-1 (``docs/method.md``, section Recognize). A :class:`Recognizer` is one
+way of building those detectors: what it remembers of each task, the features it reads through the subnetworks,
+how it fits, and whether its detectors are densities (the unknown answer needs them). Two implementations,
+made by :func:`make_recognizer` from ``ReReLRP(recognizer=...)``:
 
-- ``"gaussian"`` (default, :class:`GaussianRecognizer`): every class of the tasks
-  m..T-1 is a Gaussian mixture in detector m's activation space (see
-  :class:`rerelrp.remember.ActivationStatistics`); p_m is the posterior of task
-  m's classes. Nothing to fit: new classes add Gaussians.
-- ``"paper"`` (:class:`TaskRecognizer`): a binary scikit-learn classifier, "from
-  task m" against "from a later task", fitted on the relevance vectors of S_m
-  (see :class:`rerelrp.remember.RelevanceMemory`), every source task with the
-  same total sample weight.
+- ``"gaussian"`` (default, :class:`GaussianRecognizer`): every class of the tasks m..T-1 is a Gaussian mixture in
+  detector m's space (:mod:`rerelrp.spaces`) through S_0..S_m (see
+  :class:`rerelrp.remember.ActivationStatistics`); p_m is the posterior of task m's classes. Nothing to fit: new
+  classes add Gaussians.
+- ``"paper"`` (:class:`TaskRecognizer`): a binary scikit-learn classifier, "from task m" against "from a later
+  task", fitted on the relevance vectors of S_m (see :class:`rerelrp.remember.RelevanceMemory`), every source
+  task with the same total sample weight.
 
-The chain turns the detectors' probabilities p_m into task scores that sum to one:
+The chain turns the detectors' probabilities p_m into task scores that sum to one (:func:`chain_scores`):
 
     P(0) = p_0,  P(i) = p_i * prod_{j<i} (1 - p_j),  P(T-1) = prod_{j<T-1} (1 - p_j).
+
+:func:`route` runs the chain over a batch, stopping for an input once its task is certain (:func:`decided`), and
+answers each input's task, class and, for recognizers that support it, its novelty score (:mod:`rerelrp.novelty`).
 """
 from __future__ import annotations
 
+from typing import NamedTuple, Sequence
+
 import numpy as np
+import torch
 from scipy.special import logsumexp
-from scipy.stats import multivariate_normal
 from sklearn.base import BaseEstimator, clone
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.utils.validation import has_fit_parameter
 
-from .remember import ActivationStatistics, RelevanceMemory
+from .network import Units, position_spread
+from .novelty import LowLevelStatistics, Measures, confidence, judge
+from .remember import ActivationStatistics, GaussianDensities, RelevanceMemory
+from .spaces import SPACES, DetectorSpace
+from .subnetworks import Subnetworks
 
-__all__ = ["RECOGNIZERS", "DETECTOR_SPACES", "default_detector", "GaussianRecognizer", "TaskRecognizer", "chain_scores",
-           "decided"]
+__all__ = ["RECOGNIZERS", "Recognizer", "GaussianRecognizer", "TaskRecognizer", "make_recognizer",
+           "default_detector", "chain_scores", "decided", "Route", "route"]
 
 #: Accepted values of ``ReReLRP(recognizer=...)``.
 RECOGNIZERS = ("gaussian", "paper")
-#: Accepted values of ``ReReLRP(detector_space=...)``: what the Gaussian detectors read.
-DETECTOR_SPACES = ("units", "head", "layers")
 
 
 def default_detector(random_state: int | None = None) -> RandomForestClassifier:
     """A forest of 100 trees of depth 12: leaves of 5, log-loss, log2 features, no bootstrap.
 
-    The paper's forest has 300 trees of depth 40. This one recognized tasks as well (Split MNIST, speed
-    benchmark: 89.0 % against 89.1 %; MedMNIST cross-domain, 3 seeds: 98.6 % against 98.4 %) with a third of
-    the bytes, a third of the query time and 2.5 times faster fitting. Trees are grown on all cores;
-    :class:`TaskRecognizer` predicts with one thread (see there).
+    The paper's forest has 300 trees of depth 40; this one recognized tasks as well with a third of the bytes and
+    of the query time (README, Results). Trees are grown on all cores; :class:`TaskRecognizer` predicts with one
+    thread (see there).
     """
     return RandomForestClassifier(n_estimators=100, max_depth=12, min_samples_leaf=5, criterion="log_loss",
                                   max_features="log2", bootstrap=False, random_state=random_state, n_jobs=-1)
@@ -70,21 +77,159 @@ def decided(scores: np.ndarray) -> np.ndarray:
     return scores[:, :-1].max(1) > scores[:, -1]
 
 
-class TaskRecognizer:
-    """A chain of binary detectors, refitted from memory after every task.
+class Recognizer:
+    """The interface of a task recognizer (one per learner, fixed by its first task).
+
+    Attributes
+    ----------
+    memory: what it keeps of past tasks (no inputs).
+    supports_unknown: whether its detectors are densities, which the unknown answer (:mod:`rerelrp.novelty`) needs.
+    """
+
+    supports_unknown = False
+    memory: ActivationStatistics | RelevanceMemory
+
+    def remember(self, view: Subnetworks, x: torch.Tensor, y: torch.Tensor, ref_x: torch.Tensor) -> None:
+        """Add the newest task of ``view`` to the memory, as seen by detectors 0..t, from its training inputs ``x``
+        ``(n, *input_shape)`` with labels ``y`` ``(n,)`` and its reference inputs ``ref_x``."""
+        raise NotImplementedError
+
+    def fit(self, tasks: list[list[int]]) -> "Recognizer":
+        """Rebuild detectors 0..T-2 from the memory of ``tasks`` (their class ids)."""
+        raise NotImplementedError
+
+    def features(self, view: Subnetworks, x: torch.Tensor, m: int) -> np.ndarray:
+        """Detector m's ``(n, d_m)`` features of inputs ``x``."""
+        raise NotImplementedError
+
+    def proba(self, view: Subnetworks, x: torch.Tensor, m: int) -> np.ndarray:
+        """Detector m's probability ``(n,)`` that inputs ``x`` come from task m rather than a later one."""
+        raise NotImplementedError
+
+    def state_dict(self) -> tuple[dict, dict[str, torch.Tensor], dict[str, BaseEstimator]]:
+        """``(meta, tensors, estimators)``: JSON values, named tensors and fitted scikit-learn objects that
+        :meth:`load_state_dict` rebuilds the recognizer from."""
+        raise NotImplementedError
+
+    def load_state_dict(self, meta: dict, tensors: dict[str, torch.Tensor], estimators: dict[str, BaseEstimator],
+                        tasks: list[list[int]], units: Units) -> None:
+        """Restore from :meth:`state_dict`'s parts for ``tasks`` (class ids of each) in a network of ``units``.
+        Raises ValueError naming the entry that does not fit (KeyError for a missing one)."""
+        raise NotImplementedError
+
+
+class GaussianRecognizer(Recognizer):
+    """Detectors of class-conditional Gaussian mixtures in one :class:`rerelrp.spaces.DetectorSpace`.
+
+    Detector m scores an input's ``(n, d_m)`` features under every class c of the tasks m..T-1 (its
+    :attr:`densities`); p_m is task m's share of the tasks m..T-1 (equal priors). It keeps, for the unknown answer,
+    each task's first-layer statistics (:attr:`low`).
+
+    Attributes
+    ----------
+    space: the detector space.
+    memory: :class:`rerelrp.remember.ActivationStatistics`, one space per detector (0..T-1: the last one, of the
+        newest task only, serves :mod:`rerelrp.novelty`).
+    low: :class:`rerelrp.novelty.LowLevelStatistics` of the first unit layer.
+    densities: :class:`rerelrp.remember.GaussianDensities` of :attr:`memory` (rebuilt by :meth:`fit`).
+    """
+
+    supports_unknown = True
+
+    def __init__(self, space: DetectorSpace, n_features: int, n_components: int, random_state: int | None = None):
+        self.space = space
+        self.memory = ActivationStatistics(n_features, n_components, random_state)
+        self.low = LowLevelStatistics(n_features, random_state)
+        self.densities = GaussianDensities()
+
+    def read(self, view: Subnetworks, x: torch.Tensor, m: int, first_layer: bool = False,
+             logits: bool = False) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+        """In one pass through S_0..S_m: the first unit layer's :func:`rerelrp.network.position_spread` (with
+        ``first_layer``, else None), the outputs ``(n, width)`` of the space, and task m's logits ``(n, k)`` (with
+        ``logits``, else None)."""
+        layers = self.space.reduce(view.units)
+        reduce = {0: position_spread, **layers} if first_layer else layers
+        outputs = view.outputs(x, m, reduce, logits=logits, head_input=self.space.head_input)
+        head = outputs.pop() if logits else None
+        read = [outputs[list(reduce).index(k)] for k in layers] + outputs[len(reduce):]
+        return (outputs[0] if first_layer else None), torch.cat(read, 1), head
+
+    def features(self, view: Subnetworks, x: torch.Tensor, m: int) -> np.ndarray:
+        return self.memory.select(m, self.read(view, x, m)[1])
+
+    def proba(self, view: Subnetworks, x: torch.Tensor, m: int) -> np.ndarray:
+        return self._share(self.densities.task_loglik(m, self.features(view, x, m)))
+
+    def measured_proba(self, view: Subnetworks, x: torch.Tensor, m: int) -> tuple[np.ndarray, Measures]:
+        """:meth:`proba` and, from the same pass, the inputs' :class:`rerelrp.novelty.Measures` under task m."""
+        spread, outputs, logits = self.read(view, x, m, first_layer=True, logits=True)
+        loglik = self.densities.task_loglik(m, self.memory.select(m, outputs))
+        measures = Measures(loglik[:, 0], self.low.loglik(m, spread), confidence(logits), view.classes(logits, m))
+        return self._share(loglik), measures
+
+    def measures(self, view: Subnetworks, x: torch.Tensor, m: int) -> Measures:
+        """The inputs' :class:`rerelrp.novelty.Measures` under task m, from one pass through S_0..S_m."""
+        spread, outputs, logits = self.read(view, x, m, first_layer=True, logits=True)
+        own = self.densities.task_loglik(m, self.memory.select(m, outputs), slice(m, m + 1))[:, 0]
+        return Measures(own, self.low.loglik(m, spread), confidence(logits), view.classes(logits, m))
+
+    @staticmethod
+    def _share(task_loglik: np.ndarray) -> np.ndarray:
+        """Task m's share ``(n,)`` of the likelihoods ``(n, T-m)`` of the tasks m..T-1."""
+        return np.exp(task_loglik[:, 0] - logsumexp(task_loglik, axis=1))
+
+    def remember(self, view: Subnetworks, x: torch.Tensor, y: torch.Tensor, ref_x: torch.Tensor) -> None:
+        t = len(view) - 1
+        for m in range(t + 1):
+            if m == t:
+                spread, outputs, _ = self.read(view, x, t, first_layer=True)
+                union = view.union(t)
+                self.low.add_task(spread, y, view.tasks[t], union[0])
+                self.space.choose(self.memory, outputs, union, [layer.name for layer in view.units.layers])
+            else:
+                outputs = self.read(view, x, m)[1]
+            for c in view.tasks[t]:
+                self.memory.add_class(m, c, self.memory.select(m, outputs[y == c]))
+
+    def fit(self, tasks: list[list[int]]) -> "GaussianRecognizer":
+        self.densities.fit(self.memory, tasks)
+        self.low.fit(tasks)
+        return self
+
+    def state_dict(self) -> tuple[dict, dict[str, torch.Tensor], dict[str, BaseEstimator]]:
+        memory, tensors = self.memory.state_dict()
+        low, low_tensors = self.low.state_dict()
+        meta = {"n_features": self.memory.n_features, "memory": memory, "novelty_memory": low}
+        return meta, {**tensors, **low_tensors}, {}
+
+    def load_state_dict(self, meta: dict, tensors: dict[str, torch.Tensor], estimators: dict[str, BaseEstimator],
+                        tasks: list[list[int]], units: Units) -> None:
+        self.memory.n_features = meta["n_features"]
+        self.memory.load_state_dict(meta["memory"], tensors)
+        _check_tasks(self.memory, tasks)
+        self.memory.check(tasks, self.space.width(units), self.space.name)
+        if meta.get("novelty_memory"):  # saved before the first layer's statistics were kept: no unknown answer
+            self.low.load_state_dict(meta["novelty_memory"], tensors, tasks)
+        self.fit(tasks)
+
+
+class TaskRecognizer(Recognizer):
+    """The paper's chain of binary detectors on relevance vectors, refitted from memory after every task.
 
     Parameters
     ----------
-    estimator: an unfitted scikit-learn classifier with ``predict_proba`` and
-        ``sample_weight`` in ``fit``; cloned once per detector.
+    estimator: an unfitted scikit-learn classifier with ``predict_proba`` and ``sample_weight`` in ``fit``;
+        cloned once per detector.
+    n_features: units each detector reads (see :class:`rerelrp.remember.RelevanceMemory`).
     random_state: seed set on every clone that has a ``random_state`` parameter.
 
     Attributes
     ----------
+    memory: :class:`rerelrp.remember.RelevanceMemory`.
     detectors_: fitted detectors 0..T-2 (the newest task has none).
     """
 
-    def __init__(self, estimator: BaseEstimator, random_state: int | None = None):
+    def __init__(self, estimator: BaseEstimator, n_features: int = 40, random_state: int | None = None):
         if not hasattr(estimator, "predict_proba") or not has_fit_parameter(estimator, "sample_weight"):
             raise TypeError(
                 f"detector must be a scikit-learn classifier with predict_proba and fit(..., sample_weight=...); "
@@ -93,14 +238,22 @@ class TaskRecognizer:
             )
         self.estimator = estimator
         self.random_state = random_state
+        self.memory = RelevanceMemory(n_features)
         self.detectors_: list[BaseEstimator] = []
 
-    def fit(self, memory: RelevanceMemory, tasks: list[list[int]] | None = None) -> "TaskRecognizer":
-        """Fit detectors 0..T-2 on the memory's relevance datasets (``tasks``: unused, as in
-        :meth:`GaussianRecognizer.fit`)."""
+    def with_estimator(self, estimator: BaseEstimator) -> "TaskRecognizer":
+        """A recognizer of the same memory with another (unfitted) ``estimator``: call :meth:`fit` next."""
+        other = TaskRecognizer(estimator, self.memory.n_features, self.random_state)
+        other.memory = self.memory
+        return other
+
+    def remember(self, view: Subnetworks, x: torch.Tensor, y: torch.Tensor, ref_x: torch.Tensor) -> None:
+        self.memory.add_task([view.relevance(ref_x, m) for m in range(len(view))])
+
+    def fit(self, tasks: list[list[int]]) -> "TaskRecognizer":
         detectors = []
-        for m in range(memory.n_tasks - 1):
-            X, y, w = memory.dataset(m)
+        for m in range(self.memory.n_tasks - 1):
+            X, y, w = self.memory.dataset(m)
             detector = clone(self.estimator)
             if "random_state" in detector.get_params():
                 detector.set_params(random_state=self.random_state)
@@ -113,59 +266,114 @@ class TaskRecognizer:
         self.detectors_ = detectors
         return self
 
-    def detector_proba(self, m: int, features: np.ndarray) -> np.ndarray:
-        """Detector m's probability ``(n,)`` that inputs come from task m, from their ``(n, k)`` features."""
+    def features(self, view: Subnetworks, x: torch.Tensor, m: int) -> np.ndarray:
+        return self.memory.select(m, view.relevance(x, m))
+
+    def proba(self, view: Subnetworks, x: torch.Tensor, m: int) -> np.ndarray:
         detector = self.detectors_[m]
-        return detector.predict_proba(features)[:, list(detector.classes_).index(1)]
+        return detector.predict_proba(self.features(view, x, m))[:, list(detector.classes_).index(1)]
+
+    def state_dict(self) -> tuple[dict, dict[str, torch.Tensor], dict[str, BaseEstimator]]:
+        memory, tensors = self.memory.state_dict()
+        meta = {"n_features": self.memory.n_features, "memory": memory, "novelty_memory": None}
+        return meta, tensors, {f"detector-{m}": detector for m, detector in enumerate(self.detectors_)}
+
+    def load_state_dict(self, meta: dict, tensors: dict[str, torch.Tensor], estimators: dict[str, BaseEstimator],
+                        tasks: list[list[int]], units: Units) -> None:
+        self.memory.n_features = meta["n_features"]
+        self.memory.load_state_dict(meta["memory"], tensors)
+        _check_tasks(self.memory, tasks)
+        self.detectors_ = [estimators[f"detector-{m}"] for m in range(len(tasks) - 1) if f"detector-{m}" in estimators]
 
 
-class GaussianRecognizer:
-    """Detectors made of class-conditional Gaussian mixtures, one set per detector.
+def _check_tasks(memory: ActivationStatistics | RelevanceMemory, tasks: list[list[int]]) -> None:
+    if memory.n_tasks != len(tasks):
+        raise ValueError(f"tensors.safetensors holds memory of {memory.n_tasks} tasks for {len(tasks)} learned tasks")
 
-    Detector m scores an input's ``(n, d_m)`` features under every class c of the
-    tasks m..T-1: ``log sum_j w_cj N(f; mu_cj, Sigma_cj)``; a task's likelihood is the
-    mean over its classes, and p_m is task m's share of the tasks m..T-1 (equal priors).
 
-    Attributes
-    ----------
-    tasks_: class ids of every task, in order.
-    gaussians_: per detector space m (0..T-1: the last one, of the newest task only, serves
-        :mod:`rerelrp.novelty`), ``{class id: (log weights (k,), k scipy frozen multivariate_normal)}``.
+def make_recognizer(recognizer: str, detector_space: str, n_features: int, n_components: int,
+                    detector: BaseEstimator | None, random_state: int) -> Recognizer:
+    """The :class:`Recognizer` of the learner options of the same names (``recognizer`` one of
+    :data:`RECOGNIZERS`)."""
+    if recognizer == "paper":
+        return TaskRecognizer(default_detector() if detector is None else detector, n_features, random_state)
+    return GaussianRecognizer(SPACES[detector_space], n_features, n_components, random_state)
+
+
+class Route(NamedTuple):
+    """What :func:`route` answers for a batch of n inputs."""
+
+    p: np.ndarray  #: (n, T-1) detector probabilities (NaN after the chain stopped for a row)
+    task: torch.Tensor  #: (n,) recognized task (-1: rejected)
+    predictions: torch.Tensor | None  #: (n,) global class id (-1: rejected); None without heads
+    score: np.ndarray | None  #: (n,) novelty score under the recognized task; None unless asked for
+
+
+def route(recognizer: Recognizer, view: Subnetworks, x: torch.Tensor, stop_early: bool = True, heads: bool = True,
+          novel: bool = False, quantiles: Sequence[np.ndarray] = (), known_fraction: float | None = None) -> Route:
+    """Run the detector chain of ``recognizer`` over inputs ``x`` ``(n, *input_shape)`` through ``view``.
+
+    Answers the detectors' probabilities ``(n, T-1)``, the argmax task ``(n,)``, its predicted class ``(n,)`` (with
+    ``heads``: the argmax inside head m of subnetwork m, for the task m the row is recognized as) and, with
+    ``novel``, each row's :func:`rerelrp.novelty.standardize` score ``(n,)`` under its recognized task, calibrated
+    by that task's ``quantiles`` (:func:`rerelrp.novelty.calibrate`). With ``known_fraction`` (which needs
+    ``novel``), rows below their task's threshold are answered -1 (task and class). With ``novel`` the classes come
+    from the logits the detector passes read (S_0..S_m is subnetwork m): no head pass at all; rows recognized as
+    task T-1 take one more pass, through S_0..S_T-1.
+
+    With ``stop_early`` the chain stops for the rows whose best task is already certain (:func:`decided`; their
+    later probabilities are NaN): a row recognized as task m < T-1 costs m + 1 detector passes instead of T - 1,
+    with the same task and class.
     """
+    T, n = len(view), len(x)
+    task = torch.full((n,), T - 1, dtype=torch.long)
+    p = np.full((n, T - 1), np.nan)
+    measured = [None] * T  # per task m: the Measures of the rows that detector m read, and which rows
+    rows = np.arange(n)
+    for m in range(T - 1):
+        if novel:
+            p[rows, m], measures = recognizer.measured_proba(view, x[rows], m)
+            measured[m] = (rows, measures)
+        else:
+            p[rows, m] = recognizer.proba(view, x[rows], m)
+        scores = chain_scores(p[rows, :m + 1])
+        last = m == T - 2  # the whole chain is known: every row is done
+        done = decided(scores) if stop_early and not last else np.full(len(rows), last)
+        task[rows[done]] = torch.as_tensor(scores[done].argmax(1))
+        rows = rows[~done]
+        if not len(rows):
+            break
+    score = classes = None
+    if novel:
+        newest = (task == T - 1).nonzero()[:, 0].numpy()
+        if len(newest):
+            measured[T - 1] = (newest, recognizer.measures(view, x[torch.as_tensor(newest, device=x.device)], T - 1))
+        own, low, conf, classes = _chosen(measured, task, n, x.device)
+        score, known = judge(own, low, conf, task.numpy(), quantiles, known_fraction or 0.0)
+        if known_fraction is not None:
+            task[~torch.as_tensor(known)] = -1
+    predictions = None
+    if heads and novel:
+        predictions = torch.where(task.to(x.device) >= 0, classes, -1)
+    elif heads:
+        predictions = torch.full((n,), -1, dtype=torch.long, device=x.device)
+        for m in task.unique().tolist():
+            members = (task == m).nonzero()[:, 0].to(x.device)
+            predictions[members] = view.predict(x[members], m)
+    return Route(p, task.to(x.device), predictions, score)
 
-    def __init__(self):
-        self.tasks_: list[list[int]] = []
-        self.gaussians_: list[dict[int, object]] = []
 
-    def fit(self, statistics: ActivationStatistics, tasks: list[list[int]]) -> "GaussianRecognizer":
-        """Build detectors 0..T-2, and the newest task's space T-1, from ``statistics`` of the classes of ``tasks``."""
-        self.tasks_ = [list(classes) for classes in tasks]
-        self.gaussians_ = [
-            {c: (np.log(s.weights.astype(np.float64)),
-                 [multivariate_normal(mean.astype(np.float64), covariance.astype(np.float64))
-                  for mean, covariance in zip(s.means, s.covariances)])
-             for c, s in statistics.classes[m].items()}
-            for m in range(len(tasks))]
-        return self
-
-    def class_loglik(self, m: int, c: int, features: np.ndarray) -> np.ndarray:
-        """Log density ``(n,)`` of ``(n, d_m)`` features under class c's mixture in detector m's space."""
-        log_weights, components = self.gaussians_[m][c]
-        return logsumexp(np.stack([np.atleast_1d(g.logpdf(features)) for g in components], 1) + log_weights, axis=1)
-
-    def task_loglik(self, m: int, features: np.ndarray, tasks: slice | None = None) -> np.ndarray:
-        """Log-likelihoods ``(n, k)`` of ``(n, d_m)`` features in detector m's space under each of the tasks
-        ``tasks`` (default: m..T-1, the tasks detector m has classes of): the log of the mean of its classes'
-        mixture densities."""
-        chosen = self.tasks_[m:] if tasks is None else self.tasks_[tasks]
-        return np.stack([logsumexp(np.stack([self.class_loglik(m, c, features) for c in classes], 1), axis=1)
-                         - np.log(len(classes)) for classes in chosen], axis=1)
-
-    @staticmethod
-    def proba(task_loglik: np.ndarray) -> np.ndarray:
-        """Detector m's probability ``(n,)`` of task m from :meth:`task_loglik` ``(n, T-m)``: task m's share."""
-        return np.exp(task_loglik[:, 0] - logsumexp(task_loglik, axis=1))
-
-    def detector_proba(self, m: int, features: np.ndarray) -> np.ndarray:
-        """Detector m's probability ``(n,)`` that inputs come from task m, from their ``(n, d_m)`` features."""
-        return self.proba(self.task_loglik(m, features))
+def _chosen(measured: list, task: torch.Tensor, n: int, device) -> tuple[np.ndarray, ...]:
+    """Each row's measures ``own``, ``low``, ``conf`` ``(n,)`` and classes ``(n,)`` under its recognized task, from
+    ``measured[m] = (rows, Measures)`` of the rows detector m read (every row is read by its task's detector)."""
+    own, low, conf = (np.full(n, np.nan) for _ in range(3))
+    classes = torch.full((n,), -1, dtype=torch.long, device=device)
+    for m, entry in enumerate(measured):
+        if entry is None:
+            continue
+        rows, measures = entry
+        mine = task.numpy()[rows] == m
+        chosen = rows[mine]
+        own[chosen], low[chosen], conf[chosen] = measures.own[mine], measures.low[mine], measures.conf[mine]
+        classes[torch.as_tensor(chosen, device=device)] = measures.classes[torch.as_tensor(mine, device=device)]
+    return own, low, conf, classes

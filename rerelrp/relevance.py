@@ -26,6 +26,7 @@ from zennit.core import Composite
 from zennit.rules import ZBox
 from zennit.types import Linear as AnyLinear
 
+from .contexts import hooks
 from .network import Units, eval_mode, masked
 from .rules import unit_composite
 
@@ -129,12 +130,8 @@ def _lrp_batch(model, units, x, head, target, with_input):
     def capture(module, inputs, output):
         outputs.append(output)
 
-    handles = [layer.closing.register_forward_hook(capture) for layer in units.layers]
-    try:
+    with hooks(*(layer.masked_module.register_forward_hook(capture) for layer in units.layers)):
         logits = model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
     if target is None:
         target = head[logits.detach()[:, head].argmax(1)]
     start = torch.zeros_like(logits)

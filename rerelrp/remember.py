@@ -31,11 +31,13 @@ import warnings
 
 import numpy as np
 import torch
+from scipy.special import logsumexp
+from scipy.stats import multivariate_normal
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
-__all__ = ["ActivationStatistics", "ClassStatistics", "RelevanceMemory", "SHRINKAGE"]
+__all__ = ["ActivationStatistics", "ClassStatistics", "GaussianDensities", "RelevanceMemory", "SHRINKAGE"]
 
 #: Share of the mean variance added to every covariance's diagonal (scikit-learn's ``reg_covar``):
 #: 1e-3 recognized best on Split MNIST and digits validation data (0.01 lost 1-2 points, 0.1 lost 15-25).
@@ -165,6 +167,106 @@ class ActivationStatistics:
             raise ValueError(f"class {c} has {len(features)} training sample(s); its statistics need at least 2")
         self.classes[m][c] = ClassStatistics.of(features, self.n_components, self.random_state)
 
+    def state_dict(self, prefix: str = "") -> tuple[dict, dict[str, torch.Tensor]]:
+        """``(index, tensors)``: the class sample counts per detector (JSON), and the tensors named after ``prefix``:
+        ``units.m``, ``center.m`` and ``axes.m`` (with a basis), and per class ``weights.m.c``, ``means.m.c`` and
+        ``covariances.m.c`` (upper triangles ``(k, d (d + 1) / 2)``)."""
+        tensors = {}
+        for m, units in enumerate(self.units):
+            tensors[f"{prefix}units.{m}"] = units.contiguous()
+            if self.bases[m] is not None:
+                tensors[f"{prefix}center.{m}"], tensors[f"{prefix}axes.{m}"] = self.bases[m]
+            rows, cols = np.triu_indices(self.dims(m))
+            for c, stats in self.classes[m].items():
+                tensors[f"{prefix}weights.{m}.{c}"] = torch.from_numpy(stats.weights.copy())
+                tensors[f"{prefix}means.{m}.{c}"] = torch.from_numpy(stats.means.copy())
+                tensors[f"{prefix}covariances.{m}.{c}"] = torch.from_numpy(stats.covariances[:, rows, cols].copy())
+        return {"counts": [{str(c): s.count for c, s in per.items()} for per in self.classes]}, tensors
+
+    def load_state_dict(self, index: dict, tensors: dict[str, torch.Tensor], prefix: str = "") -> None:
+        """Restore from :meth:`state_dict`'s ``(index, tensors)`` (raises KeyError for a missing tensor)."""
+        n = len(index["counts"])
+        self.units = [tensors[f"{prefix}units.{m}"] for m in range(n)]
+        self.bases = [(tensors[f"{prefix}center.{m}"], tensors[f"{prefix}axes.{m}"])
+                      if f"{prefix}axes.{m}" in tensors else None for m in range(n)]
+        self.classes = []
+        for m, counts in enumerate(index["counts"]):
+            d = self.dims(m)
+            rows, cols = np.triu_indices(d)
+            per = {}
+            for c, count in counts.items():
+                triangles = tensors[f"{prefix}covariances.{m}.{c}"].numpy()
+                covariances = np.zeros((len(triangles), d, d), np.float32)
+                covariances[:, rows, cols] = triangles
+                covariances[:, cols, rows] = triangles
+                per[int(c)] = ClassStatistics(tensors[f"{prefix}weights.{m}.{c}"].numpy(),
+                                              tensors[f"{prefix}means.{m}.{c}"].numpy(), covariances, count)
+            self.classes.append(per)
+
+    def check(self, tasks: list[list[int]], width: int, space: str) -> None:
+        """Raise ValueError, naming the entry, unless detector m reads distinct columns of ``(n, width)`` outputs
+        (in ``space``) through a finite basis and holds a finite mixture, its weights summing to 1, of every class
+        of the tasks m.. of ``tasks``."""
+        for m, per in enumerate(self.classes):
+            idx, basis = self.units[m], self.bases[m]
+            read = "unit indices of the last hidden layer" if basis is None else \
+                f"indices of what detector_space={space!r} reads"
+            if idx.dtype != torch.long or len(idx.unique()) != len(idx) or not ((0 <= idx) & (idx < width)).all():
+                raise ValueError(f"tensors.safetensors holds units.{m} that are not distinct {read} (0..{width - 1})")
+            if basis is not None and (basis[0].shape != idx.shape or basis[1].dim() != 2
+                                      or basis[1].shape[1] != len(idx) or not all(b.isfinite().all() for b in basis)):
+                raise ValueError(f"tensors.safetensors holds center.{m} or axes.{m} that are not a finite center and "
+                                 f"axes over detector {m}'s {len(idx)} inputs")
+            expected = {c for classes in tasks[m:] for c in classes}
+            if set(per) != expected:
+                raise ValueError(f"meta.json gives detector {m} the classes {sorted(per)}, not those of tasks {m} on")
+            for c, stats in per.items():
+                values = (stats.weights, stats.means, stats.covariances)
+                if not all(np.isfinite(v).all() for v in values) or abs(float(stats.weights.sum()) - 1) > 1e-3:
+                    raise ValueError(f"tensors.safetensors holds a mixture of class {c} (detector {m}) that is not "
+                                     "finite or whose weights do not sum to 1")
+
+
+class GaussianDensities:
+    """The densities of an :class:`ActivationStatistics`, ready to score inputs.
+
+    In space m, every class c the statistics hold scores an input's ``(n, d_m)`` features as
+    ``log sum_j w_cj N(f; mu_cj, Sigma_cj)``; a task's log-likelihood is the log of the mean of its classes'
+    densities (equal priors over its classes).
+
+    Attributes
+    ----------
+    tasks_: class ids of every task, in order.
+    gaussians_: per space m, ``{class id: (log weights (k,), k scipy frozen multivariate_normal)}``.
+    """
+
+    def __init__(self):
+        self.tasks_: list[list[int]] = []
+        self.gaussians_: list[dict[int, object]] = []
+
+    def fit(self, statistics: ActivationStatistics, tasks: list[list[int]]) -> "GaussianDensities":
+        """Build the densities of spaces 0..T-1 from ``statistics`` of the classes of ``tasks``."""
+        self.tasks_ = [list(classes) for classes in tasks]
+        self.gaussians_ = [
+            {c: (np.log(s.weights.astype(np.float64)),
+                 [multivariate_normal(mean.astype(np.float64), covariance.astype(np.float64))
+                  for mean, covariance in zip(s.means, s.covariances)])
+             for c, s in statistics.classes[m].items()}
+            for m in range(len(tasks))]
+        return self
+
+    def class_loglik(self, m: int, c: int, features: np.ndarray) -> np.ndarray:
+        """Log density ``(n,)`` of ``(n, d_m)`` features under class c's mixture in space m."""
+        log_weights, components = self.gaussians_[m][c]
+        return logsumexp(np.stack([np.atleast_1d(g.logpdf(features)) for g in components], 1) + log_weights, axis=1)
+
+    def task_loglik(self, m: int, features: np.ndarray, tasks: slice | None = None) -> np.ndarray:
+        """Log-likelihoods ``(n, k)`` of ``(n, d_m)`` features in space m under each of the tasks ``tasks``
+        (default: m..T-1, the tasks space m has classes of)."""
+        chosen = self.tasks_[m:] if tasks is None else self.tasks_[tasks]
+        return np.stack([logsumexp(np.stack([self.class_loglik(m, c, features) for c in classes], 1), axis=1)
+                         - np.log(len(classes)) for classes in chosen], axis=1)
+
 
 class RelevanceMemory:
     """Relevance vectors per detector and source task.
@@ -221,6 +323,22 @@ class RelevanceMemory:
         y = np.concatenate([np.full(len(v), int(s == m)) for s, v in parts])
         w = np.concatenate([np.full(len(v), 1.0 / len(v)) for _, v in parts])
         return X, y, w * len(w) / w.sum()
+
+    def state_dict(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """``(index, tensors)``: the source tasks of each detector's vectors (JSON), and the tensors ``features.m``
+        and ``vectors.m.s``."""
+        tensors = {}
+        for m, features in enumerate(self.features):
+            tensors[f"features.{m}"] = features.contiguous()
+            for s, vectors in self.vectors[m].items():
+                tensors[f"vectors.{m}.{s}"] = torch.from_numpy(np.ascontiguousarray(vectors))
+        return {"vectors": [sorted(v) for v in self.vectors]}, tensors
+
+    def load_state_dict(self, index: dict, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore from :meth:`state_dict`'s ``(index, tensors)`` (raises KeyError for a missing tensor)."""
+        self.features = [tensors[f"features.{m}"] for m in range(len(index["vectors"]))]
+        self.vectors = [{int(s): tensors[f"vectors.{m}.{s}"].numpy() for s in sources}
+                        for m, sources in enumerate(index["vectors"])]
 
     @property
     def nbytes(self) -> int:

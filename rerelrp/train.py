@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .contexts import hooks
+
 __all__ = ["TaskTraining", "batchnorm_frozen", "HeadLoss", "train_task", "OptimizerFactory"]
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -92,12 +94,11 @@ def batchnorm_frozen(norms: Sequence[nn.Module]) -> Iterator[None]:
     def to_eval(module, args) -> None:
         module.training = False
 
-    handles = [norm.register_forward_pre_hook(to_eval) for norm in norms]
     try:
-        yield
+        with hooks(*(norm.register_forward_pre_hook(to_eval) for norm in norms)):
+            yield
     finally:
-        for handle, norm, mode in zip(handles, norms, modes):
-            handle.remove()
+        for norm, mode in zip(norms, modes):
             norm.train(mode)
 
 

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock  # a dependency of torch's
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -41,25 +43,76 @@ def digits():
     return train, test
 
 
-@pytest.fixture(scope="session")
-def default_learner(digits):
-    """rerelrp.fit_task with no options, on all 5 digit tasks."""
-    train, _ = digits
-    model = digits_mlp()
-    for x, y in train:
-        learner = rerelrp.fit_task(model, loader(x, y))
+def shared_directory(tmp_path_factory) -> Path:
+    """A directory of this test session that every pytest-xdist worker sees (their base temporary directories lie
+    in the session's; pytest-xdist's documented pattern), or this process's own without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def answers(learner, x) -> dict:
+    """What the tests read of a learner on ``x``: predictions, recognized tasks, their probabilities and, with the
+    default recognizer, the scores of the unknown answer."""
+    out = {"predict": learner.predict(x), "predict_task": learner.predict_task(x),
+           "predict_proba_task": learner.predict_proba_task(x)}
+    if learner.recognizer == "gaussian":
+        out["score_samples"] = learner.score_samples(x)
+    return out
+
+
+def trained_once(tmp_path_factory, name: str, train, model, x):
+    """The learner ``train()`` returns, trained once per test session however many xdist workers ask for it: the
+    first to ask trains it (under a file lock) and saves it with its :func:`answers` on ``x``; every other worker
+    loads the save into ``model()`` and checks that it gives those answers bit for bit, so that the tests read the
+    same learner wherever they run."""
+    root = shared_directory(tmp_path_factory)
+    path, expected_path = root / f"{name}.rerelrp", root / f"{name}-answers.pt"
+    with FileLock(root / f"{name}.lock"):
+        if not path.exists():
+            learner = train()
+            torch.save(answers(learner, x), expected_path)
+            learner.save(path)  # last: its existence says that both files are complete
+            return learner
+    learner = rerelrp.load(path, model())
+    expected, loaded = torch.load(expected_path), answers(learner, x)
+    different = [key for key, value in expected.items() if not torch.equal(loaded[key], value)]
+    if different:
+        raise RuntimeError(f"the saved {name} does not answer as the trained one did ({different}): a saved learner "
+                           f"will not do for the tests; see tests/test_persist.py")
     return learner
 
 
 @pytest.fixture(scope="session")
-def paper_learner(digits):
-    """The published method on the same 5 digit tasks: forests on relevance vectors, the paper's pruning."""
-    train, _ = digits
-    model = digits_mlp()
-    learner = rerelrp.ReReLRP(model, recognizer="paper", min_keep=0.0, progress=False)
-    for x, y in train:
-        learner.fit_task(loader(x, y))
+def default_learner(digits, tmp_path_factory):
+    """rerelrp.fit_task with no options, on all 5 digit tasks; trained once per session (:func:`trained_once`).
+    It is the module's default learner in every worker, as when each worker trained it with rerelrp.fit_task:
+    rerelrp.predict answers with it (until a test starts another default learner)."""
+    train, test = digits
+
+    def fit():
+        model = digits_mlp()
+        for x, y in train:
+            learner = rerelrp.fit_task(model, loader(x, y))
+        return learner
+
+    learner = trained_once(tmp_path_factory, "default_learner", fit, digits_mlp, torch.cat([x for x, _ in test]))
+    rerelrp._default = learner  # what rerelrp.fit_task leaves in the worker that trained it
     return learner
+
+
+@pytest.fixture(scope="session")
+def paper_learner(digits, tmp_path_factory):
+    """The published method on the same 5 digit tasks: forests on relevance vectors, the paper's pruning; trained
+    once per session (:func:`trained_once`)."""
+    train, test = digits
+
+    def fit():
+        learner = rerelrp.ReReLRP(digits_mlp(), recognizer="paper", min_keep=0.0, progress=False)
+        for x, y in train:
+            learner.fit_task(loader(x, y))
+        return learner
+
+    return trained_once(tmp_path_factory, "paper_learner", fit, digits_mlp, torch.cat([x for x, _ in test]))
 
 
 def task_recognition(learner, test) -> float:
@@ -96,7 +149,7 @@ def statistics_snapshot(learner) -> dict:
     """The BatchNorm running statistics old subnetworks read: ``{module name: (channels, mean, var)}``, every
     channel of a BatchNorm that closes no unit layer, the kept channels of one that does (a free channel's
     statistics are measured anew for each task)."""
-    kept = {id(layer.closing): rows for layer, rows in zip(learner.units_.layers,
+    kept = {id(layer.masked_module): rows for layer, rows in zip(learner.units_.layers,
                                                            kept_by(learner.masks_, learner.units_.sizes))}
     snapshot = {}
     for name, module in learner.model.named_modules():

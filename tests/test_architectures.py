@@ -23,6 +23,7 @@ from test_backbones import assert_same_relevance, images, mnist_images, state, w
 FULL = ["mobilenet_v2", "efficientnet_b0", "mobilenet_v3_small", "densenet121"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FULL)
 def test_full_architectures_relevance_is_zennits(name):
     """zennit has no canonizer for these models: the reference is zennit's EpsilonPlusFlat rules (its own hooks,
@@ -107,6 +108,7 @@ SMALL = {"mobilenet_v2": small_mobilenet_v2, "efficientnet": small_efficientnet,
          "densenet": small_densenet}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SMALL)
 def test_two_tasks_keep_old_subnetworks_bit_identical(digits, name, tmp_path):
     train, test = images(digits)

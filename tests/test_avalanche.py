@@ -69,6 +69,7 @@ def test_scores_argmax_is_predict_and_pickling_points_at_save(trained, tmp_path)
     assert torch.equal(again.scores(x), ours.scores(x))
 
 
+@pytest.mark.slow
 def test_the_example_runs_as_printed_in_the_readme():
     # the README's --dataset digits line (the MNIST line takes minutes: its figures are in the README)
     done = subprocess.run([sys.executable, str(ROOT / "examples" / "avalanche_split_mnist.py"), "--dataset", "digits",

@@ -38,6 +38,7 @@ def check_outputs(out: Path, n_tasks: int):
     assert payload["environment"]["torch"] and payload["config"]["quick"] is True
 
 
+@pytest.mark.slow
 def test_medical_quick(tmp_path):
     root = shared_data_root()
     done = run("medical.py", "--quick", "--no-progress", "--data-root", root, "--out", str(tmp_path))
@@ -46,6 +47,7 @@ def test_medical_quick(tmp_path):
     check_outputs(tmp_path, 3)
 
 
+@pytest.mark.slow
 def test_mnist_quick(tmp_path):
     done = run("mnist.py", "--quick", "--no-progress", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -54,6 +56,7 @@ def test_mnist_quick(tmp_path):
     check_outputs(tmp_path, 5)
 
 
+@pytest.mark.slow
 def test_missing_medmnist_file_is_one_line_without_traceback(tmp_path):
     done = run("medical.py", "--scenario", "bloodmnist", "--data-root", str(tmp_path), "--out", str(tmp_path / "o"))
     assert done.returncode == 2
@@ -108,6 +111,7 @@ def test_transformed_digits_are_inverted_or_each_turned_by_its_own_seeded_angle(
         mnist.transformed(x, "flipped", seed=0)
 
 
+@pytest.mark.slow
 def test_speed_quick(tmp_path):
     done = run("speed.py", "--quick", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -124,6 +128,7 @@ def test_speed_quick(tmp_path):
     assert "| unit-relevance pass / plain forward+backward" in (tmp_path / "speed.md").read_text()
 
 
+@pytest.mark.slow
 def test_permuted_mnist_quick_names_task_and_digit(tmp_path):
     done = run("mnist.py", "--scenario", "permuted", "--tasks", "3", "--quick", "--no-progress", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -136,6 +141,7 @@ def test_permuted_mnist_quick_names_task_and_digit(tmp_path):
     assert "label-only TAg acc (%)" in (tmp_path / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_check_results_reproduces_a_committed_kind_of_run_in_another_class_order(tmp_path):
     order = ["4", "3", "9", "5", "7", "0", "1", "6", "2", "8"]
     done = run("mnist.py", "--dataset", "digits", "--class-order", *order, "--quick", "--methods", "rerelrp", "replay",
@@ -154,6 +160,7 @@ def test_check_results_reproduces_a_committed_kind_of_run_in_another_class_order
     assert code == 2 and "--class-order takes each digit 0-9 once" in stderr
 
 
+@pytest.mark.slow
 def test_unknown_quick_scores_every_kind_against_the_baselines(tmp_path):
     root = shared_data_root()  # the MNIST learner is shown MedMNIST's images and the medical one MNIST's
     done = run("unknown.py", "--quick", "--no-progress", "--data-root", root, "--out", str(tmp_path))

@@ -7,9 +7,11 @@ import torch
 from torch import nn
 
 import rerelrp
-from rerelrp.capacity import capacity_report, kept_by, refresh_free_statistics, reset_free_units, task_budget
+from rerelrp.capacity import capacity_report, kept_by
+from rerelrp.contexts import hooks
 from rerelrp.network import find_units, masked
 from rerelrp.prune import paired_drop, prune_to_threshold
+from rerelrp.reinit import refresh_free_statistics, reset_free_units
 from conftest import TASKS, digits_mlp, loader
 
 
@@ -70,7 +72,9 @@ def test_each_task_keeps_at_most_its_budget_of_free_units_and_reuses_every_froze
     for t in range(len(TASKS)):
         mine = [r for r in rows if r["task"] == t]
         budget = learner.prune_results_[t].budget
-        assert budget == task_budget(free_before, t, 5) == [f // (5 - t) for f in free_before]
+        # a share of what is free that leaves each task still to come of the five as much, and the last task all
+        assert all(0 < b and b * (5 - t) <= f for b, f in zip(budget, free_before))
+        assert t < 4 or budget == free_before
         assert all(r["new"] <= b for r, b in zip(mine, budget))  # per layer, the budget is a hard cap
         for r in mine:
             assert r["kept"] == r["new"] + r["reused"]
@@ -161,19 +165,6 @@ def test_paired_drop_is_the_raw_difference_at_half_confidence_and_lower_above():
     assert paired_drop(base, base, 0.99) == 0.0
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"n_tasks": 0}, "n_tasks must be None or a positive int"),
-    ({"prune_rounds": 0}, "prune_rounds must be a positive int"),
-    ({"retrain_epochs": -1}, r"retrain_epochs must be None or an int >= 0"),
-    ({"drop_confidence": 1.0}, r"drop_confidence must lie in \[0.5, 1\)"),
-    ({"drop_measure": "loss"}, r"drop_measure must be one of 'auto', 'accuracy', 'probability', got 'loss'"),
-])
-def test_capacity_options_are_checked(digits, options, message):
-    train, _ = digits
-    with pytest.raises(ValueError, match=message):
-        rerelrp.ReReLRP(digits_mlp(), progress=False, **options).fit_task(loader(*train[0]))
-
-
 def test_free_channels_get_the_new_tasks_batchnorm_statistics(digits):
     """The statistics of a free channel are its input's mean and (unbiased) variance on the new task's inputs, with
     the earlier layers' free channels already renormalised; kept channels and their old answers stay as they were."""
@@ -190,11 +181,9 @@ def test_free_channels_get_the_new_tasks_batchnorm_statistics(digits):
     with torch.no_grad(), masked(units, masks[0]):
         assert torch.equal(model(old), answers)
     seen = []
-    handles = [model[i].register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0])) for i in (1, 4)]
-    with torch.no_grad():
+    with torch.no_grad(), hooks(*(model[i].register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0]))
+                                  for i in (1, 4))):
         model(new)
-    for handle in handles:
-        handle.remove()
     for norm, kept, inputs in zip((model[1], model[4]), masks[0], seen):
         values = inputs.transpose(0, 1).flatten(1)
         torch.testing.assert_close(norm.running_mean[~kept], values[~kept].mean(1))

@@ -1,4 +1,5 @@
-"""DistributedDataParallel on 2 CPU processes (gloo): examples/ddp_digits.py, run as printed in the README."""
+"""Distributed training: DistributedDataParallel on 2 CPU processes (gloo), examples/ddp_digits.py run as printed in
+the README; a DistributedSampler's loader, each rank training on its part of the task's training share."""
 import importlib.util
 import subprocess
 import sys
@@ -6,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import rerelrp
+from rerelrp import ReReLRP
+from conftest import digits_mlp
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCHS, BATCH = 5, 16
@@ -54,6 +57,32 @@ def test_every_rank_holds_the_same_learner_and_trained_on_its_shard(ranks):
     saved = rerelrp.load(out / "learner.zip", ddp.mlp())  # written once, by rank 0, loads without DDP
     x_test = torch.cat([ddp.task_data(t)[2][0] for t in range(len(ddp.TASKS))])
     assert torch.equal(saved.predict(x_test), first["predictions"])
+
+
+def test_a_distributed_sampler_loader_without_val_loader_trains_each_rank_on_its_part_of_the_share(digits):
+    from torch.utils.data import DistributedSampler
+
+    train, _ = digits
+    dataset = TensorDataset(*train[0])
+    shards = []
+    for rank in (0, 1):
+        sampler = DistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=True, seed=3)
+        learner = ReReLRP(digits_mlp(), epochs=1, progress=False)
+        with learner.training(DataLoader(dataset, batch_size=16, sampler=sampler)) as task:
+            rebuilt = task.loader.sampler
+            assert isinstance(rebuilt, DistributedSampler)
+            assert (rebuilt.num_replicas, rebuilt.rank, rebuilt.shuffle, rebuilt.seed) == (2, rank, True, 3)
+            share = task.loader.dataset
+            shards.append({int(share.indices[i]) for i in rebuilt})
+            optimizer = torch.optim.Adam(learner.model.parameters(), lr=1e-3)
+            for x, y in task.loader:
+                optimizer.zero_grad()
+                task.loss(learner.model(x), y).backward()
+                optimizer.step()
+    assert not shards[0] & shards[1]  # each rank its own part of the training share
+    assert len(shards[0] | shards[1]) == len(share.indices)  # together: all of it, validation data held out
+    assert len(share.indices) < len(dataset)
+
 
 
 class BothShards:

@@ -2,6 +2,7 @@
 import pytest
 import torch
 from sklearn.exceptions import NotFittedError
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import rerelrp
@@ -76,6 +77,26 @@ def test_nan_or_inf_in_input(one_task, digits):
         ReReLRP(digits_mlp(), progress=False).fit_task(loader(x_tr, y_tr))
 
 
+def test_inputs_that_cannot_work_are_refused_with_a_reason(digits, one_task):
+    learner = one_task
+    train, test = digits
+    x = test[0][0]
+    # inputs that can work are converted instead: test_input_forms
+    with pytest.raises(ValueError, match="has no samples"):
+        learner.predict(x[:0])
+    with pytest.raises(ValueError, match="task_id must be None or an int"):
+        learner.predict(x, task_id=True)
+    with pytest.raises(TypeError, match="single Linear"):
+        ReReLRP(nn.Linear(64, 10), progress=False).fit_task(loader(*train[0]))
+    with pytest.raises(ValueError, match="batch_size=None"):
+        ReReLRP(digits_mlp(), progress=False).fit_task(DataLoader(TensorDataset(*train[0]), batch_size=None))
+    with pytest.raises(ValueError, match="beyond"):
+        ReReLRP(digits_mlp(), progress=False).fit_task(loader(train[0][0] * 1e20, train[0][1]))
+    with pytest.raises(TypeError, match="float64 but the model's parameters are torch.float32"):
+        ReReLRP(digits_mlp(), progress=False).fit_task(loader(train[0][0].double(), train[0][1]))
+
+
+
 def test_integer_input(one_task):
     with pytest.raises(TypeError, match="floating-point"):
         one_task.predict(torch.zeros(2, 64, dtype=torch.long))
@@ -84,12 +105,6 @@ def test_integer_input(one_task):
 def test_bad_task_id(one_task, digits):
     with pytest.raises(ValueError, match=r"task_id must be None or an int in \[0, 0\]"):
         one_task.predict(digits[1][0][0], task_id=3)
-
-
-def test_bad_option(digits):
-    x, y = digits[0][0]
-    with pytest.raises(ValueError, match="acc_drop must lie in"):
-        ReReLRP(digits_mlp(), acc_drop=-1).fit_task(loader(x, y))
 
 
 def test_model_without_output_layer():

@@ -65,8 +65,8 @@ def test_chain_that_stops_early_answers_as_the_whole_chain(digits, which, reques
     _, test = digits
     learner = request.getfixturevalue(which)
     x_te = torch.cat([x for x, _ in test])
-    p_short, task_short, class_short, _ = learner._route(x_te)
-    p_full, task_full, class_full, _ = learner._route(x_te, stop_early=False)
+    p_short, task_short, class_short, _ = learner.route(x_te)
+    p_full, task_full, class_full, _ = learner.route(x_te, stop_early=False)
     assert torch.equal(task_short, task_full) and torch.equal(class_short, class_full)
     skipped = np.isnan(p_short)
     assert skipped.any() and not np.isnan(p_full).any()

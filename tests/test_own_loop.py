@@ -133,6 +133,17 @@ def test_a_frozen_entry_changed_outside_a_step_is_named(digits, one_task):
     assert_unchanged(one_task, before)
 
 
+def test_training_that_diverges_is_not_learned(digits):
+    train, _ = digits
+    learner = ReReLRP(digits_mlp(), epochs=1, progress=False)
+    with pytest.raises(RuntimeError, match="diverged"):
+        with learner.training(loader(*train[0])):
+            with torch.no_grad():
+                learner.model[0].weight.fill_(float("nan"))  # what a loss that blew up leaves behind
+    assert not hasattr(learner, "tasks_")
+
+
+
 class CountingSampler(Sampler):
     """Every other index of the dataset, in order; counts how often it is iterated."""
 

@@ -4,6 +4,7 @@ import json
 import os
 import pickle
 import signal
+import stat
 import subprocess
 import sys
 import zipfile
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.linear_model import LogisticRegression
 
 import rerelrp
 from rerelrp import ReReLRP, UntrustedFileError
@@ -25,14 +27,37 @@ def learn(train, n_tasks, **options):
     return learner
 
 
+@pytest.fixture(scope="module")
+def saves(digits, tmp_path_factory):
+    """``saves(recognizer)``: a learner of 3 tasks with that recognizer, and its save; each trained once for the
+    module (a module fixture with params, overridden by a test's indirect parametrization, is set up anew for each
+    such test)."""
+    train, _ = digits
+    made = {}
+
+    def get(recognizer):
+        if recognizer not in made:
+            learner = learn(train, 3, optimizer=functools.partial(torch.optim.AdamW, weight_decay=0.01),
+                            recognizer=recognizer)
+            made[recognizer] = learner, learner.save(tmp_path_factory.mktemp("save") / "learner.rerelrp")
+        return made[recognizer]
+
+    return get
+
+
 @pytest.fixture(scope="module", params=["gaussian", "paper"])
-def saved(digits, tmp_path_factory, request):
+def saved(saves, request):
     """A learner of 3 tasks with each recognizer, and its save."""
-    train, test = digits
-    learner = learn(train, 3, optimizer=functools.partial(torch.optim.AdamW, weight_decay=0.01),
-                    recognizer=request.param)
-    path = learner.save(tmp_path_factory.mktemp("save") / "learner.rerelrp")
-    return learner, path
+    return saves(request.param)
+
+
+@pytest.fixture(scope="module")
+def two_tasks(digits, tmp_path_factory):
+    """A learner of 2 tasks and its save: the contents the validation of a load is checked on."""
+    train, _ = digits
+    learner = learn(train, 2)
+    return learner, learner.save(tmp_path_factory.mktemp("save") / "learner.zip")
+
 
 
 def test_round_trip_gives_identical_predictions(saved, digits):
@@ -105,9 +130,8 @@ def test_a_pickle_in_place_of_any_member_is_refused_and_never_run(saved, tmp_pat
     assert not (tmp_path / "ran-whole").exists()
 
 
-@pytest.mark.parametrize("saved", ["paper"], indirect=True)  # the default recognizer saves no skops file
-def test_untrusted_detector_types_are_named(saved, tmp_path):
-    _, path = saved
+def test_untrusted_detector_types_are_named(saves, tmp_path):
+    _, path = saves("paper")  # the default recognizer saves no skops file
     import skops.io as sio
     from sklearn.preprocessing import FunctionTransformer
     forged = tmp_path / "forged.rerelrp"
@@ -117,6 +141,17 @@ def test_untrusted_detector_types_are_named(saved, tmp_path):
             dst.writestr(name, data)
     with pytest.raises(UntrustedFileError, match=r"untrusted types \['posix.getcwd'\]"):
         rerelrp.load(forged, digits_mlp())
+
+
+def test_a_paper_learner_with_a_custom_detector_loads(digits, tmp_path):
+    train, test = digits
+    learner = ReReLRP(digits_mlp(), epochs=3, recognizer="paper", detector=LogisticRegression(C=0.5), progress=False)
+    for x, y in train[:2]:
+        learner.fit_task(loader(x, y))
+    loaded = rerelrp.load(learner.save(tmp_path / "paper.zip"), digits_mlp())
+    assert loaded.detector.C == 0.5
+    assert torch.equal(loaded.predict(test[0][0]), learner.predict(test[0][0]))
+
 
 
 def rewritten(path: Path, out: Path, meta_change=None, tensor_change=None) -> Path:
@@ -176,10 +211,10 @@ learner.save(sys.argv[1])
 """
 
 
-@pytest.mark.parametrize("saved, kill_after", [("gaussian", "meta.json"), ("gaussian", "tensors.safetensors"),
-                                               ("paper", "detector-1.skops")], indirect=["saved"])
-def test_a_save_killed_halfway_leaves_the_previous_save_intact(saved, digits, tmp_path, kill_after):
-    learner, path = saved
+@pytest.mark.parametrize("recognizer, kill_after", [("gaussian", "meta.json"), ("gaussian", "tensors.safetensors"),
+                                                    ("paper", "detector-1.skops")])
+def test_a_save_killed_halfway_leaves_the_previous_save_intact(saves, digits, tmp_path, recognizer, kill_after):
+    learner, path = saves(recognizer)
     target = tmp_path / "target.rerelrp"
     target.write_bytes(path.read_bytes())
     saver = subprocess.Popen([sys.executable, "-c", SAVER, str(target), str(Path(__file__).parent)],
@@ -193,3 +228,78 @@ def test_a_save_killed_halfway_leaves_the_previous_save_intact(saved, digits, tm
     assert target.read_bytes() == path.read_bytes()
     x = digits[1][2][0]
     assert torch.equal(rerelrp.load(target, digits_mlp()).predict(x), learner.predict(x))
+
+
+def test_saves_keep_the_file_mode_and_clean_what_killed_saves_left(two_tasks, tmp_path):
+    learner, _ = two_tasks
+    path = tmp_path / "learner.zip"
+    mask = os.umask(0o022)
+    os.umask(mask)
+    learner.save(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+    path.chmod(0o640)
+    dead = tmp_path / f".{path.name}.999999999.partial"  # a writer killed halfway: no such process
+    dead.write_bytes(b"half a save")
+    learner.save(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640 and not dead.exists()
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_a_missing_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        rerelrp.load(tmp_path / "nothing.zip", digits_mlp())
+
+
+def test_a_member_that_would_decompress_far_beyond_its_size_is_refused_unread(two_tasks, tmp_path):
+    _, path = two_tasks
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "meta.json":
+                data = data[:-1] + b" " * (200 << 20) + b"}"  # 200 MB of spaces: valid JSON, ~200 KB deflated
+            dst.writestr(name, data)
+    assert bomb.stat().st_size < 2 << 20
+    with pytest.raises(UntrustedFileError, match="meta.json .* would decompress"):
+        rerelrp.load(bomb, digits_mlp())
+
+
+def drop_frozen(tensors):
+    for key in [k for k in tensors if k.startswith("frozen.")]:
+        del tensors[key]
+
+
+def nan_mean(tensors):
+    key = next(k for k in tensors if k.startswith("means."))
+    tensors[key] = torch.full_like(tensors[key], float("nan"))
+
+
+def float_mask(tensors):
+    tensors["mask.0.0"] = tensors["mask.0.0"].float()
+
+
+def short_mask(tensors):
+    tensors["mask.1.1"] = tensors["mask.1.1"][:-1]
+
+
+def missing_mask(tensors):
+    del tensors["mask.1.0"]
+
+
+@pytest.mark.parametrize("meta_change, tensor_change, message", [
+    (None, drop_frozen, "does not freeze every row"),
+    (None, nan_mean, "not finite"),
+    (None, float_mask, "mask.0.0 as torch.float32"),
+    (None, short_mask, r"mask.1.1 as torch.bool \(127,\)"),
+    (None, missing_mask, "do not fit together.*mask.1.0"),
+    (lambda meta: meta["tasks"][1].__setitem__(0, 99), None, "not two or more distinct ids"),
+    (lambda meta: meta["tasks"].__setitem__(1, meta["tasks"][0]), None, "classes .* of an earlier task"),
+    (lambda meta: meta["tasks"].pop(), None, "memory of 2 tasks for 1 learned"),
+])
+def test_inconsistent_contents_are_refused_naming_file_and_member(two_tasks, tmp_path, meta_change, tensor_change,
+                                                                  message):
+    _, path = two_tasks
+    bad = rewritten(path, tmp_path / "bad.zip", meta_change, tensor_change)
+    with pytest.raises(UntrustedFileError, match=message) as error:
+        rerelrp.load(bad, digits_mlp())
+    assert str(bad) in str(error.value)

@@ -5,7 +5,7 @@ import torch
 import rerelrp
 from rerelrp import ReReLRP
 from rerelrp.network import masked
-from rerelrp.prune import drop_measure, prune_to_threshold
+from rerelrp.prune import choose_measure, prune_to_threshold
 from conftest import digits_mlp, loader
 
 
@@ -49,10 +49,10 @@ def test_pruning_respects_the_threshold_on_validation_data(digits, acc_drop, mea
 def test_auto_measure_compares_probabilities_where_acc_drop_is_a_few_images(digits, tmp_path):
     """A digit task's ~70 test images as validation data: 2 points are 1.4 images, so "auto" compares the
     probability of the true class; 1,000 images (20 at 2 points) compare accuracies. Saved and loaded with the task."""
-    assert drop_measure("auto", 1000, 2.0) == "accuracy" and drop_measure("auto", 999, 2.0) == "probability"
-    assert drop_measure("accuracy", 10, 2.0) == "accuracy"
+    assert choose_measure("auto", 1000, 2.0) == "accuracy" and choose_measure("auto", 999, 2.0) == "probability"
+    assert choose_measure("accuracy", 10, 2.0) == "accuracy"
     with pytest.raises(ValueError, match=r"drop_measure must be one of 'auto', 'accuracy', 'probability'"):
-        drop_measure("loss", 100, 2.0)
+        choose_measure("loss", 100, 2.0)
     train, test = digits
     learner = ReReLRP(digits_mlp(), epochs=10, progress=False).fit_task(loader(*train[0]), val_loader=[test[0]])
     assert learner.prune_results_[0].measure == "probability"

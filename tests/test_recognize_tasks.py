@@ -1,9 +1,10 @@
 """Promise 2: without a task id, rerelrp is far above a model that forgets."""
+import copy
+
 import numpy as np
 import pytest
 import torch
 
-from rerelrp.network import masked
 from conftest import TASKS, digits_mlp, finetune_accuracy
 
 
@@ -29,15 +30,32 @@ def test_chain_scores_are_a_distribution_over_tasks(digits, default_learner):
     assert float((default_learner.predict_task(x_te) == task_of).float().mean()) > 0.5
 
 
-def test_task_aware_prediction_is_the_argmax_of_subnetwork_t_within_its_head(digits, default_learner):
+def scrambled(learner, units_of_layer):
+    """A copy of ``learner`` whose units ``units_of_layer(i)`` (a bool mask per unit layer i) have new, large
+    incoming weights and biases: whatever reads them answers differently."""
+    copy_ = copy.deepcopy(learner)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for i, layer in enumerate(copy_.units_.layers):
+            rows = units_of_layer(i)
+            for param in (layer.module.weight, layer.module.bias):
+                param[rows] = 10 * torch.randn(param[rows].shape, generator=generator)
+    return copy_
+
+
+def test_task_aware_prediction_answers_task_t_from_its_own_subnetwork_alone(digits, default_learner):
+    """predict(x, task_id=t) names one of task t's classes for any input, is right on task t's inputs, and reads
+    only the units task t keeps: new weights for every other unit change none of its answers."""
     _, test = digits
-    model, units = default_learner.model, default_learner.units_
-    for t, (x, _) in enumerate(test):
-        head = torch.as_tensor(default_learner.tasks_[t])
-        with torch.no_grad(), masked(units, default_learner.masks_[t]):
-            model.eval()
-            expected = head[model(x)[:, head].argmax(1)]
-        assert torch.equal(default_learner.predict(x, task_id=t), expected)
+    x_all = torch.cat([x for x, _ in test])
+    for t, (x, y) in enumerate(test):
+        answers = default_learner.predict(x_all, task_id=t)
+        assert set(answers.tolist()) <= set(default_learner.tasks_[t])
+        assert float((default_learner.predict(x, task_id=t) == y).float().mean()) > 0.9
+        others = scrambled(default_learner, lambda i: ~default_learner.masks_[t][i])
+        assert torch.equal(others.predict(x_all, task_id=t), answers)
+        own = scrambled(default_learner, lambda i: default_learner.masks_[t][i])  # the test can tell
+        assert not torch.equal(own.predict(x_all, task_id=t), answers)
 
 
 def test_task_agnostic_prediction_reads_the_recognized_task(digits, default_learner):
@@ -61,12 +79,25 @@ def test_explain_gives_input_relevance_of_the_prediction(digits, default_learner
     assert (heat.std(1) > 0.1 * heat.abs().mean(1)).all()
 
 
-def test_free_capacity_reports_units_kept_by_no_task(default_learner):
+def test_free_capacity_reports_the_units_no_task_reads(digits, default_learner):
+    """The free share is the units outside every task's subnetwork, and no answer reads them: new weights for all of
+    them change no prediction, with or without a task id, and no explanation."""
+    _, test = digits
+    x = torch.cat([x for x, _ in test])
     capacity = default_learner.free_capacity()
-    used = sum(int(torch.stack(ms).any(0).sum()) for ms in zip(*default_learner.masks_))
-    assert capacity["overall"] == 1 - used / default_learner.units_.total
     assert set(capacity["per_layer"]) == {layer.name for layer in default_learner.units_.layers}
     assert all(0 <= v <= 1 for v in capacity["per_layer"].values())
+    masks, layers = default_learner.masks_, default_learner.units_.layers
+    free = [~torch.stack([keep[i] for keep in masks]).any(0) for i in range(len(layers))]
+    for layer, rows in zip(layers, free):
+        assert capacity["per_layer"][layer.name] == pytest.approx(float(rows.float().mean()))
+    assert capacity["overall"] == pytest.approx(sum(int(rows.sum()) for rows in free) / default_learner.units_.total)
+    assert 0 < capacity["overall"] < 1
+    changed = scrambled(default_learner, lambda i: free[i])
+    assert torch.equal(changed.predict(x), default_learner.predict(x))
+    for t in range(len(masks)):
+        assert torch.equal(changed.predict(x, task_id=t), default_learner.predict(x, task_id=t))
+    assert torch.equal(changed.explain(x[:20]), default_learner.explain(x[:20]))
 
 
 def test_predictions_over_a_dataloader_equal_those_over_the_tensor(digits, default_learner):

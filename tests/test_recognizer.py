@@ -9,9 +9,9 @@ from safetensors.torch import load as load_tensors
 
 from benchmarks.backbones import small_cnn
 from rerelrp import ReReLRP
-from rerelrp.persist import bytes_beyond_weights
+from benchmarks.memory import bytes_beyond_weights
 from rerelrp.prune import prune_to_threshold
-from rerelrp.recognize import DETECTOR_SPACES
+from rerelrp.spaces import DETECTOR_SPACES
 from conftest import TASKS, digits_mlp, loader, replay_buffer_bytes, task_recognition
 
 
@@ -52,7 +52,7 @@ def test_each_detector_has_a_gaussian_for_every_class_of_its_task_and_later(defa
     memory, tasks = default_learner.memory_, default_learner.tasks_
     for m in range(len(tasks)):
         assert sorted(memory.classes[m]) == sorted(c for classes in tasks[m:] for c in classes)
-        union_last = default_learner._union(m)[-1]
+        union_last = default_learner.subnetworks().union(m)[-1]
         assert 0 < len(memory.units[m]) <= default_learner.n_features
         assert union_last[memory.units[m]].all(), "a detector reads a unit that no task up to it keeps"
 
@@ -64,11 +64,12 @@ def test_detector_features_never_change_after_later_tasks(digits, space):
     x = torch.cat([x for x, _ in test])
     learner.fit_task(loader(*train[0]))
     learner.fit_task(loader(*train[1]))
-    before = [learner._detector_features(x, m) for m in range(2)]
+    before = [learner.recognizer_.features(learner.subnetworks(), x, m) for m in range(2)]
     for t in range(2, 5):
         learner.fit_task(loader(*train[t]))
     for m in range(2):
-        assert (learner._detector_features(x, m) == before[m]).all(), f"detector {m}'s space moved"
+        after = learner.recognizer_.features(learner.subnetworks(), x, m)
+        assert (after == before[m]).all(), f"detector {m}'s space moved"
 
 
 def test_min_keep_keeps_the_most_relevant_share_of_every_layer():
@@ -81,63 +82,36 @@ def test_min_keep_keeps_the_most_relevant_share_of_every_layer():
         assert keep[torch.topk(block, n).indices].all()
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"recognizer": "forest"}, r"recognizer must be one of 'gaussian', 'paper', got 'forest'"),
-    ({"detector": object()}, r"detector applies to recognizer='paper' only"),
-    ({"min_keep": 1.5}, r"min_keep must lie in \[0, 1\]"),
-    ({"detector_space": "pixels"}, r"detector_space must be one of 'units', 'head', 'layers', got 'pixels'"),
-    ({"detector_space": "head", "recognizer": "paper"}, r"detector_space='head' applies to recognizer='gaussian' only"),
-])
-def test_bad_recognizer_options_are_named(digits, options, message):
-    x, y = digits[0][0]
-    with pytest.raises(ValueError, match=message):
-        ReReLRP(digits_mlp(), progress=False, **options).fit_task(loader(x, y))
-
-
-def test_the_recognizer_cannot_change_between_tasks(digits):
-    learner = ReReLRP(digits_mlp(), epochs=2, progress=False).fit_task(loader(*digits[0][0]))
-    with pytest.raises(ValueError, match="recognizer cannot change once a task is learned"):
-        learner.set_params(recognizer="paper")
-    learner.recognizer = "paper"  # set around set_params: fit_task still refuses it
-    with pytest.raises(ValueError, match="recognizer cannot change once a task is learned"):
-        learner.fit_task(loader(*digits[0][1]))
-
-
-def test_the_detector_space_cannot_change_between_tasks(digits):
-    learner = ReReLRP(digits_mlp(), epochs=2, progress=False).fit_task(loader(*digits[0][0]))
-    with pytest.raises(ValueError, match="detector_space cannot change once a task is learned"):
-        learner.set_params(detector_space="head")
-
-
 @pytest.mark.parametrize("space", ["head", "layers"])
 def test_basis_spaces_read_principal_components_of_what_they_name(digits, tmp_path, space):
     from rerelrp.network import layer_outputs, position_mean
-    from rerelrp.persist import load
+    from rerelrp import load
 
     train, test = digits
     learner = ReReLRP(digits_mlp(), epochs=10, progress=False, detector_space=space)
     for x, y in train:
         learner.fit_task(loader(x, y))
     x = torch.cat([x for x, _ in test])
-    first, last, head = layer_outputs(learner.model, learner.units_, x, learner._union(1),
+    first, last, head = layer_outputs(learner.model, learner.units_, x, learner.subnetworks().union(1),
                                       {0: position_mean, -1: position_mean}, head_input=True)
     if space == "head":  # the MLP's output layer reads the ReLU of its last hidden unit layer
         assert torch.equal(head, torch.relu(last))
     else:  # both hidden layers of the MLP, as they are
-        assert torch.equal(learner._detector_outputs(x, 1), torch.cat([first, last], 1))
+        assert torch.equal(learner.recognizer_.read(learner.subnetworks(), x, 1)[1], torch.cat([first, last], 1))
     for m in range(5):
         center, axes = learner.memory_.bases[m]
         read = learner.memory_.units[m]  # "layers" leaves out the columns constant on task m's data (masked units)
-        assert axes.shape[0] <= learner.n_features and axes.shape[1] == len(read) <= learner._detector_width()
-        assert learner._detector_width() == (128 if space == "head" else 256)
+        width = learner.recognizer_.space.width(learner.units_)
+        assert axes.shape[0] <= learner.n_features and axes.shape[1] == len(read) <= width
+        assert width == (128 if space == "head" else 256)
         if space == "layers":
-            outputs = learner._detector_outputs(train[m][0], m)
+            outputs = learner.recognizer_.read(learner.subnetworks(), train[m][0], m)[1]
             assert (outputs.std(0)[read] > 0).all() and (m > 0 or len(read) < 256)
         if space == "head":  # orthonormal axes (with "layers" they carry each column's scale)
             gram = axes.double() @ axes.double().T
             assert torch.allclose(gram, torch.eye(len(axes), dtype=torch.float64), atol=1e-5)
         # principal components of task m's own data: uncorrelated there (the learner fitted them on 90 % of it)
-        correlation = np.corrcoef(learner._detector_features(train[m][0], m).T)
+        correlation = np.corrcoef(learner.recognizer_.features(learner.subnetworks(), train[m][0], m).T)
         assert np.abs(correlation - np.eye(len(correlation))).max() < 0.25
     recognized = task_recognition(learner, test)
     print(f"task recognition on held-out digits, {space} space: {recognized:.3f}")

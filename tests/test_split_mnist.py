@@ -11,8 +11,10 @@ import torch
 from benchmarks.backbones import small_cnn
 from rerelrp import ReReLRP
 from rerelrp.datasets import class_splits, load_mnist, task_indices
-from rerelrp.persist import bytes_beyond_weights
+from benchmarks.memory import bytes_beyond_weights
 from conftest import finetune_accuracy, loader, replay_buffer_bytes, shared_data_root
+
+pytestmark = pytest.mark.slow  # a small CNN trained on MNIST images, against fine-tuning
 
 TASKS = class_splits(10, 5)
 

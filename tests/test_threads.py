@@ -1,7 +1,9 @@
 """Threads: one learner answered from several threads, a learner training beside other optimizers, first tasks
 of two learners at once. Real data: scikit-learn's 8x8 digits."""
 import threading
+import time
 
+import pytest
 import torch
 from torch import nn
 
@@ -9,7 +11,13 @@ from rerelrp import ReReLRP
 from conftest import digits_mlp, loader
 
 
-def run_in_threads(*jobs):
+TIMEOUT_S = 180  # all jobs together; each takes seconds: a thread still running then is hung
+
+
+def run_in_threads(*jobs, stop: threading.Event | None = None, timeout_s: float = TIMEOUT_S):
+    """Run each job in its own thread; fail naming the jobs still running after ``timeout_s`` (a hung thread
+    fails the test instead of hanging it) and any error a job raised. ``stop`` is set before the check, so that a
+    job looping until it is set ends even when another hangs."""
     errors, threads = [], []
 
     def guarded(job):
@@ -19,11 +27,27 @@ def run_in_threads(*jobs):
             errors.append(error)
 
     for job in jobs:
-        threads.append(threading.Thread(target=guarded, args=(job,)))
+        threads.append(threading.Thread(target=guarded, args=(job,), daemon=True))  # a hung one cannot block exit
         threads[-1].start()
+    deadline = time.monotonic() + timeout_s
     for thread in threads:
-        thread.join(timeout=600)
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    if stop is not None:
+        stop.set()
+    for job, thread in zip(jobs, threads):
+        assert not thread.is_alive(), f"{job} still runs after {timeout_s} s: hung"
     assert not errors, errors
+
+
+def test_a_hung_thread_fails_the_test_instead_of_hanging_it():
+    release = threading.Event()
+    try:
+        with pytest.raises(AssertionError, match="still runs after 0.2 s: hung"):
+            run_in_threads(lambda: None, lambda: release.wait(60), timeout_s=0.2)
+    finally:
+        release.set()
+    with pytest.raises(AssertionError, match="ZeroDivisionError"):
+        run_in_threads(lambda: 1 / 0)
 
 
 def test_predictions_from_several_threads_equal_the_serial_ones(digits, default_learner):
@@ -63,7 +87,7 @@ def test_an_unrelated_optimizer_may_step_in_another_thread_while_a_learner_train
         finally:
             stop.set()
 
-    run_in_threads(step_elsewhere, learn)
+    run_in_threads(step_elsewhere, learn, stop=stop)
     assert len(learner.tasks_) == 2
 
 

@@ -1,4 +1,4 @@
-"""Grow: new units for a layer whose free pool is too small, which no old subnetwork ever reads.
+"""Growth: new units for a layer whose free pool is too small, which no old subnetwork ever reads.
 
 A unit layer grows by new output rows (a Linear's features, a Conv2d's channels) appended after the old ones,
 and the one layer that reads it grows by as many input columns (a Conv2d's input channels, or a Linear's
@@ -30,11 +30,12 @@ import torch.nn.functional as F
 from torch import nn
 from zennit.types import Activation
 
+from .capacity import kept_by
 from .dataflow import is_shape, traced
 from .freeze import FrozenParameters
 from .network import Units
 
-__all__ = ["GrowthPath", "growth_paths", "units_to_add", "grow_layer", "grow_masks", "widen_to", "sync_sizes",
+__all__ = ["GrowthPath", "growth_paths", "units_to_add", "grow_free", "grow_layer", "grow_masks", "widen_to", "sync_sizes",
            "n_parameters"]
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -53,7 +54,8 @@ class GrowthPath:
 
     Attributes
     ----------
-    batchnorms: the BatchNorm modules on the path from the layer to its reader (its closing one included).
+    batchnorms: the BatchNorm modules on the path from the layer to its reader (its ``masked_module``, when a
+        BatchNorm, included).
     reader: the Linear or Conv2d that reads the layer's units.
     columns: the reader's input columns per unit: 1 for a Conv2d's channels, ``in_features // n_units`` for a
         Linear.
@@ -116,6 +118,26 @@ def units_to_add(free_units: Sequence[int], initial_sizes: Sequence[int], grow: 
     """Per unit layer, the new units that bring its ``free_units`` up to ``ceil(grow * initial size)``: the pool
     every task starts with when the learner's ``grow`` option is set (0 where the pool is large enough)."""
     return [max(0, math.ceil(grow * size) - free) for free, size in zip(free_units, initial_sizes)]
+
+
+def grow_free(units: Units, masks: Sequence[Sequence[torch.Tensor]], initial_sizes: Sequence[int], grow: float,
+              paths: dict[str, Union[GrowthPath, str]], frozen: FrozenParameters) -> tuple[list[int], list[str]]:
+    """Grow every unit layer of ``units`` whose free units (kept by no task of ``masks``) are fewer than
+    ``ceil(grow * initial size)`` (:func:`units_to_add`) along its :func:`growth_paths` entry of ``paths``, new rows
+    from torch's global RNG. Returns the units added per layer and, for each layer that cannot grow, a warning's
+    text naming it and why."""
+    kept = kept_by(masks, units.sizes)
+    needed = units_to_add([len(k) - int(k.sum()) for k in kept], initial_sizes, grow)
+    added, refusals = [0] * len(units.layers), []
+    for i, (layer, n) in enumerate(zip(units.layers, needed)):
+        path = paths.get(layer.name)
+        if isinstance(path, str):
+            refusals.append(f"unit layer '{layer.name}' cannot grow: {path}. It keeps its width and its free units "
+                            "only")
+        elif n:
+            grow_layer(layer.module, path, n, frozen)
+            added[i] = n
+    return added, refusals
 
 
 def grow_layer(module: nn.Module, path: GrowthPath, n_new: int, frozen: FrozenParameters | None = None) -> None:
