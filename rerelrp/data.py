@@ -137,6 +137,27 @@ def prepare_task(
     n_reference: reference samples per class (fewer if the class has fewer).
     seed: seed of the split, the reference draw and the training shuffle.
     """
+    dataset = _check_loader(loader)
+    x, y = collect(_in_order(loader, dataset), "loader")
+    classes = _check_training_data(x, y, input_shape, n_outputs, learned)
+    counts = torch.bincount(y, minlength=n_outputs)[classes]
+    rng = np.random.default_rng(seed)
+    indices = np.arange(len(y))
+    if val_loader is None:
+        train_idx, train, val_x, val_y = _hold_out(loader, x, y, classes, counts, indices, val_fraction, seed)
+    else:
+        train_idx, train = indices, loader
+        val_x, val_y = _given_validation(val_loader, x, classes)
+    ref_idx = np.concatenate([
+        rng.permutation(train_idx[(y[train_idx] == c).numpy()])[:n_reference] for c in classes
+    ])
+    return TaskData(classes, train, x[train_idx], y[train_idx], val_x, val_y, x[ref_idx], y[ref_idx],
+                    tuple(x.shape[1:]))
+
+
+def _check_loader(loader: DataLoader) -> Dataset:
+    """Raise TypeError/ValueError unless ``loader`` is a DataLoader yielding batches of a map-style dataset;
+    the dataset."""
     if not isinstance(loader, DataLoader):
         raise TypeError(f"loader must be a torch.utils.data.DataLoader, got {type(loader).__name__}")
     dataset = loader.dataset
@@ -145,7 +166,13 @@ def prepare_task(
     if loader.batch_size is None and loader.batch_sampler is None:
         raise ValueError("loader has batch_size=None, so it yields single samples, not batches: give it a batch_size "
                          "(e.g. DataLoader(dataset, batch_size=64, shuffle=True))")
-    x, y = collect(_in_order(loader, dataset), "loader")
+    return dataset
+
+
+def _check_training_data(x: torch.Tensor, y: torch.Tensor, input_shape: Sequence[int] | None, n_outputs: int,
+                         learned: Sequence[int]) -> list[int]:
+    """Raise TypeError/ValueError unless the task's inputs ``x`` ``(n, *input_shape)`` and labels ``y`` ``(n,)``
+    are fit to learn (see :func:`prepare_task`); the task's sorted class ids."""
     check_input(x, input_shape, "training inputs")
     if float(x.abs().max()) > MAX_INPUT:
         raise ValueError(f"training inputs reach {float(x.abs().max()):.3g}, beyond +-{MAX_INPUT:g}: training and "
@@ -159,33 +186,36 @@ def prepare_task(
         raise ValueError(f"classes {repeated} were learned in an earlier task; each task must bring new classes")
     if len(classes) < 2:
         raise ValueError(f"a task needs at least two classes, got only class {classes}")
-    counts = torch.bincount(y, minlength=n_outputs)[classes]
-    rng = np.random.default_rng(seed)
-    indices = np.arange(len(y))
-    if val_loader is None:
-        samplers = (RandomSampler, SequentialSampler, DistributedSampler)
-        if type(loader.sampler) not in samplers or type(loader.batch_sampler) is not BatchSampler:
-            raise ValueError(
-                f"loader draws its batches with its own {type(loader.sampler).__name__} / "
-                f"{type(loader.batch_sampler).__name__}: holding out validation data would rebuild the loader without "
-                "them (a weighted sampler would stop weighting); pass val_loader, and the task trains on loader as it "
-                "is")
-        if int(counts.min()) < 2:
-            raise ValueError("each class needs at least two samples to hold out validation data; pass val_loader")
-        n_val = max(int(round(val_fraction * len(y))), len(classes))
-        train_idx, val_idx = train_test_split(indices, test_size=n_val, stratify=y.numpy(), random_state=seed)
-        train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
-        train = _training_share(loader, Subset(dataset, train_idx.tolist()), seed)
-        val_x, val_y = x[val_idx], y[val_idx]
-    else:
-        train_idx, train = indices, loader
-        val_x, val_y = collect(val_loader, "val_loader")
-        check_input(val_x, x.shape[1:], "validation inputs")
-        foreign = sorted(set(torch.unique(val_y).tolist()) - set(classes))
-        if foreign:
-            raise ValueError(f"val_loader has classes {foreign} that the task's loader does not have ({classes})")
-    ref_idx = np.concatenate([
-        rng.permutation(train_idx[(y[train_idx] == c).numpy()])[:n_reference] for c in classes
-    ])
-    return TaskData(classes, train, x[train_idx], y[train_idx], val_x, val_y, x[ref_idx], y[ref_idx],
-                    tuple(x.shape[1:]))
+    return classes
+
+
+def _hold_out(loader: DataLoader, x: torch.Tensor, y: torch.Tensor, classes: list[int], counts: torch.Tensor,
+              indices: np.ndarray, val_fraction: float, seed: int
+              ) -> tuple[np.ndarray, DataLoader, torch.Tensor, torch.Tensor]:
+    """Hold out a stratified ``val_fraction`` of the task (``counts``: samples per class of ``classes``): the
+    sorted training indices, the loader of the training share, the validation inputs and labels."""
+    samplers = (RandomSampler, SequentialSampler, DistributedSampler)
+    if type(loader.sampler) not in samplers or type(loader.batch_sampler) is not BatchSampler:
+        raise ValueError(
+            f"loader draws its batches with its own {type(loader.sampler).__name__} / "
+            f"{type(loader.batch_sampler).__name__}: holding out validation data would rebuild the loader without "
+            "them (a weighted sampler would stop weighting); pass val_loader, and the task trains on loader as it "
+            "is")
+    if int(counts.min()) < 2:
+        raise ValueError("each class needs at least two samples to hold out validation data; pass val_loader")
+    n_val = max(int(round(val_fraction * len(y))), len(classes))
+    train_idx, val_idx = train_test_split(indices, test_size=n_val, stratify=y.numpy(), random_state=seed)
+    train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
+    train = _training_share(loader, Subset(loader.dataset, train_idx.tolist()), seed)
+    return train_idx, train, x[val_idx], y[val_idx]
+
+
+def _given_validation(val_loader: Iterable, x: torch.Tensor, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read and check ``val_loader``: its inputs (shaped like the training inputs ``x``) and labels, of the
+    task's ``classes`` only."""
+    val_x, val_y = collect(val_loader, "val_loader")
+    check_input(val_x, x.shape[1:], "validation inputs")
+    foreign = sorted(set(torch.unique(val_y).tolist()) - set(classes))
+    if foreign:
+        raise ValueError(f"val_loader has classes {foreign} that the task's loader does not have ({classes})")
+    return val_x, val_y

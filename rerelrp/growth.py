@@ -35,8 +35,8 @@ from .dataflow import is_shape, traced
 from .freeze import FrozenParameters
 from .network import Units
 
-__all__ = ["GrowthPath", "growth_paths", "units_to_add", "grow_free", "grow_layer", "grow_masks", "widen_to", "sync_sizes",
-           "n_parameters"]
+__all__ = ["GrowthPath", "growth_paths", "units_to_add", "grow_free", "grow_layer", "grow_masks", "widen_to",
+           "sync_sizes", "snapshot", "restore", "n_parameters"]
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 _ELEMENTWISE_MODULES = (Activation, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Flatten, nn.Identity,
@@ -231,3 +231,20 @@ def n_parameters(model: nn.Module) -> int:
 def grow_masks(masks: Sequence[Sequence[torch.Tensor]], added: Sequence[int]) -> list[list[torch.Tensor]]:
     """Task masks with ``added[i]`` False entries appended to layer i's mask (new lists: the old ones are kept)."""
     return [[torch.cat([m, m.new_zeros(n)]) for m, n in zip(keep, added)] for keep in masks]
+
+
+def snapshot(model: nn.Module) -> dict:
+    """What :func:`restore` needs to put ``model``'s parameters and buffers back as they are now, widths included."""
+    state = model.state_dict(keep_vars=True)
+    return {"values": {k: v.detach().clone() for k, v in state.items()}, "data": {k: v.data for k, v in state.items()}}
+
+
+def restore(model: nn.Module, saved: dict) -> None:
+    """Put ``model`` back to its :func:`snapshot` ``saved``: a tensor grown since gets its old storage back (the same
+    ``nn.Parameter`` objects, so optimizers built over them stay valid), every value its old value."""
+    with torch.no_grad():
+        for key, value in model.state_dict(keep_vars=True).items():
+            if value.shape != saved["values"][key].shape:  # grown since: back to the old tensor
+                value.data = saved["data"][key]
+            value.data.copy_(saved["values"][key])
+    sync_sizes(*model.modules())

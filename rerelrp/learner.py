@@ -224,7 +224,8 @@ class ReReLRP(BaseEstimator):
             self._grow(seed)  # 0
         with _timed(times, "data"):
             task = self._prepare(loader, val_loader, seed)
-        self._fresh_free_units(task, seed)
+        if t > 0:
+            reinit.fresh_start(self._net, self.units_, self.masks_, task.train_x, seed, self.reset_free)
         with _timed(times, "train"), self._guarded():
             yield TaskTraining(t, tuple(task.classes), task.train, seed)  # 1
         self._check_finite(t)
@@ -281,27 +282,6 @@ class ReReLRP(BaseEstimator):
             architecture.check_forward(self._net, self.units_, task.val_x[:1].to(self.device_))
         agree(task.classes, f"the classes of task {t}")
         return task
-
-    def _fresh_free_units(self, task: TaskData, seed: int) -> None:
-        """Before training a task after the first: re-initialise the free units (with ``reset_free``; the same seed
-        on every rank) and measure their BatchNorm statistics on up to 256 of the task's training inputs, on rank 0
-        for every rank (:mod:`rerelrp.reinit`)."""
-        if not self.tasks_:
-            return
-        if self.reset_free:
-            reinit.reset_free_units(self.units_, self.masks_, seed)
-        norms = [layer.masked_module for layer in self.units_.layers if layer.masked_module is not layer.module]
-        if not norms:
-            return
-        rows = torch.randperm(len(task.train_x), generator=torch.Generator().manual_seed(seed))[:256]
-
-        def measure():
-            reinit.refresh_free_statistics(self._net, self.units_, self.masks_, task.train_x[rows].to(self.device_))
-            return [(n.running_mean.clone(), n.running_var.clone()) for n in norms]
-
-        for norm, (mean, var) in zip(norms, from_rank0(measure)):
-            norm.running_mean.copy_(mean)
-            norm.running_var.copy_(var)
 
     @contextlib.contextmanager
     def _guarded(self) -> Iterator[None]:
@@ -389,21 +369,14 @@ class ReReLRP(BaseEstimator):
             self.novelty_quantiles_ = self.novelty_quantiles_ + [quantiles]
 
     def _checkpoint(self) -> dict:
-        """What :meth:`_rollback` needs to put the learner and its model back as they are now: the model's tensors,
-        a copy of every fitted attribute but those bound to the model, and the freeze masks."""
-        state = self._net.state_dict(keep_vars=True)
-        return {"model": {k: v.detach().clone() for k, v in state.items()}, "data": {k: v.data for k, v in state.items()},
+        """What :meth:`_rollback` needs to put the learner and its model back as they are now: the model
+        (:func:`rerelrp.growth.snapshot`), a copy of every fitted attribute not bound to the model, the freeze masks."""
+        return {"model": growth.snapshot(self._net), "frozen": {p: m.clone() for p, m in self.frozen_.masks.items()},
                 "fitted": {k: copy.deepcopy(v) for k, v in vars(self).items()
-                           if k.endswith("_") and not k.startswith("_") and k not in _MODEL_BOUND},
-                "frozen": {p: m.clone() for p, m in self.frozen_.masks.items()}}
+                           if k.endswith("_") and not k.startswith("_") and k not in _MODEL_BOUND}}
 
     def _rollback(self, before: dict, first: bool) -> None:
-        with torch.no_grad():
-            for key, value in self._net.state_dict(keep_vars=True).items():
-                if value.shape != before["model"][key].shape:  # grown by this task: back to the old tensor
-                    value.data = before["data"][key]
-                value.data.copy_(before["model"][key])
-        growth.sync_sizes(*self._net.modules())
+        growth.restore(self._net, before["model"])
         if first:  # back to unfitted
             for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("_")]:
                 delattr(self, name)
@@ -537,9 +510,10 @@ class ReReLRP(BaseEstimator):
         if saved["detector"] is not None:
             saved["detector"], estimators["detector"] = "detector.skops", saved["detector"]
         meta = {"architecture": architecture.architecture(self._net), "options": saved, "tasks": self.tasks_,
-                "input_shape": list(self.input_shape_), "fit_times": self.fit_times_, "growth": self.growth_,
+                "input_shape": list(self.input_shape_),
                 "input_range": None if self.input_range_ is None else list(self.input_range_),
-                "widths": {layer.name: layer.n_units for layer in self.units_.layers},
+                "fit_times": self.fit_times_, "n_features": recognizer.pop("n_features"),
+                "widths": {layer.name: layer.n_units for layer in self.units_.layers}, "growth": self.growth_,
                 "initial_sizes": self.initial_sizes_, "initial_parameters": self.initial_parameters_,
                 "prune_results": [r.to_dict() for r in self.prune_results_], **recognizer}
         return {"meta": meta, "tensors": tensors, "estimators": estimators}

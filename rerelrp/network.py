@@ -24,7 +24,7 @@ from zennit.types import Activation
 
 from .canonizers import block_canonizers, merge_batchnorm
 from .contexts import hooks
-from .dataflow import trace
+from .dataflow import Flow, trace
 
 __all__ = ["UnitLayer", "Units", "find_units", "masked", "eval_mode", "unit_outputs", "layer_outputs",
            "position_grid", "position_mean", "position_spread"]
@@ -97,14 +97,36 @@ def find_units(model: nn.Module) -> Units:
         not a unit's, the head's or a BatchNorm's (LayerNorm, PReLU, Conv1d, ...: they could not be frozen), or
         an operation LRP cannot be propagated through (see :mod:`rerelrp.dataflow`).
     """
+    _check_model(model)
+    blocks = block_canonizers(model)
+    flow = trace(model, blocks)
+    output = _output_layer(flow)
+    layers, pairs = _unit_layers(flow, output)
+    if not any(isinstance(flow.modules[name], Activation) for name in flow.calls):
+        raise TypeError(
+            "model has no activation module (nn.ReLU, ...): activations must be modules, since LRP cannot see "
+            "functional calls such as torch.relu inside forward()"
+        )
+    batchnorms = tuple(flow.modules[name] for name in dict.fromkeys(flow.calls)
+                       if isinstance(flow.modules[name], _BATCHNORMS))
+    gates = tuple(flow.modules[name] for name in dict.fromkeys(flow.calls)
+                  if name in flow.gated and any(True for _ in flow.modules[name].parameters(recurse=False)))
+    _check_parameters(flow, (*(layer.module for layer in layers), flow.modules[output], *batchnorms, *gates))
+    return Units(tuple(layers), flow.modules[output], tuple(blocks + merge_batchnorm(pairs)), batchnorms, gates)
+
+
+def _check_model(model: nn.Module) -> None:
+    """Raise TypeError unless ``model`` is a module other than a single Linear or Conv2d."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(model, (nn.Linear, nn.Conv2d)):
         raise TypeError(f"model is a single {type(model).__name__}: rerelrp needs hidden units to keep and free "
                         "between its inputs and its output layer, e.g. nn.Sequential(nn.Linear(d, 128), nn.ReLU(), "
                         "nn.Linear(128, n_classes))")
-    blocks = block_canonizers(model)
-    flow = trace(model, blocks)
+
+
+def _output_layer(flow: Flow) -> str:
+    """Name of the last ``nn.Linear`` of the data flow ``flow``; TypeError unless it produces forward's result."""
     linears = [name for name in flow.calls if isinstance(flow.modules[name], nn.Linear)]
     if not linears:
         raise TypeError("model has no nn.Linear module: its last nn.Linear must be the output layer")
@@ -112,6 +134,12 @@ def find_units(model: nn.Module) -> Units:
     if flow.output != output:
         raise TypeError(f"the model's output must be the output of its last nn.Linear ('{output}'), as it is: "
                         f"LRP starts from a logit; forward returns {flow.output or 'something else'!r}")
+    return output
+
+
+def _unit_layers(flow: Flow, output: str) -> tuple[list[UnitLayer], list[tuple[str, str]]]:
+    """The unit layers called before the module ``output``, in order, and the ``(layer, BatchNorm)`` name pairs
+    of the BatchNorms that close one; TypeError for a unit layer called twice, or when there is none."""
     layers, pairs = [], []
     for name in dict.fromkeys(flow.calls[:flow.calls.index(output)]):
         module = flow.modules[name]
@@ -131,16 +159,13 @@ def find_units(model: nn.Module) -> Units:
         raise TypeError(
             "model has no nn.Linear or nn.Conv2d layer before its output layer: there are no units to keep or free"
         )
-    if not any(isinstance(flow.modules[name], Activation) for name in flow.calls):
-        raise TypeError(
-            "model has no activation module (nn.ReLU, ...): activations must be modules, since LRP cannot see "
-            "functional calls such as torch.relu inside forward()"
-        )
-    batchnorms = tuple(flow.modules[name] for name in dict.fromkeys(flow.calls)
-                       if isinstance(flow.modules[name], _BATCHNORMS))
-    gates = tuple(flow.modules[name] for name in dict.fromkeys(flow.calls)
-                  if name in flow.gated and any(True for _ in flow.modules[name].parameters(recurse=False)))
-    placed = {id(m) for m in (*(layer.module for layer in layers), flow.modules[output], *batchnorms, *gates)}
+    return layers, pairs
+
+
+def _check_parameters(flow: Flow, placed_modules: Sequence[nn.Module]) -> None:
+    """Raise TypeError if a module that ``flow`` calls has parameters of its own but is not in ``placed_modules``
+    (units, the output layer, BatchNorms, gates)."""
+    placed = {id(m) for m in placed_modules}
     for name in dict.fromkeys(flow.calls):
         module = flow.modules[name]
         if id(module) not in placed and any(True for _ in module.parameters(recurse=False)):
@@ -150,7 +175,6 @@ def find_units(model: nn.Module) -> Units:
                 "them per task, so every later task would change what old tasks compute. Use BatchNorm (frozen after "
                 "the first task) instead of LayerNorm/GroupNorm/InstanceNorm, nn.ReLU instead of nn.PReLU, "
                 "nn.Conv2d instead of nn.Conv1d")
-    return Units(tuple(layers), flow.modules[output], tuple(blocks + merge_batchnorm(pairs)), batchnorms, gates)
 
 
 def _mask_hook(keep: torch.Tensor):

@@ -171,6 +171,21 @@ def prune_to_threshold(
     :class:`PruneResult`: the least pruning allowed (the budget's, or ``pruned``) when that is already beyond the
     threshold (``over_threshold`` says when the budget forced it), else the largest pruning within it.
     """
+    total = _check_arguments(scores, sizes, acc_drop, min_keep, confidence, measure, budget)
+    order, forced, was_pruned, floor_units = _ranking(scores, sizes, total, min_keep, frozen, pruned, budget)
+    search = _Search(order, sizes, total, correct, acc_drop, confidence, base)
+    lo = int(forced.sum())
+    hi = max(len(order) - floor_units, lo)
+    lo, within = _largest_accepted(search.accepted, lo, hi)
+    over = not within and bool((forced & ~was_pruned).any())
+    accuracy = float(search.results[lo].float().mean())
+    return PruneResult(search.keep_for(lo), lo, float(search.base.float().mean()), accuracy, search.trials,
+                       None if budget is None else [int(b) for b in budget], over, measure)
+
+
+def _check_arguments(scores: torch.Tensor, sizes: Sequence[int], acc_drop: float, min_keep: float,
+                     confidence: float, measure: str, budget: Sequence[int] | None) -> int:
+    """Raise ValueError unless the arguments of :func:`prune_to_threshold` are valid; the total number of units."""
     if acc_drop < 0:
         raise ValueError(f"acc_drop must be >= 0 percentage points, got {acc_drop}")
     total = int(sum(sizes))
@@ -184,54 +199,99 @@ def prune_to_threshold(
         raise ValueError(f"measure must be 'accuracy' or 'probability', got {measure!r}")
     if budget is not None and (len(budget) != len(sizes) or min(budget) < 0):
         raise ValueError(f"budget must be None or one count >= 0 per layer ({len(sizes)}), got {budget}")
+    return total
 
-    def flat(masks: Sequence[torch.Tensor] | None) -> torch.Tensor:
-        return torch.zeros(total, dtype=torch.bool) if masks is None else torch.cat([m.cpu() for m in masks])
 
-    is_frozen, was_pruned = flat(frozen), flat(pruned) & ~flat(frozen)
+def _flat(masks: Sequence[torch.Tensor] | None, total: int) -> torch.Tensor:
+    """One bool mask per layer, concatenated on the CPU to ``(total,)``; None: all False."""
+    return torch.zeros(total, dtype=torch.bool) if masks is None else torch.cat([m.cpu() for m in masks])
+
+
+def _per_layer(sizes: Sequence[int], *flat: torch.Tensor):
+    """Per layer, a tuple of views into each ``(total,)`` tensor of ``flat``."""
+    return zip(*(torch.split(v, list(sizes)) for v in flat))
+
+
+def _ranking(scores: torch.Tensor, sizes: Sequence[int], total: int, min_keep: float,
+             frozen: Sequence[torch.Tensor] | None, pruned: Sequence[torch.Tensor] | None,
+             budget: Sequence[int] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """The free units in pruning order (``(n_free,)`` flat indices, least relevant first), the ``(total,)`` bool
+    mask of units pruned whatever the accuracy (earlier rounds' and beyond the budget), the mask of the earlier
+    rounds' alone, and the number of free units the floor ``min_keep`` protects (ranked last)."""
+    is_frozen, was_pruned = _flat(frozen, total), _flat(pruned, total) & ~_flat(frozen, total)
     scores = scores.detach().cpu().double().clone()
     scores[was_pruned] = -math.inf
     forced = was_pruned.clone()
-    for i, (block, fixed, out) in enumerate(zip(*(torch.split(v, list(sizes)) for v in (scores, is_frozen, forced)))):
+    _cap_to_budget(scores, is_frozen, forced, sizes, budget)
+    floor_units = _protect_floor(scores, is_frozen, forced, sizes, min_keep)
+    candidates = (~is_frozen).nonzero()[:, 0]
+    order = candidates[torch.argsort(scores[candidates], stable=True)]
+    return order, forced, was_pruned, floor_units
+
+
+def _cap_to_budget(scores: torch.Tensor, is_frozen: torch.Tensor, forced: torch.Tensor, sizes: Sequence[int],
+                   budget: Sequence[int] | None) -> None:
+    """In place: each layer's least relevant free units beyond its budget are forced and scored ``-inf``."""
+    for i, (block, fixed, out) in enumerate(_per_layer(sizes, scores, is_frozen, forced)):
         free = (~fixed).nonzero()[:, 0]
         if budget is not None and len(free) > budget[i]:  # views: the layer's least relevant beyond its budget
             ranked = free[torch.argsort(block[free], descending=True, stable=True)]
             out[ranked[budget[i]:]] = True
             block[ranked[budget[i]:]] = -math.inf
+
+
+def _protect_floor(scores: torch.Tensor, is_frozen: torch.Tensor, forced: torch.Tensor, sizes: Sequence[int],
+                   min_keep: float) -> int:
+    """In place: each layer's most relevant unforced free units that the floor ``min_keep`` keeps (frozen units
+    counted towards it) are scored ``+inf``; returns how many units that is over all layers."""
     floor_units = 0
-    for block, fixed, out in zip(*(torch.split(v, list(sizes)) for v in (scores, is_frozen, forced))):
+    for block, fixed, out in _per_layer(sizes, scores, is_frozen, forced):
         n_floor = max(0, math.ceil(min_keep * len(block)) - int(fixed.sum()))
         free = (~fixed & ~out).nonzero()[:, 0]
         block[free[torch.topk(block[free], min(n_floor, len(free))).indices]] = math.inf  # ranked last
         floor_units += min(n_floor, len(free))
-    candidates = (~is_frozen).nonzero()[:, 0]
-    order = candidates[torch.argsort(scores[candidates], stable=True)]
-    trials: list[tuple[int, float]] = []
+    return floor_units
 
-    def keep_for(n: int) -> list[torch.Tensor]:
-        mask = torch.ones(total, dtype=torch.bool)
-        mask[order[:n]] = False
-        return list(torch.split(mask, list(sizes)))
 
-    def evaluate(n: int) -> torch.Tensor:
-        c = torch.as_tensor(correct(keep_for(n))).reshape(-1).cpu()
-        trials.append((n, float(c.float().mean())))
+class _Search:
+    """The evaluations of one search: prunings of the first ``n`` units of ``order``, each evaluated at most once
+    (``results``: per-image correctness by ``n``; ``trials``: ``(n, accuracy)`` in order), compared with
+    ``base`` (evaluated on the unpruned network when None)."""
+
+    def __init__(self, order: torch.Tensor, sizes: Sequence[int], total: int,
+                 correct: Callable[[list[torch.Tensor]], torch.Tensor | float], acc_drop: float, confidence: float,
+                 base: torch.Tensor | None):
+        self.order, self.sizes, self.total, self.correct = order, sizes, total, correct
+        self.acc_drop, self.confidence = acc_drop, confidence
+        self.trials: list[tuple[int, float]] = []
+        self.results: dict[int, torch.Tensor] = {}
+        if base is None:
+            base = self.results[0] = self.evaluate(0)
+        self.base = torch.as_tensor(base).reshape(-1).cpu()
+
+    def keep_for(self, n: int) -> list[torch.Tensor]:
+        """Per-layer keep masks with the first ``n`` units of the order switched off."""
+        mask = torch.ones(self.total, dtype=torch.bool)
+        mask[self.order[:n]] = False
+        return list(torch.split(mask, list(self.sizes)))
+
+    def evaluate(self, n: int) -> torch.Tensor:
+        """Per-image correctness ``(n_val,)`` (or ``(1,)``) of the pruning of ``n`` units, recorded in ``trials``."""
+        c = torch.as_tensor(self.correct(self.keep_for(n))).reshape(-1).cpu()
+        self.trials.append((n, float(c.float().mean())))
         return c
 
-    results = {}
-    if base is None:
-        base = results[0] = evaluate(0)
-    base = torch.as_tensor(base).reshape(-1).cpu()
+    def accepted(self, n: int) -> bool:
+        """Whether pruning ``n`` units stays within the threshold (see :func:`paired_drop`)."""
+        if n not in self.results:
+            self.results[n] = self.evaluate(n)
+        return paired_drop(self.base, self.results[n], self.confidence) <= self.acc_drop / 100.0 + 1e-12
 
-    def accepted(n: int) -> bool:
-        if n not in results:
-            results[n] = evaluate(n)
-        return paired_drop(base, results[n], confidence) <= acc_drop / 100.0 + 1e-12
 
-    lo = int(forced.sum())
-    hi = max(len(candidates) - floor_units, lo)
+def _largest_accepted(accepted: Callable[[int], bool], lo: int, hi: int) -> tuple[int, bool]:
+    """Bisection between ``lo`` and ``hi`` for the largest accepted count, assumed monotone; returns it (``lo``
+    itself when ``lo`` is not accepted) and whether ``lo`` was accepted."""
     within = accepted(lo)
-    over = not within and bool((forced & ~was_pruned).any())
     if within:
         if accepted(hi):
             lo = hi
@@ -241,6 +301,4 @@ def prune_to_threshold(
                 lo = mid
             else:
                 hi = mid
-    accuracy = float(results[lo].float().mean())
-    return PruneResult(keep_for(lo), lo, float(base.float().mean()), accuracy, trials,
-                       None if budget is None else [int(b) for b in budget], over, measure)
+    return lo, within

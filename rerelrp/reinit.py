@@ -18,9 +18,10 @@ import torch
 
 from .capacity import Masks, kept_by
 from .contexts import hooks, seeded
+from .distributed import from_rank0
 from .network import Units, eval_mode
 
-__all__ = ["reset_free_units", "refresh_free_statistics"]
+__all__ = ["reset_free_units", "refresh_free_statistics", "fresh_start"]
 
 
 def reset_free_units(units: Units, masks: Masks, seed: int) -> None:
@@ -70,3 +71,24 @@ def refresh_free_statistics(model: torch.nn.Module, units: Units, masks: Masks, 
         return
     with hooks(*handles), eval_mode(model), torch.no_grad():
         model(x)
+
+
+def fresh_start(model: torch.nn.Module, units: Units, masks: Masks, x: torch.Tensor, seed: int, reset: bool) -> None:
+    """Before a task after the first: :func:`reset_free_units` (with ``reset``; the same ``seed`` on every rank), then
+    the free channels' BatchNorm statistics from up to 256 of the task's training inputs ``x`` ``(n, *input_shape)``
+    (drawn from ``seed``), measured on rank 0 and taken by every rank (:func:`refresh_free_statistics`)."""
+    if reset:
+        reset_free_units(units, masks, seed)
+    norms = [layer.masked_module for layer in units.layers if layer.masked_module is not layer.module]
+    if not norms:
+        return
+    rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:256]
+    device = next(model.parameters()).device
+
+    def measure():
+        refresh_free_statistics(model, units, masks, x[rows].to(device))
+        return [(n.running_mean.clone(), n.running_var.clone()) for n in norms]
+
+    for norm, (mean, var) in zip(norms, from_rank0(measure)):
+        norm.running_mean.copy_(mean)
+        norm.running_var.copy_(var)

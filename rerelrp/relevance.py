@@ -106,22 +106,31 @@ def lrp(
     # the input needs a gradient only for its own relevance, or when parameters without one would leave the
     # first units' outputs outside the autograd graph
     input_grad = with_input or not all(p.requires_grad for p in model.parameters())
-    targets, per_layer, inputs = [], [[] for _ in units.layers], []
     with eval_mode(model), composite.context(model), masked(units, keep), torch.enable_grad():
-        for start in range(0, len(x), batch_size):
-            chunk = x[start:start + batch_size].detach().requires_grad_(input_grad)
-            chunk_target = None if target is None else target[start:start + batch_size]
-            t, layer_rel, in_rel = _lrp_batch(model, units, chunk, head_t, chunk_target, with_input)
-            targets.append(t)
-            if with_input:
-                inputs.append(in_rel)
-            for store, rel in zip(per_layer, layer_rel):
-                store.append(rel)
+        targets, per_layer, inputs = _lrp_batches(model, units, x, head_t, target, batch_size, with_input,
+                                                  input_grad)
     return Relevance(
         target=torch.cat(targets),
         units=[torch.cat(store) for store in per_layer],
         input=torch.cat(inputs) if with_input else None,
     )
+
+
+def _lrp_batches(model, units, x, head, target, batch_size, with_input, input_grad):
+    """Per batch of ``batch_size`` samples of ``x``, :func:`_lrp_batch` (inputs requiring a gradient when
+    ``input_grad``); the targets, the unit relevance (one list per unit layer) and the input relevance (empty
+    unless ``with_input``), batch by batch."""
+    targets, per_layer, inputs = [], [[] for _ in units.layers], []
+    for start in range(0, len(x), batch_size):
+        chunk = x[start:start + batch_size].detach().requires_grad_(input_grad)
+        chunk_target = None if target is None else target[start:start + batch_size]
+        t, layer_rel, in_rel = _lrp_batch(model, units, chunk, head, chunk_target, with_input)
+        targets.append(t)
+        if with_input:
+            inputs.append(in_rel)
+        for store, rel in zip(per_layer, layer_rel):
+            store.append(rel)
+    return targets, per_layer, inputs
 
 
 def _lrp_batch(model, units, x, head, target, with_input):

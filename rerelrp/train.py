@@ -141,21 +141,27 @@ def train_task(
         total = None if n_batches is None else epochs * n_batches
         with tqdm(total=total, desc=description, disable=not progress, leave=False) as bar:
             for _ in range(epochs):
-                total, count = 0.0, 0
-                for x, y in loader:
-                    x, y = x.to(device), y.to(device)
-                    opt.zero_grad(set_to_none=True)
-                    loss = head_loss(model(x), y)
-                    loss.backward()
-                    opt.step()
-                    total += loss.item() * len(y)
-                    count += len(y)
-                    bar.update()
-                losses.append(total / max(count, 1))
+                losses.append(_train_epoch(model, loader, opt, head_loss, device, bar))
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
     finally:
         model.train(was_training)
     return losses
+
+
+def _train_epoch(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], opt: torch.optim.Optimizer,
+                 head_loss: HeadLoss, device: torch.device | str, bar) -> float:
+    """One pass over ``loader``, one optimizer step per batch, ticking ``bar``; the mean loss per sample."""
+    total, count = 0.0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        opt.zero_grad(set_to_none=True)
+        loss = head_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(y)
+        count += len(y)
+        bar.update()
+    return total / max(count, 1)
 
 
 def _len_or_none(loader) -> int | None:

@@ -28,3 +28,15 @@ def test_a_format3_save_loads_and_answers_as_it_did(answers, recognizer):
     if recognizer == "gaussian":
         assert np.array_equal(learner.predict(x, reject=True).numpy(), answers["gaussian_reject"])
         np.testing.assert_allclose(learner.score_samples(x).numpy(), answers["gaussian_score"], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("recognizer", ["gaussian", "paper"])
+def test_a_format3_save_loaded_and_saved_again_holds_the_same_members(tmp_path, recognizer):
+    import zipfile
+
+    learner = rerelrp.load(DATA / f"format3-{recognizer}.zip", digits_mlp(seed=1))
+    again = learner.save(tmp_path / "again.zip")
+    with zipfile.ZipFile(DATA / f"format3-{recognizer}.zip") as before, zipfile.ZipFile(again) as after:
+        assert sorted(before.namelist()) == sorted(after.namelist())
+        for name in ["meta.json", "tensors.safetensors"]:
+            assert before.read(name) == after.read(name), name
