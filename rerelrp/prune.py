@@ -2,7 +2,7 @@
 
 A unit's score (:func:`unit_scores`) is its share of its layer's relevance,
 per sample, times the layer's size, summed over samples: 1 per sample for a unit
-that gets its layer's mean share, whatever the layer's size. METHOD.md's shares
+that gets its layer's mean share, whatever the layer's size. The published shares (docs/method.md, section Prune)
 alone rank a unit of a 16-channel convolution 8 times above an equally relevant
 unit of a 128-unit dense layer, so the first task kept 29 of 32 channels of the
 small CNN's second convolution, and the last task of Split MNIST, with almost
