@@ -352,15 +352,20 @@ def route(recognizer: Recognizer, view: Subnetworks, x: torch.Tensor, stop_early
         score, known = judge(own, low, conf, task.numpy(), quantiles, known_fraction or 0.0)
         if known_fraction is not None:
             task[~torch.as_tensor(known)] = -1
-    predictions = None
-    if heads and novel:
-        predictions = torch.where(task.to(x.device) >= 0, classes, -1)
-    elif heads:
-        predictions = torch.full((n,), -1, dtype=torch.long, device=x.device)
-        for m in task.unique().tolist():
-            members = (task == m).nonzero()[:, 0].to(x.device)
-            predictions[members] = view.predict(x[members], m)
+    predictions = _predictions(view, x, task, classes) if heads else None
     return Route(p, task.to(x.device), predictions, score)
+
+
+def _predictions(view: Subnetworks, x: torch.Tensor, task: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
+    """Each row's class ``(n,)`` in its recognized task ``task`` ``(n,)`` (-1 where rejected): from ``classes``, read
+    in the detector passes, or else from one pass of each task's subnetwork over its rows."""
+    if classes is not None:
+        return torch.where(task.to(x.device) >= 0, classes, -1)
+    predictions = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
+    for m in task.unique().tolist():
+        members = (task == m).nonzero()[:, 0].to(x.device)
+        predictions[members] = view.predict(x[members], m)
+    return predictions
 
 
 def _chosen(measured: list, task: torch.Tensor, n: int, device) -> tuple[np.ndarray, ...]:
