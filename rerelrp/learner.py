@@ -493,7 +493,7 @@ class ReReLRP(BaseEstimator):
         """Everything needed to predict and to go on learning, built from the components' own states:
         ``{"meta": JSON values, "tensors": {name: CPU tensor}, "estimators": {name: scikit-learn object}}``
         (:mod:`rerelrp.persist` writes it to a file). Options that cannot be stored safely (a custom optimizer
-        factory or zennit composite) are marked :data:`rerelrp.persist.UNSAVED`."""
+        factory or zennit composite) are marked :data:`rerelrp.options.UNSAVED`."""
         self._check_fitted()
         recognizer, tensors, estimators = self.recognizer_.state_dict()
         tensors.update({f"model.{k}": v.detach().cpu().contiguous() for k, v in self._net.state_dict().items()})
@@ -502,13 +502,9 @@ class ReReLRP(BaseEstimator):
         tensors.update({f"frozen.{k}": v for k, v in self.frozen_.state_dict(self._net).items()})
         tensors.update({f"novelty.{t}": torch.from_numpy(np.ascontiguousarray(q, np.float64))
                         for t, q in enumerate(self.novelty_quantiles_)})
-        saved = self.get_params(deep=False)  # deep: a detector's own parameters, as 'detector__C', are not options
-        saved.pop("model")
-        saved["optimizer"] = persist.encode_optimizer(saved["optimizer"])
-        saved["composite"] = None if saved["composite"] is None else persist.UNSAVED
-        saved["device"] = None if saved["device"] is None else str(saved["device"])
-        if saved["detector"] is not None:
-            saved["detector"], estimators["detector"] = "detector.skops", saved["detector"]
+        saved = options.encode({k: v for k, v in self.get_params(deep=False).items() if k != "model"})
+        if self.detector is not None:  # deep=False: a detector's own parameters, as 'detector__C', are not options
+            estimators["detector"] = self.detector
         meta = {"architecture": architecture.architecture(self._net), "options": saved, "tasks": self.tasks_,
                 "input_shape": list(self.input_shape_),
                 "input_range": None if self.input_range_ is None else list(self.input_range_),
@@ -683,11 +679,11 @@ class ReReLRP(BaseEstimator):
                      known_fraction=self.known_fraction if reject else None)
 
 
-def load(path: str | os.PathLike, model: nn.Module, trusted: Sequence[str] = (), **options: Any) -> ReReLRP:
+def load(path: str | os.PathLike, model: nn.Module, trusted: Sequence[str] = (), **given: Any) -> ReReLRP:
     """Rebuild the learner saved at ``path`` around ``model`` (same architecture, or the widths it had before it
     grew: it is grown to the saved widths; its weights are overwritten).
 
-    ``trusted``: extra fully qualified type names a saved custom detector may hold. ``options``: learner options to
+    ``trusted``: extra fully qualified type names a saved custom detector may hold. ``given``: learner options to
     use instead of the saved ones (required for options that were not saved, such as a custom optimizer factory).
 
     Raises
@@ -698,16 +694,9 @@ def load(path: str | os.PathLike, model: nn.Module, trusted: Sequence[str] = (),
     ValueError: the save has another format, comes from another architecture, or lacks options given only here.
     """
     meta, tensors, estimators = persist.read(path, trusted)
-    saved = {k: v for k, v in meta["options"].items() if "__" not in k}  # older saves held 'detector__C' too
-    saved["optimizer"] = persist.decode_optimizer(saved["optimizer"])
-    if saved["detector"] is not None and "detector" not in options:
-        if "detector" not in estimators:
-            raise persist.UntrustedFileError(f"{path} names a saved detector but holds no detector.skops")
-        saved["detector"] = estimators["detector"]
-    saved.update(options)
-    missing = [k for k, v in saved.items() if isinstance(v, str) and v == persist.UNSAVED]
-    if missing:
-        raise ValueError(f"options {missing} were not saved (custom objects); pass them to rerelrp.load")
+    if meta["options"].get("detector") is not None and "detector" not in estimators and "detector" not in given:
+        raise persist.UntrustedFileError(f"{path} names a saved detector but holds no detector.skops")
+    saved = options.decode(meta["options"], estimators.get("detector"), given)
     architecture.widen_to_saved(model, meta["widths"], meta.get("growth"), meta.get("initial_sizes"))
     architecture.check(meta["architecture"], model, str(path))
     try:

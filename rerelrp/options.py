@@ -9,6 +9,8 @@ The rules that relate several options (:func:`validate`'s cross-option rules) an
 from __future__ import annotations
 
 import difflib
+import functools
+import json
 import numbers
 import reprlib
 from typing import Any
@@ -24,7 +26,7 @@ from .recognize import RECOGNIZERS
 from .spaces import DETECTOR_SPACES
 
 __all__ = ["InvalidParameterError", "Interval", "Options", "Types", "HasMethods", "IsCallable", "TorchDevice",
-           "CONSTRAINTS", "NOTES", "FIXED", "validate"]
+           "CONSTRAINTS", "NOTES", "FIXED", "validate", "UNSAVED", "encode", "decode"]
 
 
 class InvalidParameterError(ValueError, TypeError):
@@ -288,6 +290,56 @@ def validate(params: dict[str, Any], *, fitted: dict[str, Any] | None = None) ->
             raise InvalidParameterError(f"{name} cannot change once a task is learned ({FIXED.get(name, 'the first task fixed it')}): it is "
                                         f"{_show(value)}, got {_show(params[name])}")
     _cross_rules(params)
+
+
+#: The saved value of an option that cannot be stored safely (a custom object): the loader must pass it.
+UNSAVED = "__not saved: pass it to rerelrp.load__"
+
+
+def encode(params: dict[str, Any]) -> dict[str, Any]:
+    """The options ``params`` (``get_params(deep=False)`` without ``model``) as JSON values: an optimizer factory of
+    ``torch.optim`` (a class, or a ``functools.partial`` of one with JSON keyword arguments) as
+    ``{"torch.optim": name, "kwargs": {...}}``, a device as its string, a detector as ``"detector.skops"`` (the caller
+    stores the object), and a custom optimizer or composite as :data:`UNSAVED`."""
+    saved = dict(params)
+    saved["optimizer"] = _encode_optimizer(saved["optimizer"])
+    saved["composite"] = None if saved["composite"] is None else UNSAVED
+    saved["device"] = None if saved["device"] is None else str(saved["device"])
+    saved["detector"] = None if saved["detector"] is None else "detector.skops"
+    return saved
+
+
+def decode(saved: dict[str, Any], detector: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """The options :func:`encode` saved (``detector``: the stored detector object, or None), with ``given`` taking
+    precedence; raises ValueError naming the options that were not saved and are not given."""
+    options = {k: v for k, v in saved.items() if "__" not in k}  # older saves held 'detector__C' too
+    options["optimizer"] = _decode_optimizer(options["optimizer"])
+    if options["detector"] is not None:
+        options["detector"] = detector
+    options.update(given)
+    missing = [k for k, v in options.items() if isinstance(v, str) and v == UNSAVED]
+    if missing:
+        raise ValueError(f"options {missing} were not saved (custom objects); pass them to rerelrp.load")
+    return options
+
+
+def _encode_optimizer(optimizer) -> Any:
+    func, kwargs = (optimizer.func, dict(optimizer.keywords)) if isinstance(optimizer, functools.partial) \
+        else (optimizer, {})
+    if isinstance(func, type) and func.__module__.startswith("torch.optim") and hasattr(torch.optim, func.__name__):
+        try:
+            json.dumps(kwargs)
+            return {"torch.optim": func.__name__, "kwargs": kwargs}
+        except TypeError:
+            pass
+    return UNSAVED
+
+
+def _decode_optimizer(spec: Any):
+    if not isinstance(spec, dict):
+        return spec
+    cls = getattr(torch.optim, spec["torch.optim"])
+    return functools.partial(cls, **spec["kwargs"]) if spec["kwargs"] else cls
 
 
 def _equal(a: Any, b: Any) -> bool:

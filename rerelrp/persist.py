@@ -19,7 +19,6 @@ writes. Files of format :data:`FORMAT` read as they are (an older or newer forma
 from __future__ import annotations
 
 import errno
-import functools
 import json
 import os
 import tempfile
@@ -34,8 +33,7 @@ from safetensors.torch import save as save_tensors
 
 from ._version import __version__
 
-__all__ = ["write", "read", "encode_optimizer", "decode_optimizer", "UntrustedFileError", "TRUSTED_TYPES", "FORMAT",
-           "UNSAVED"]
+__all__ = ["write", "read", "UntrustedFileError", "TRUSTED_TYPES", "FORMAT"]
 
 FORMAT = 3
 #: A member may decompress to at most this many times its compressed size, plus :data:`_SLACK` bytes: deflate
@@ -44,36 +42,12 @@ MAX_RATIO = 256
 _SLACK = 16 << 20
 #: Types beyond skops' defaults that a saved estimator may hold (the default RandomForest's trees).
 TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
-#: The value written for an option that cannot be stored safely (a custom object): the reader must pass it.
-UNSAVED = "__not saved: pass it to rerelrp.load__"
 #: Keys every ``meta.json`` of a learner holds.
 _META_KEYS = {"format", "rerelrp", "architecture", "options", "tasks", "input_shape"}
 
 
 class UntrustedFileError(ValueError):
     """A save holds something that is not what rerelrp writes, or types that are not trusted."""
-
-
-def encode_optimizer(optimizer) -> Any:
-    """A JSON description of an optimizer factory of ``torch.optim`` (a class, or a ``functools.partial`` of one
-    with JSON keyword arguments), else :data:`UNSAVED`."""
-    func, kwargs = (optimizer.func, dict(optimizer.keywords)) if isinstance(optimizer, functools.partial) \
-        else (optimizer, {})
-    if isinstance(func, type) and func.__module__.startswith("torch.optim") and hasattr(torch.optim, func.__name__):
-        try:
-            json.dumps(kwargs)
-            return {"torch.optim": func.__name__, "kwargs": kwargs}
-        except TypeError:
-            pass
-    return UNSAVED
-
-
-def decode_optimizer(spec: Any):
-    """The factory :func:`encode_optimizer` described (anything else is returned as it is)."""
-    if not isinstance(spec, dict):
-        return spec
-    cls = getattr(torch.optim, spec["torch.optim"])
-    return functools.partial(cls, **spec["kwargs"]) if spec["kwargs"] else cls
 
 
 def write(path: str | os.PathLike, meta: dict, tensors: dict[str, torch.Tensor],
