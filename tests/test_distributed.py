@@ -44,6 +44,7 @@ def ranks_without_retraining(tmp_path_factory):
     return run_example(tmp_path_factory.mktemp("ddp-no-retrain"), "--retrain-epochs", "0")
 
 
+@pytest.mark.slow  # processes of a gloo process group
 def test_every_rank_holds_the_same_learner_and_trained_on_its_shard(ranks):
     out, (first, second) = ranks
     for a, b in zip(first["masks"], second["masks"]):
@@ -105,6 +106,7 @@ class BothShards:
         return -(-len(self.samplers[0]) // BATCH)
 
 
+@pytest.mark.slow  # processes of a gloo process group
 def test_one_process_with_the_same_data_order_keeps_the_same_units(ranks_without_retraining):
     # without retraining: rerelrp's own retraining loop reads each rank's DistributedSampler in the order of its
     # last epoch, which the batches of one process below do not replay
@@ -153,6 +155,7 @@ def disagreeing_rank(rank, port, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # processes of a gloo process group
 def test_ranks_that_disagree_on_the_classes_both_raise(tmp_path):
     import torch.multiprocessing as mp
 
