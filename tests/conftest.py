@@ -85,8 +85,7 @@ def trained_once(tmp_path_factory, name: str, train, model, x):
 @pytest.fixture(scope="session")
 def default_learner(digits, tmp_path_factory):
     """rerelrp.fit_task with no options, on all 5 digit tasks; trained once per session (:func:`trained_once`).
-    It is the module's default learner in every worker, as when each worker trained it with rerelrp.fit_task:
-    rerelrp.predict answers with it (until a test starts another default learner)."""
+    Tests of the module-level API (rerelrp.predict) train their own default learner: a loaded one is not it."""
     train, test = digits
 
     def fit():
@@ -95,9 +94,7 @@ def default_learner(digits, tmp_path_factory):
             learner = rerelrp.fit_task(model, loader(x, y))
         return learner
 
-    learner = trained_once(tmp_path_factory, "default_learner", fit, digits_mlp, torch.cat([x for x, _ in test]))
-    rerelrp._default = learner  # what rerelrp.fit_task leaves in the worker that trained it
-    return learner
+    return trained_once(tmp_path_factory, "default_learner", fit, digits_mlp, torch.cat([x for x, _ in test]))
 
 
 @pytest.fixture(scope="session")
