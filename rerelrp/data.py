@@ -24,7 +24,8 @@ from torch.utils.data import (BatchSampler, DataLoader, Dataset, DistributedSamp
 
 __all__ = ["TaskData", "prepare_task", "check_input", "collect", "MAX_INPUT"]
 
-#: Largest absolute training input accepted: raw 8- and 16-bit images and CT values fit; 1e20 broke every later task.
+#: Largest absolute training input accepted: raw 8- and 16-bit images and CT values fit; inputs far beyond it broke
+#: every later task.
 MAX_INPUT = 1e6
 
 

@@ -102,7 +102,8 @@ class FrozenParameters:
         torch's global optimizer step hooks copy the frozen entries of the stepping optimizer's parameters back
         after each step, whichever optimizer it is (several optimizers, parameter groups, a ``GradScaler``
         calling ``step``) in the thread that entered the context; optimizers stepping in other threads are left
-        alone. An optimizer holding none of ``model``'s parameters raises ``ValueError`` when it steps in that thread. On leaving the context normally, every frozen entry is compared with its value at entry and a
+        alone. An optimizer holding none of ``model``'s parameters raises ``ValueError`` when it steps in that
+        thread. On leaving the context normally, every frozen entry is compared with its value at entry and a
         change made outside ``optimizer.step()`` (a manual update, weight averaging) raises ``RuntimeError``.
         """
         frozen = {p: m for p, m in self.masks.items() if m.any()}

@@ -261,14 +261,16 @@ class ReReLRP(BaseEstimator):
                 warnings.warn(message, RuntimeWarning, stacklevel=6)
             self.masks_ = growth.grow_masks(self.masks_, added)
         self.growth_.append(added)
-        if t > 0 and self.free_capacity()["overall"] == 0.0:  # the forecast warned before, unless the stream outgrew n_tasks
+        # the forecast warned before, unless the stream outgrew n_tasks
+        if t > 0 and self.free_capacity()["overall"] == 0.0:
             warnings.warn(
                 f"capacity exhausted: all {self.units_.total} units are kept by the {t} tasks learned so far, so "
                 f"task {t} can train only its own head rows; use a wider model, or a larger acc_drop "
                 f"(now {self.acc_drop} points) for the tasks to come, or grow > 0", RuntimeWarning, stacklevel=6)
 
     def _prepare(self, loader: DataLoader, val_loader: Iterable | None, seed: int) -> TaskData:
-        """The task's data, checked against the model and the tasks learned so far (:func:`rerelrp.data.prepare_task`)."""
+        """The task's data, checked against the model and the tasks learned so far
+        (:func:`rerelrp.data.prepare_task`)."""
         t = len(self.tasks_)
         task = prepare_task(
             loader, val_loader, n_outputs=self.units_.output.out_features,

@@ -287,7 +287,8 @@ def validate(params: dict[str, Any], *, fitted: dict[str, Any] | None = None) ->
             raise _refuse(name, value, constraints)
     for name, value in (fitted or {}).items():
         if name in params and params[name] is not value and not _equal(params[name], value):
-            raise InvalidParameterError(f"{name} cannot change once a task is learned ({FIXED.get(name, 'the first task fixed it')}): it is "
+            why = FIXED.get(name, "the first task fixed it")
+            raise InvalidParameterError(f"{name} cannot change once a task is learned ({why}): it is "
                                         f"{_show(value)}, got {_show(params[name])}")
     _cross_rules(params)
 

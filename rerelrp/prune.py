@@ -3,11 +3,9 @@
 A unit's score (:func:`unit_scores`) is its share of its layer's relevance,
 per sample, times the layer's size, summed over samples: 1 per sample for a unit
 that gets its layer's mean share, whatever the layer's size. The published shares (docs/method.md, section Prune)
-alone rank a unit of a 16-channel convolution 8 times above an equally relevant
-unit of a 128-unit dense layer, so the first task kept 29 of 32 channels of the
-small CNN's second convolution, and the last task of Split MNIST, with almost
-no free channel left, reached 93.4 % task-aware accuracy against 97-99 % for the
-others (validation, seed 0; task-agnostic over 2 seeds 95.4 % against 94.9 %).
+alone rank a unit of a narrow layer above an equally relevant unit of a wide one, in the ratio of their widths:
+on Split MNIST the first task then kept nearly every channel of the small CNN's second convolution, and the last
+task, with almost no free channel left, fell well below the others (README, Recognition).
 
 Only units that are still free are pruned: a unit frozen by an earlier task costs the new task nothing, so it
 stays in the new task's subnetwork (it was there while the task trained), and the whole accuracy allowance is
@@ -16,21 +14,20 @@ bisection on validation accuracy, about ``log2(free units)`` evaluations.
 
 The threshold can be a paired test instead of a raw difference: with ``confidence`` c, a pruning is accepted unless its
 validation accuracy is, at one-sided confidence c, more than ``acc_drop`` points below the unpruned network's
-on the same images (the drop's standard error from the per-image differences). On 78 validation images
-(BreastMNIST) one wrong image is 1.3 points, so a raw 2-point threshold stopped the search at noise; on a
-thousand images the test is within a fraction of a point of the raw threshold; c = 0.5 is the raw threshold.
+on the same images (the drop's standard error from the per-image differences). On a few dozen validation images
+(BreastMNIST's) one wrong image is more than a point, so a raw threshold of a few points stops the search at noise;
+on a thousand images the test is close to the raw threshold; c = 0.5 is the raw threshold (README, Capacity).
 
 What the threshold compares (the learner's ``drop_measure``, resolved by :func:`choose_measure`): per image, either
 whether the subnetwork answers right (``"accuracy"``, the paper's) or the probability its softmax over the task's
 classes gives the true class (``"probability"``: the mean is the accuracy of a classifier that answers by drawing
 from its softmax). On a few
-hundred validation images, accuracy is noise where a task's images lie near its decision boundaries: on
-RetinaMNIST (120 validation images, about 50 % accuracy, five graded classes) pruning 48 of 96 free units cost 3
-images (2.5 points) and was refused, pruning 1 unit gained 3, and the task kept every free unit; with
-probabilities an image that moves a little across a boundary moves the measure a little, and the task kept 28 of
-them at 0.5 points lower test accuracy (seed 0). ``"auto"`` (the learner's default) compares accuracies where
-``acc_drop`` points of the validation images are at least ``MIN_IMAGES_PER_DROP`` images (1,000 images at 2
-points: Split and Permuted MNIST) and probabilities below.
+hundred validation images, accuracy is noise where a task's images lie near its decision boundaries (RetinaMNIST's:
+few images, five graded classes): a pruning that costs a handful of images is refused, so the task keeps every free
+unit; with probabilities an image that moves a little across a boundary moves the measure a little, and the task
+keeps far fewer units at a small cost in test accuracy (README, Capacity). ``"auto"`` (the learner's default)
+compares accuracies where ``acc_drop`` points of the validation images are at least ``MIN_IMAGES_PER_DROP`` images
+(as on Split and Permuted MNIST, a thousand validation images per task) and probabilities below.
 
 A floor, ``min_keep``, keeps each layer's most relevant share whatever the accuracy (frozen units it keeps
 count towards it): a task that a handful of units can solve (0 against 1) would otherwise keep a subnetwork too
@@ -124,8 +121,8 @@ def paired_drop(base: torch.Tensor, pruned: torch.Tensor, confidence: float) -> 
     """Lower confidence bound of the accuracy drop (fraction) from ``base`` to ``pruned``.
 
     ``base``, ``pruned``: per-image correctness ``(n,)`` on the same images (bool or 0/1; or the probability of
-    the true class, in [0, 1]), or one accuracy each (``(1,)``, no standard error). The bound is the mean paired difference minus ``z(confidence)`` standard
-    errors; ``confidence=0.5`` gives the raw difference of accuracies.
+    the true class, in [0, 1]), or one accuracy each (``(1,)``, no standard error). The bound is the mean paired
+    difference minus ``z(confidence)`` standard errors; ``confidence=0.5`` gives the raw difference of accuracies.
     """
     d = base.double() - pruned.double()
     se = float(d.std() / math.sqrt(len(d))) if len(d) > 1 else 0.0

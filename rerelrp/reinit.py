@@ -1,8 +1,8 @@
 """Reinit: a fresh start for the free units of every task after the first (the units kept by no task so far).
 
 A unit that an earlier task trained and then pruned keeps weights fitted to that task, and a network of such units
-learned RetinaMNIST, the third task of the medical stream, no better than its majority class (43 %), where freshly
-initialised free units reached 50-52 % (test, seed 0): :func:`reset_free_units` draws their weights anew. Where a
+learned RetinaMNIST, the third task of the medical stream, no better than its majority class, where freshly
+initialised free units learned it (README, Capacity): :func:`reset_free_units` draws their weights anew. Where a
 BatchNorm closes a unit layer, the statistics of its free channels are measured on the new task's inputs
 (:func:`refresh_free_statistics`: BatchNorm is frozen after the first task, and statistics of other weights
 normalised the new units to the wrong scale).

@@ -14,7 +14,7 @@ is learned. Only the mixtures' weights, means and covariances are stored: no inp
 With ``ReReLRP(detector_space="head")`` a detector reads instead the ``n_features`` principal components, on task
 m's own data, of the vector the output layer reads (:meth:`ActivationStatistics.choose_basis`): on a residual
 network the last hidden unit layer is a block's convolution before its residual addition, whose outputs can
-vary along very few directions (ResNet-18 on PneumoniaMNIST: about two), where the mixtures' regularisation
+vary along very few directions (ResNet-18 on PneumoniaMNIST; README, Results), where the mixtures' regularisation
 rather than the data would decide between tasks. With ``detector_space="layers"`` it reads the ``n_features``
 principal components of every unit layer's outputs together, each column scaled to unit variance on task m's data:
 the lower layers' features were not trained to tell task m's classes apart and keep more of what sets other digits
@@ -40,7 +40,8 @@ from threadpoolctl import threadpool_limits
 __all__ = ["ActivationStatistics", "ClassStatistics", "GaussianDensities", "RelevanceMemory", "SHRINKAGE"]
 
 #: Share of the mean variance added to every covariance's diagonal (scikit-learn's ``reg_covar``):
-#: 1e-3 recognized best on Split MNIST and digits validation data (0.01 lost 1-2 points, 0.1 lost 15-25).
+#: this value recognized tasks best on Split MNIST and digits validation data, more shrinkage worse
+#: (README, Recognition).
 SHRINKAGE = 1e-3
 
 
@@ -67,11 +68,11 @@ class ClassStatistics:
         """Estimate from ``(n, d)`` features, ``n >= 2``: of the full-covariance mixtures of 1 and of
         ``max_components`` components (scikit-learn's ``GaussianMixture``, :data:`SHRINKAGE` of the mean variance
         added to every diagonal), the one with the lower BIC, so that a small class gets one Gaussian. (BIC over
-        every count in between recognized Split MNIST as well at twice the fitting time.)
+        every count in between recognized tasks no better and fitted slower; README, Recognition.)
 
         The fits run BLAS and OpenMP on one thread: their matrices are ``d x d`` with ``d`` = ``n_features``, far
-        too small for threads to pay, and on 2 cores two threads made the remember stage 5 times slower (fits of
-        900 x 48 activations: 0.62 s against 0.12 s), 10 times beside two busy processes (1.9 s against 0.17 s)."""
+        too small for threads to pay, and more threads made the remember stage several times slower, the more so
+        on a busy machine (README, What is ours and what is borrowed)."""
         reg = SHRINKAGE * max(float(features.var(0).mean()), np.finfo(np.float32).tiny)
         with warnings.catch_warnings(), threadpool_limits(limits=1):
             # EM stopped at max_iter still leaves a valid mixture, at least as likely as its k-means start;

@@ -137,11 +137,11 @@ def unit_composite(canonizers: Sequence[Canonizer] = (), epsilon: float = 1e-6, 
     for unit relevance only.
 
     ``nn.Linear`` gets :class:`Epsilon`, ``nn.Conv2d`` with numeric zero padding :class:`ZPlus`, their
-    subclasses and other convolutions zennit's epsilon and z+; ReLU keeps its gradient (the rule above it already gives zero relevance
-    wherever a ReLU outputs zero, so zennit's pass-through rule and the gradient agree); other activations
-    and BatchNorm pass relevance through, average pooling and a canonized residual block's Sum normalise, as in
-    zennit. The first layer's
-    flat rule changes only the input relevance, which this composite never computes.
+    subclasses and other convolutions zennit's epsilon and z+; ReLU keeps its gradient (the rule above it already
+    gives zero relevance wherever a ReLU outputs zero, so zennit's pass-through rule and the gradient agree); other
+    activations and BatchNorm pass relevance through, average pooling and a canonized residual block's Sum
+    normalise, as in zennit. The first layer's flat rule changes only the input relevance, which this composite
+    never computes.
     """
     rules = {"linear": Epsilon(epsilon), "conv": ZPlus(stabilizer), "other_linear": ZennitEpsilon(epsilon=epsilon),
              "other_conv": ZennitZPlus(stabilizer=stabilizer), "pass": Pass(), "norm": Norm(stabilizer=stabilizer)}

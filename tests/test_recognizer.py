@@ -7,12 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load as load_tensors
 
-from benchmarks.backbones import small_cnn
 from rerelrp import ReReLRP
 from benchmarks.memory import bytes_beyond_weights
 from rerelrp.prune import prune_to_threshold
 from rerelrp.spaces import DETECTOR_SPACES
-from conftest import TASKS, digits_mlp, loader, replay_buffer_bytes, task_recognition
+from conftest import digits_mlp, loader, replay_buffer_bytes, task_recognition
 
 
 def test_recognizes_held_out_digits_better_than_the_paper_recognizer(digits, default_learner, paper_learner):
