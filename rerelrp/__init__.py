@@ -1,6 +1,6 @@
 """rerelrp: replay-free continual learning that remembers and recognizes tasks with LRP.
 
-Quick use, with one default learner kept by the module (as ``random`` keeps
+Quick use, with one default learner per model kept by the module (as ``random`` keeps
 one generator)::
 
     import rerelrp
@@ -8,7 +8,9 @@ one generator)::
     rerelrp.fit_task(model, loader_task1)
     classes = rerelrp.predict(x)          # no task id needed
 
-Hold several learners with :class:`ReReLRP`.
+Hold several learners with :class:`ReReLRP`. A learner owns its model
+(:mod:`rerelrp.ownership`): a second learner on a model another one holds is
+refused with :class:`ModelInUseError`.
 """
 from __future__ import annotations
 
@@ -22,27 +24,50 @@ from torch.utils.data import DataLoader
 from ._version import __version__
 from .learner import ReReLRP, load
 from .options import InvalidParameterError
+from .ownership import ModelInUseError, holder
 from .persist import UntrustedFileError
 
 __all__ = ["ReReLRP", "fit_task", "predict", "load", "default_learner", "NotFittedError", "UntrustedFileError",
-           "InvalidParameterError", "__version__"]
+           "InvalidParameterError", "ModelInUseError", "__version__"]
 
+#: The learner of the latest module-level fit_task: the one rerelrp.predict asks.
 _default: ReReLRP | None = None
+#: Attribute of a model through which the module keeps the learner it started on it alive (see :class:`_Kept`).
+_KEPT = "_rerelrp_default_learner"
+
+
+class _Kept:
+    """The learner the module started on a model, kept alive by the model itself (an attribute of it) for as long
+    as the model lives: a dictionary keyed by the model would keep every model alive through its learner. A copy or
+    a pickle of the model keeps no learner (it is another model, which no learner holds)."""
+
+    def __init__(self, learner: ReReLRP | None = None):
+        self.learner = learner
+
+    def __deepcopy__(self, memo) -> "_Kept":
+        return _Kept()
+
+    def __reduce__(self):
+        return _Kept, ()
 
 
 def fit_task(model: nn.Module, loader: DataLoader, val_loader: Iterable | None = None, **options: Any) -> ReReLRP:
-    """Learn one more task with the default learner bound to ``model``; returns that learner.
+    """Learn one more task with the learner that holds ``model``; returns that learner.
 
-    A call with another model than the previous call starts a new default
-    learner with ``options`` (see :class:`ReReLRP` for them); a call with the
-    same model goes on with the same learner, updating any ``options`` given.
+    The learner that holds ``model`` (:func:`rerelrp.ownership.holder`: the one that learned its tasks, whether
+    this function started it or you did with :class:`ReReLRP`) goes on, updating any ``options`` given; a model no
+    learner holds gets a new learner with ``options`` (see :class:`ReReLRP` for them), which the model keeps alive.
+    So ``fit_task(A, ...)``, ``fit_task(B, ...)``, ``fit_task(A, ...)`` learns A's second task with A's learner.
     """
     global _default
-    if _default is None or _default.model is not model:
-        _default = ReReLRP(model, **options)
+    learner = holder(model)
+    if learner is None:
+        learner = ReReLRP(model, **options)
+        object.__setattr__(model, _KEPT, _Kept(learner))  # not nn.Module's: it is no parameter, buffer or module
     elif options:
-        _default.set_params(**options)
-    return _default.fit_task(loader, val_loader)
+        learner.set_params(**options)
+    _default = learner
+    return learner.fit_task(loader, val_loader)
 
 
 def predict(x: torch.Tensor) -> torch.Tensor:

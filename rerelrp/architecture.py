@@ -6,6 +6,11 @@ to them on load (:func:`widen_to_saved`), any other model must match the record 
 """
 from __future__ import annotations
 
+import copy
+import itertools
+import math
+import numbers
+
 import torch
 from torch import nn
 
@@ -13,7 +18,7 @@ from .contexts import hooks
 from .growth import widen_to
 from .network import Units, eval_mode, find_units
 
-__all__ = ["check_forward", "architecture", "check", "widen_to_saved"]
+__all__ = ["check_forward", "architecture", "check", "widen_to_saved", "check_saved", "on_meta", "check_input_shape"]
 
 
 def check_forward(model: nn.Module, units: Units, x: torch.Tensor) -> None:
@@ -70,3 +75,86 @@ def widen_to_saved(model: nn.Module, widths: dict[str, int], growth: list[list[i
         return  # the architecture check names what differs
     if [layer.name for layer in units.layers] == list(widths) and units.sizes == initial_sizes:
         widen_to(model, units, widths)
+
+
+def _positive_int(value, zero: bool = False) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= (0 if zero else 1)
+
+
+def check_saved(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Raise ValueError naming what does not fit when a save's ``meta`` (meta.json) does not describe its own
+    ``tensors`` (tensors.safetensors) and itself: its ``architecture`` must be the ``model.*`` tensors' names, shapes
+    and dtypes; each unit layer's ``widths`` the rows of its weight there; ``initial_sizes`` (None, or one positive
+    int per layer, none above its width) plus the ``growth`` (None, or per task one int >= 0 per layer) the widths;
+    ``input_shape`` positive ints; ``input_range`` None or two finite numbers, low <= high. Reads the file only: run
+    before any model is grown or loaded, so that a load allocates no more than the tensors the file declares."""
+    held = {k[len("model."):]: [list(v.shape), str(v.dtype)] for k, v in tensors.items() if k.startswith("model.")}
+    declared = {}
+    for entry in meta["architecture"]:
+        name, shape, dtype = entry
+        declared[name] = [shape, dtype]
+    if declared != held:
+        differences = [f"model.{k}: architecture {declared.get(k)} vs file {held.get(k)}"
+                       for k in dict.fromkeys([*declared, *held]) if declared.get(k) != held.get(k)]
+        raise ValueError(f"the architecture in meta.json does not describe the model tensors of tensors.safetensors: "
+                         f"{'; '.join(differences[:5])}" + (f" (and {len(differences) - 5} more)"
+                                                              if len(differences) > 5 else ""))
+    widths = meta["widths"]
+    if not isinstance(widths, dict) or not all(_positive_int(w) for w in widths.values()):
+        raise ValueError(f"widths in meta.json must map unit layers to positive ints, got {widths!r:.200}")
+    for name, width in widths.items():
+        rows = held.get(f"{name}.weight", [[None]])[0]
+        if not rows or rows[0] != width:
+            raise ValueError(f"widths in meta.json give unit layer '{name}': {width} units, but model.{name}.weight in "
+                             f"tensors.safetensors has shape {rows} ({rows[0] if rows else None} rows)")
+    width_list = list(widths.values())
+    initial = meta.get("initial_sizes")
+    if initial is not None and (not isinstance(initial, list) or len(initial) != len(width_list)
+                                or not all(_positive_int(n) and n <= w for n, w in zip(initial, width_list))):
+        raise ValueError(f"initial_sizes {initial!r:.200} in meta.json do not fit the widths {width_list}: one "
+                         "positive int per unit layer, none above its width")
+    growth = meta.get("growth")
+    if growth is not None:
+        if not isinstance(growth, list) or not all(isinstance(g, list) and len(g) == len(width_list)
+                                                   and all(_positive_int(n, zero=True) for n in g) for g in growth):
+            raise ValueError(f"growth {growth!r:.200} in meta.json is not, per task, one int >= 0 per unit layer")
+        if initial is not None and [n + sum(g[i] for g in growth) for i, n in enumerate(initial)] != width_list:
+            raise ValueError(f"initial_sizes {initial} and growth in meta.json do not add up to the widths "
+                             f"{width_list}")
+    shape = meta["input_shape"]
+    if not isinstance(shape, list) or not shape or not all(_positive_int(n) for n in shape):
+        raise ValueError(f"input_shape {shape!r:.200} in meta.json is not a list of positive ints")
+    bounds = meta.get("input_range")
+    if bounds is not None:
+        if not isinstance(bounds, list) or len(bounds) != 2 or not all(
+                isinstance(b, numbers.Real) and not isinstance(b, bool) and math.isfinite(b) for b in bounds):
+            raise ValueError(f"input_range {bounds!r:.200} in meta.json is not None or two finite numbers")
+        if bounds[0] > bounds[1]:
+            raise ValueError(f"input_range {bounds!r} in meta.json is not (low, high) with low <= high")
+
+
+def on_meta(model: nn.Module) -> nn.Module | None:
+    """A copy of ``model`` whose parameters and buffers are on the meta device (shapes, no data: nothing is
+    allocated), to try a growth or a forward on; None when ``model`` cannot be copied."""
+    memo: dict[int, object] = {}
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        shadow = tensor.detach().to("meta")
+        memo[id(tensor)] = nn.Parameter(shadow, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else shadow
+    try:
+        return copy.deepcopy(model, memo)
+    except Exception:  # a module that cannot be deep-copied: the checks on the model itself must do
+        return None
+
+
+def check_input_shape(shadow: nn.Module, input_shape: list[int]) -> None:
+    """Raise ValueError when the meta-device model ``shadow`` (:func:`on_meta`) cannot take inputs
+    ``(2, *input_shape)``; a forward with an operation the meta device lacks is not judged."""
+    dtype = next(itertools.chain(shadow.parameters(), [torch.empty(0)])).dtype
+    try:
+        with torch.no_grad():
+            shadow.eval()(torch.zeros(2, *input_shape, dtype=dtype, device="meta"))
+    except NotImplementedError:
+        return
+    except Exception as error:
+        raise ValueError(f"input_shape {list(input_shape)} in meta.json: the model cannot take inputs of that shape: "
+                         f"{type(error).__name__}: {error}") from error

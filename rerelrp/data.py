@@ -24,8 +24,8 @@ from torch.utils.data import (BatchSampler, DataLoader, Dataset, DistributedSamp
 
 __all__ = ["TaskData", "prepare_task", "check_input", "collect", "MAX_INPUT"]
 
-#: Largest absolute training input accepted: raw 8- and 16-bit images and CT values fit; inputs far beyond it broke
-#: every later task.
+#: Largest absolute input accepted, in training and prediction: raw 8- and 16-bit images and CT values fit; inputs
+#: far beyond it broke every later task, and gave NaN scores and class 0 at prediction.
 MAX_INPUT = 1e6
 
 
@@ -55,7 +55,9 @@ class TaskData:
 
 
 def check_input(x: torch.Tensor, input_shape: Sequence[int] | None, name: str = "x") -> None:
-    """Raise TypeError/ValueError unless ``x`` is a finite float tensor ``(n, *input_shape)``."""
+    """Raise TypeError/ValueError unless ``x`` is a finite float tensor ``(n, *input_shape)`` within
+    +-:data:`MAX_INPUT` (checked in its own dtype: a float64 1e300 is refused before a cast to float32 makes it
+    Inf)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -70,6 +72,11 @@ def check_input(x: torch.Tensor, input_shape: Sequence[int] | None, name: str = 
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).flatten(1).any(1).sum()) if x.dim() > 1 else 1
         raise ValueError(f"{name} contains NaN or Inf values ({bad} sample(s) affected)")
+    largest = float(x.abs().max())
+    if largest > MAX_INPUT:
+        raise ValueError(f"{name}: its largest absolute value is {largest:.3g}, beyond +-{MAX_INPUT:g}: training, the "
+                         "network's activations and the detectors' covariances break down at such values; scale the "
+                         "inputs as the training inputs were (e.g. to [0, 1])")
 
 
 def _labels(y: torch.Tensor | np.ndarray | Sequence[int], name: str) -> torch.Tensor:
@@ -78,6 +85,9 @@ def _labels(y: torch.Tensor | np.ndarray | Sequence[int], name: str) -> torch.Te
         y = y[:, 0]
     if y.dim() != 1 or y.is_floating_point() or y.is_complex():
         raise ValueError(f"{name} must yield integer class ids of shape (batch,), got {tuple(y.shape)} {y.dtype}")
+    if y.dtype in (torch.uint8, torch.bool):
+        raise TypeError(f"{name} yields labels of dtype {y.dtype}, which torch takes as a mask, not as class ids, "
+                        "when it indexes with them: give the labels as integers, e.g. y.long() (torch.long)")
     return y.long()
 
 
@@ -149,6 +159,7 @@ def prepare_task(
     else:
         train_idx, train = indices, loader
         val_x, val_y = _given_validation(val_loader, x, classes)
+    _check_batches(train, loader, len(train_idx), len(y))
     ref_idx = np.concatenate([
         rng.permutation(train_idx[(y[train_idx] == c).numpy()])[:n_reference] for c in classes
     ])
@@ -170,14 +181,27 @@ def _check_loader(loader: DataLoader) -> Dataset:
     return dataset
 
 
+def _check_batches(train: Iterable, loader: DataLoader, n_train: int, n: int) -> None:
+    """Raise ValueError when ``train``, the loader the task trains on (``n_train`` of ``loader``'s ``n`` samples),
+    yields no batch: ``drop_last=True`` with fewer samples than a batch would learn nothing and freeze the task."""
+    try:
+        batches = len(train)
+    except TypeError:  # a loader of unknown length: its batches are not counted
+        return
+    if batches == 0:
+        share = "all" if n_train == n else "the training share"
+        where = " in this process" if isinstance(getattr(train, "sampler", None), DistributedSampler) else ""
+        raise ValueError(f"loader has drop_last={loader.drop_last} and batch_size={loader.batch_size}, but the task "
+                         f"trains on {n_train} samples ({share} of its {n}): it would yield no batch{where}, so "
+                         "nothing would be learned and the untrained task frozen; set drop_last=False or a batch_size "
+                         f"of at most {n_train}")
+
+
 def _check_training_data(x: torch.Tensor, y: torch.Tensor, input_shape: Sequence[int] | None, n_outputs: int,
                          learned: Sequence[int]) -> list[int]:
     """Raise TypeError/ValueError unless the task's inputs ``x`` ``(n, *input_shape)`` and labels ``y`` ``(n,)``
     are fit to learn (see :func:`prepare_task`); the task's sorted class ids."""
     check_input(x, input_shape, "training inputs")
-    if float(x.abs().max()) > MAX_INPUT:
-        raise ValueError(f"training inputs reach {float(x.abs().max()):.3g}, beyond +-{MAX_INPUT:g}: training and "
-                         "the detectors' covariances break down at such values; scale the inputs (e.g. to [0, 1])")
     classes = sorted(int(c) for c in torch.unique(y))
     outside = [c for c in classes if c < 0 or c >= n_outputs]
     if outside:

@@ -60,6 +60,8 @@ class Flow:
     output: qualified name of the module whose output forward returns as it is, or None.
     gated: qualified names of the modules whose output reaches forward's result only as the scale of a
         :class:`rerelrp.canonizers.Gate` (a squeeze-excitation's layers): LRP sends them no relevance.
+    attributes: qualified names of the tensors forward reads as attributes rather than through a module call
+        (``self.shift`` in ``x + self.shift``: a parameter or buffer), in order, once each.
     """
 
     calls: tuple[str, ...]
@@ -67,6 +69,7 @@ class Flow:
     reader: dict[str, str]
     output: str | None
     gated: frozenset[str] = frozenset()
+    attributes: tuple[str, ...] = ()
 
     def count(self, name: str) -> int:
         """How many times forward calls the module ``name``."""
@@ -120,7 +123,8 @@ def trace(model: nn.Module, canonizers: Sequence = ()) -> Flow:
     return Flow(calls=tuple(n.target for n in calls), modules={n.target: modules[n.target] for n in calls},
                 reader=reader,
                 output=result.target if isinstance(result, fx.Node) and result.op == "call_module" else None,
-                gated=_gated(graph, modules))
+                gated=_gated(graph, modules),
+                attributes=tuple(dict.fromkeys(n.target for n in graph.nodes if n.op == "get_attr")))
 
 
 def _gated(graph: fx.Graph, modules: dict[str, nn.Module]) -> frozenset[str]:

@@ -7,10 +7,16 @@ one boolean mask per parameter (like ``torch.nn.utils.prune`` keeps
 frozen entries back after every step of any optimizer, so it holds in a
 training loop rerelrp did not write. Nothing but the masks is kept between
 tasks; the values are taken just before each step.
+
+Between tasks nothing may change a frozen entry either: a plugin that re-initialises the head before the next
+experience, a forward in training mode that moves BatchNorm statistics. A *fingerprint* (a digest per tensor of
+its frozen entries, and of the running statistics of the kept channels of every BatchNorm) is taken after each
+task and when a state is loaded, and checked when the next task starts (:meth:`FrozenParameters.changed`).
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 from typing import Iterator, Sequence
 
@@ -39,6 +45,8 @@ class FrozenParameters:
     def __init__(self, units: Units):
         self.units = units
         self.masks: dict[nn.Parameter, torch.Tensor] = {}
+        #: per frozen tensor, a digest of its frozen entries when the last task ended (see :meth:`record`)
+        self.fingerprint: dict[torch.Tensor, str] = {}
 
     def _mask(self, param: nn.Parameter) -> torch.Tensor:
         if param not in self.masks:
@@ -49,6 +57,7 @@ class FrozenParameters:
         for param in (module.weight, module.bias):
             if param is not None:
                 self._mask(param)[rows.to(param.device)] = True
+        self._restamp()
 
     def freeze_units(self, keep: Sequence[torch.Tensor]) -> None:
         """Freeze the incoming weights and bias of every unit whose ``keep`` entry is True."""
@@ -66,6 +75,7 @@ class FrozenParameters:
         for module in (*self.units.batchnorms, *self.units.gates):
             for param in module.parameters(recurse=False):
                 self._mask(param).fill_(True)
+        self._restamp()
 
     def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The masks by the name of their parameter in ``model``: ``{name: bool tensor of its shape}`` (CPU)."""
@@ -80,6 +90,50 @@ class FrozenParameters:
                 raise ValueError(f"tensors.safetensors holds frozen.{name} as {mask.dtype} {tuple(mask.shape)}, not "
                                  f"bool {tuple(named[name].shape)}")
         self.masks = {named[name]: mask.to(named[name].device) for name, mask in state.items()}
+        self.record()  # the loaded values are the learned tasks': a later change of them is named
+
+    def _entries(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every frozen tensor with the mask of its frozen entries: the parameters' (their freeze masks), and the
+        running mean and variance of every BatchNorm the model calls (fixed after the first task): the channels of
+        the kept units of the unit layer it closes, or all of them."""
+        for param, mask in self.masks.items():
+            if mask.any():
+                yield param, mask
+        closing = {id(layer.masked_module): layer.module for layer in self.units.layers}
+        for norm in self.units.batchnorms:
+            if getattr(norm, "running_mean", None) is None:
+                continue
+            layer = closing.get(id(norm))
+            if layer is None:
+                rows = torch.ones(norm.num_features, dtype=torch.bool)
+            elif layer.weight in self.masks:
+                rows = self.masks[layer.weight].reshape(len(layer.weight), -1).all(1)
+            else:
+                continue
+            for buffer in (norm.running_mean, norm.running_var):
+                yield buffer, rows.to(buffer.device)
+
+    def record(self) -> None:
+        """Take the fingerprint of every frozen entry as it is now (:meth:`changed` compares with it)."""
+        self.fingerprint = {tensor: _digest(tensor, mask) for tensor, mask in self._entries()}
+
+    def _restamp(self) -> None:
+        """After the masks grew between tasks, the fingerprint covers the entries they freeze now."""
+        if self.fingerprint:
+            self.record()
+
+    def changed(self, model: nn.Module) -> list[str]:
+        """The qualified names of the tensors of ``model`` whose frozen entries differ from the fingerprint taken by
+        :meth:`record` (the last task's end, or a load); empty when none does, or when none was taken."""
+        names = {id(t): name for name, t in (*model.named_parameters(), *model.named_buffers())}
+        masks = dict(self._entries())
+        moved = []
+        for tensor, digest in self.fingerprint.items():
+            if id(tensor) not in names:
+                moved.append(f"a {tuple(tensor.shape)} tensor that is no longer the model's (replaced by a new one)")
+            elif tensor not in masks or _digest(tensor, masks[tensor]) != digest:
+                moved.append(names[id(tensor)])
+        return moved
 
     def check_covers(self, kept: Sequence[torch.Tensor], classes: Sequence[int], model: nn.Module) -> None:
         """Raise ValueError unless every row of a unit in ``kept`` (one bool ``(n_units,)`` per unit layer) and the
@@ -137,3 +191,9 @@ class FrozenParameters:
             raise RuntimeError(f"frozen entries of {', '.join(moved)} changed during the task's training outside "
                                "optimizer.step() (rerelrp restores them only after optimizer steps); the task is not "
                                "learned and the learner is left as it was before it")
+
+
+def _digest(tensor: torch.Tensor, mask: torch.Tensor) -> str:
+    """A digest of the bits of ``tensor``'s entries where ``mask`` is True (bit-exact: -0.0 is not 0.0)."""
+    values = tensor.detach()[mask].cpu().contiguous()
+    return hashlib.blake2b(values.view(torch.uint8).numpy().tobytes(), digest_size=16).hexdigest()

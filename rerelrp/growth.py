@@ -240,11 +240,12 @@ def snapshot(model: nn.Module) -> dict:
 
 
 def restore(model: nn.Module, saved: dict) -> None:
-    """Put ``model`` back to its :func:`snapshot` ``saved``: a tensor grown since gets its old storage back (the same
-    ``nn.Parameter`` objects, so optimizers built over them stay valid), every value its old value."""
+    """Put ``model`` back to its :func:`snapshot` ``saved``: a tensor grown or moved since gets its old storage back
+    (the same ``nn.Parameter`` objects, so optimizers built over them stay valid), every value its old value."""
     with torch.no_grad():
         for key, value in model.state_dict(keep_vars=True).items():
-            if value.shape != saved["values"][key].shape:  # grown since: back to the old tensor
+            old = saved["values"][key]
+            if value.shape != old.shape or value.device != old.device:  # grown or moved since: the old tensor
                 value.data = saved["data"][key]
             value.data.copy_(saved["values"][key])
     sync_sizes(*model.modules())

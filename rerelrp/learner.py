@@ -28,14 +28,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from zennit.core import Composite
 
-from . import architecture, capacity, growth, novelty, options, persist, reinit
+from . import architecture, capacity, growth, novelty, options, ownership, persist, reinit
 from .concurrency import TRACE_LOCK, model_lock
 from .contexts import seeded
 from .data import TaskData, check_input, prepare_task
 from .distributed import agree, from_rank0, is_distributed, is_rank0
 from .freeze import FrozenParameters
 from .network import find_units, masked
-from .prune import PruneResult, choose_measure, prune_to_threshold, unit_scores
+from .prune import PruneResult, choose_measure, prune_to_threshold, settle, unit_scores
 from .recognize import GaussianRecognizer, Route, chain_scores, make_recognizer, route
 from .relevance import input_composite, lrp
 from .subnetworks import Subnetworks
@@ -201,6 +201,8 @@ class ReReLRP(BaseEstimator):
             first = not hasattr(self, "tasks_")
             if first:
                 self._start()
+            else:
+                self._check_unchanged()  # before anything: a refused task leaves the learner as it was
             if self.grow > 0 and getattr(self, "_growth_paths", None) is None:  # traced before any forward
                 self._growth_paths = growth.growth_paths(self._net, self.units_)
             before = self._checkpoint()
@@ -247,6 +249,7 @@ class ReReLRP(BaseEstimator):
         previous = getattr(self, "input_range_", None) or (low, high)
         self.input_range_ = (min(previous[0], low), max(previous[1], high))
         self.fit_times_.append(times)
+        self.frozen_.record()  # last: the next task starts only if the frozen entries are still these
 
     def _grow(self, seed: int) -> None:
         """Stage 0: with ``grow``, give every unit layer its free units (:func:`rerelrp.growth.grow_free`); warns
@@ -260,6 +263,8 @@ class ReReLRP(BaseEstimator):
             for message in refusals:
                 warnings.warn(message, RuntimeWarning, stacklevel=6)
             self.masks_ = growth.grow_masks(self.masks_, added)
+            if any(added):  # columns of later layers moved in what the memories index
+                self.recognizer_.grown(self.units_, added)
         self.growth_.append(added)
         # the forecast warned before, unless the stream outgrew n_tasks
         if t > 0 and self.free_capacity()["overall"] == 0.0:
@@ -292,6 +297,17 @@ class ReReLRP(BaseEstimator):
         statistics = batchnorm_frozen(self.units_.batchnorms) if self.tasks_ else contextlib.nullcontext()
         with self.frozen_.enforced(self.model), statistics:
             yield
+
+    def _check_unchanged(self) -> None:
+        """RuntimeError naming the tensors whose frozen entries changed since the last task or load."""
+        moved = self.frozen_.changed(self._net)
+        if moved:
+            raise RuntimeError(
+                f"frozen entries of {', '.join(moved)} changed since task {len(self.tasks_) - 1} was learned (or the "
+                "learner loaded): the model was changed between tasks (a re-initialisation, a plugin's edit, a "
+                "forward in training mode moving BatchNorm statistics), so the learned tasks no longer answer as they "
+                "did. The learner is left as it was and learns no task over it: put the weights back (model."
+                "load_state_dict of a copy taken after the task, or rerelrp.load of a save into a fresh model)")
 
     def _check_finite(self, t: int) -> None:
         diverged = [name for name, p in self._net.named_parameters() if not torch.isfinite(p).all()]
@@ -344,9 +360,10 @@ class ReReLRP(BaseEstimator):
                     train_task(self.model, task.train, task.classes, epochs=self._retrain_epochs, lr=self.lr,
                                optimizer=self.optimizer, device=self.device_, progress=self.progress,
                                description=f"task {t} retrain")
-        if self._retrain_epochs:
-            result.accuracy = from_rank0(lambda: float(correct(result.keep).float().mean()))
-        return result
+        # the subnetwork the task ends with, against the threshold: beyond it because of the budget in any round
+        final = from_rank0(lambda: correct(result.keep))
+        forced = budget is not None and any(f > b for f, b in zip(free_per_layer, budget))
+        return settle(result, base, final, self.acc_drop, self.drop_confidence, forced)
 
     def _remember(self, task: TaskData, times: dict) -> None:
         """Stages 6-8 (on rank 0 when distributed; every rank takes the result): remember the task through every
@@ -374,17 +391,20 @@ class ReReLRP(BaseEstimator):
         """What :meth:`_rollback` needs to put the learner and its model back as they are now: the model
         (:func:`rerelrp.growth.snapshot`), a copy of every fitted attribute not bound to the model, the freeze masks."""
         return {"model": growth.snapshot(self._net), "frozen": {p: m.clone() for p, m in self.frozen_.masks.items()},
+                "fingerprint": dict(self.frozen_.fingerprint),
                 "fitted": {k: copy.deepcopy(v) for k, v in vars(self).items()
                            if k.endswith("_") and not k.startswith("_") and k not in _MODEL_BOUND}}
 
     def _rollback(self, before: dict, first: bool) -> None:
         growth.restore(self._net, before["model"])
-        if first:  # back to unfitted
+        if first:  # back to unfitted: the model is free again
+            ownership.release(self._net, self)
             for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("_")]:
                 delattr(self, name)
             return
         vars(self).update(before["fitted"])
         self.frozen_.masks = before["frozen"]
+        self.frozen_.fingerprint = before["fingerprint"]
 
     # ---------------------------------------------------------------- prediction
     def predict(self, x: Batches, task_id: int | None = None, reject: bool = False) -> torch.Tensor:
@@ -521,7 +541,19 @@ class ReReLRP(BaseEstimator):
         had before it grew; its weights are overwritten). Raises ValueError (or KeyError, IndexError, TypeError for
         missing or malformed entries) naming what does not fit: tasks that are not disjoint sets of output rows,
         masks of the wrong type or length, units or head rows of learned tasks left unfrozen, non-finite weights,
-        memory or calibration."""
+        memory or calibration. The state's description is checked against its tensors before the model is grown
+        (:func:`rerelrp.architecture.check_saved`); a refused state leaves the model's widths and weights as they
+        were."""
+        ownership.check(self._net, self, "load a state into it (its weights would be overwritten)")
+        architecture.check_saved(state["meta"], state["tensors"])
+        before = growth.snapshot(self._net)
+        try:
+            return self._load_state(state)
+        except BaseException:
+            growth.restore(self._net, before)
+            raise
+
+    def _load_state(self, state: dict) -> "ReReLRP":
         meta, tensors = state["meta"], state["tensors"]
         architecture.widen_to_saved(self._net, meta["widths"], meta.get("growth"), meta.get("initial_sizes"))
         architecture.check(meta["architecture"], self._net, "the state")
@@ -605,6 +637,7 @@ class ReReLRP(BaseEstimator):
         if isinstance(self.model, nn.DataParallel):
             raise TypeError("torch.nn.DataParallel is not supported (its replicas would each need the masks and hooks): "
                             "use torch.nn.parallel.DistributedDataParallel, one process per device")
+        ownership.check(self._net, self)  # another learner's frozen units: refused before anything is set
         self.units_ = find_units(self._net)
         self.initial_sizes_ = self.units_.sizes
         self.initial_parameters_ = growth.n_parameters(self._net)
@@ -621,6 +654,7 @@ class ReReLRP(BaseEstimator):
         self.fit_times_: list[dict[str, float]] = []
         self.growth_: list[list[int]] = []
         self.novelty_quantiles_: list[np.ndarray] = []
+        ownership.claim(self._net, self)  # last: the learner owns its model from now on
 
     def _check_fitted(self) -> None:
         if not getattr(self, "tasks_", None):
@@ -693,19 +727,58 @@ def load(path: str | os.PathLike, model: nn.Module, trusted: Sequence[str] = (),
     FileNotFoundError: nothing at ``path``.
     UntrustedFileError: the file is not a rerelrp save, a member is not what rerelrp writes, is too large, its
         contents do not fit together, or a detector holds untrusted types; the message names the member.
+    InvalidParameterError: a given option is not one, or has a value it does not accept (as at construction), or
+        differs from the saved one where the first task fixed it (``recognizer``, ``detector_space``).
     ValueError: the save has another format, comes from another architecture, or lacks options given only here.
+
+    Everything is checked before ``model`` is grown or its weights overwritten, the growth on a copy of it on the
+    meta device: a refused load leaves ``model`` as it was and allocates little beyond the file's tensors.
     """
+    options.validate({**given, "model": model})  # the caller's options, before the file is read
+    ownership.check(model, doing="load a saved learner into it (its weights would be overwritten)")
     meta, tensors, estimators = persist.read(path, trusted)
     if meta["options"].get("detector") is not None and "detector" not in estimators and "detector" not in given:
         raise persist.UntrustedFileError(f"{path} names a saved detector but holds no detector.skops")
-    saved = options.decode(meta["options"], estimators.get("detector"), given)
-    architecture.widen_to_saved(model, meta["widths"], meta.get("growth"), meta.get("initial_sizes"))
-    architecture.check(meta["architecture"], model, str(path))
+    saved = _load_options(path, meta, estimators, given, model)
     try:
-        return ReReLRP(model, **saved).load_state_dict({"meta": meta, "tensors": tensors, "estimators": estimators})
+        architecture.check_saved(meta, tensors)
+    except (KeyError, IndexError, TypeError, ValueError) as error:
+        raise persist.UntrustedFileError(f"{path}: meta.json does not describe tensors.safetensors, refusing the file "
+                                         f"as untrusted: {type(error).__name__}: {error}") from error
+    shadow = architecture.on_meta(model)  # grown and run where nothing is allocated, before the model itself
+    if shadow is not None:
+        architecture.widen_to_saved(shadow, meta["widths"], meta.get("growth"), meta.get("initial_sizes"))
+        architecture.check(meta["architecture"], shadow, str(path))
+        try:
+            architecture.check_input_shape(shadow, meta["input_shape"])
+        except ValueError as error:
+            raise persist.UntrustedFileError(f"{path}: {error}; refusing the file as untrusted") from error
+    learner = ReReLRP(model, **saved)
+    try:
+        return learner.load_state_dict({"meta": meta, "tensors": tensors, "estimators": estimators})
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
+        ownership.release(model, learner)  # a learner that could not be loaded holds nothing
         raise persist.UntrustedFileError(f"{path}: meta.json and tensors.safetensors do not fit together, refusing "
                                          f"the file as untrusted: {type(error).__name__}: {error}") from error
+
+
+def _load_options(path, meta: dict, estimators: dict, given: dict, model: nn.Module) -> dict:
+    """The options of the save at ``path``, ``given`` ones instead of the saved ones, each validated as at
+    construction: a saved option refused is the file's (UntrustedFileError), a given one the caller's
+    (InvalidParameterError, as one that differs from the saved ``recognizer`` or ``detector_space``)."""
+    try:
+        merged = options.decode(meta["options"], estimators.get("detector"), given)
+    except (KeyError, AttributeError, TypeError) as error:
+        raise persist.UntrustedFileError(f"{path}: the options in meta.json are malformed, refusing the file as "
+                                         f"untrusted: {type(error).__name__}: {error}") from error
+    try:
+        options.validate({k: v for k, v in merged.items() if k not in given})
+    except options.InvalidParameterError as error:
+        raise persist.UntrustedFileError(f"{path}: meta.json holds an option rerelrp does not accept: {error}; "
+                                         "pass a valid value to rerelrp.load to use instead") from error
+    fixed = {k: meta["options"][k] for k in ("recognizer", "detector_space") if k in meta["options"]}
+    options.validate({**merged, "model": model}, fitted=fixed)
+    return merged
 
 
 def _batch_input(batch) -> torch.Tensor:

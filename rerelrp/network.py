@@ -111,7 +111,7 @@ def find_units(model: nn.Module) -> Units:
                        if isinstance(flow.modules[name], _BATCHNORMS))
     gates = tuple(flow.modules[name] for name in dict.fromkeys(flow.calls)
                   if name in flow.gated and any(True for _ in flow.modules[name].parameters(recurse=False)))
-    _check_parameters(flow, (*(layer.module for layer in layers), flow.modules[output], *batchnorms, *gates))
+    _check_parameters(model, flow, (*(layer.module for layer in layers), flow.modules[output]), (*batchnorms, *gates))
     return Units(tuple(layers), flow.modules[output], tuple(blocks + merge_batchnorm(pairs)), batchnorms, gates)
 
 
@@ -156,25 +156,67 @@ def _unit_layers(flow: Flow, output: str) -> tuple[list[UnitLayer], list[tuple[s
             pairs.append((name, masked_name))
         layers.append(UnitLayer(name, module, flow.modules[masked_name]))
     if not layers:
+        before = dict.fromkeys(flow.calls[:flow.calls.index(output)])
+        others = [f"'{n}' ({type(flow.modules[n]).__name__})" for n in before
+                  if not isinstance(flow.modules[n], _BATCHNORMS)
+                  and any(True for _ in flow.modules[n].parameters(recurse=False))]
+        named = (f"; module {', '.join(others)} {'is' if len(others) == 1 else 'are'} not one (units are the rows "
+                 "of nn.Linear and the channels of nn.Conv2d only: Conv1d, Conv3d and transposed convolutions are not "
+                 "supported)") if others else ""
         raise TypeError(
             "model has no nn.Linear or nn.Conv2d layer before its output layer: there are no units to keep or free"
-        )
+            + named)
     return layers, pairs
 
 
-def _check_parameters(flow: Flow, placed_modules: Sequence[nn.Module]) -> None:
-    """Raise TypeError if a module that ``flow`` calls has parameters of its own but is not in ``placed_modules``
-    (units, the output layer, BatchNorms, gates)."""
-    placed = {id(m) for m in placed_modules}
+def _check_parameters(model: nn.Module, flow: Flow, rows: Sequence[nn.Module], whole: Sequence[nn.Module]) -> None:
+    """Raise TypeError, naming the parameter (or module) and why, unless every parameter that ``model``'s forward
+    reads is, exactly once, the ``weight`` or ``bias`` of a module of ``rows`` (units, the output layer: frozen row
+    by row) or a parameter of a module of ``whole`` (BatchNorms, gates: frozen whole after the first task).
+
+    Refused: a module with parameters of its own that is none of these (LayerNorm, PReLU, ...), a parameter used by
+    forward directly (``x + self.shift``, ``x * self.scale``, ``F.linear(x, self.fc.weight)``: the data flow
+    sees an attribute, not a module call), and one parameter held by two modules (tied weights: freezing a unit of
+    one would freeze an unrelated unit of the other, and a fresh start of a free unit of one would rewrite a kept
+    unit of the other). Parameters of modules that forward never calls change no answer and are left alone."""
+    by_rows, whole_ids = {id(m) for m in rows}, {id(m) for m in whole}
+    holders: dict[int, list[str]] = {}
+    seen: set[int] = set()
     for name in dict.fromkeys(flow.calls):
         module = flow.modules[name]
-        if id(module) not in placed and any(True for _ in module.parameters(recurse=False)):
+        own = list(module.named_parameters(recurse=False))
+        if id(module) in seen or not own:
+            continue
+        seen.add(id(module))
+        if id(module) not in by_rows | whole_ids:
             raise TypeError(
                 f"module '{name}' ({type(module).__name__}) has parameters that are neither a unit (nn.Linear, "
                 "nn.Conv2d), the output layer, a BatchNorm nor a squeeze-excitation gate: rerelrp could not freeze "
                 "them per task, so every later task would change what old tasks compute. Use BatchNorm (frozen after "
                 "the first task) instead of LayerNorm/GroupNorm/InstanceNorm, nn.ReLU instead of nn.PReLU, "
                 "nn.Conv2d instead of nn.Conv1d")
+        for key, param in own:
+            if id(module) in by_rows and key not in ("weight", "bias"):
+                raise TypeError(f"parameter '{name}.{key}' of {type(module).__name__} '{name}' is neither its weight "
+                                "nor its bias: rerelrp freezes a unit's weight and bias row by row and could not "
+                                "freeze it, so every later task would change what old tasks compute")
+            holders.setdefault(id(param), []).append(f"{name}.{key}")
+    parameters = dict(model.named_parameters(remove_duplicate=False))
+    for name in flow.attributes:
+        if name in parameters:
+            raise TypeError(
+                f"parameter '{name}' is used by forward directly (as an attribute, e.g. x + self.{name.split('.')[-1]}"
+                f" or x * self.{name.split('.')[-1]}), not through a module call: rerelrp freezes the parameters of "
+                "units, the output layer and BatchNorms and could not freeze it, so every later task would change "
+                "what old tasks compute. Hold it in a module: a BatchNorm for a learned shift and scale, an "
+                "nn.Linear or nn.Conv2d for a learned map")
+    for names in holders.values():
+        if len(names) > 1:
+            raise TypeError(
+                f"parameter '{names[0]}' is shared: it is also '{', '.join(names[1:])}' (tied weights). rerelrp "
+                "freezes a unit's weights per task, and freezing a unit of one module would freeze an unrelated unit "
+                "of the other, while a fresh start of a free unit of one would rewrite a kept unit of the other; "
+                "give each module a parameter of its own")
 
 
 def _mask_hook(keep: torch.Tensor):

@@ -73,12 +73,13 @@ def judge(own: np.ndarray, low: np.ndarray, conf: np.ndarray, task: np.ndarray, 
           known_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Scores ``(n,)`` (:func:`standardize`) and whether each input is known ``(n,)`` bool (:func:`accepted`), from
     each input's measures ``own``, ``low``, ``conf`` ``(n,)`` under the task ``task`` ``(n,)`` it is recognized
-    as, each task calibrated by its ``quantiles[m]`` ``(4, 101)``."""
+    as, each task calibrated by its ``quantiles[m]`` ``(4, 101)``. A NaN typicality (measures that overflowed) is
+    never known and scores -inf, so that no comparison of its score takes it for known."""
     score, known = np.empty(len(task)), np.ones(len(task), dtype=bool)
     for m in np.unique(task).tolist():
         rows = task == m
         typical = typicality(own[rows], low[rows], conf[rows], quantiles[m])
-        score[rows] = standardize(typical, quantiles[m])
+        score[rows] = np.where(np.isnan(typical), -np.inf, standardize(typical, quantiles[m]))
         known[rows] = accepted(typical, quantiles[m], known_fraction)
     return score, known
 
@@ -243,5 +244,6 @@ def threshold(quantiles: np.ndarray, known_fraction: float) -> float:
 
 
 def accepted(typical: np.ndarray, quantiles: np.ndarray, known_fraction: float) -> np.ndarray:
-    """Bool ``(n,)``: whether each :func:`typicality` reaches the task's :func:`threshold`."""
-    return np.asarray(typical, np.float64) >= threshold(quantiles, known_fraction)
+    """Bool ``(n,)``: whether each :func:`typicality` reaches the task's :func:`threshold`; a NaN one never does."""
+    typical = np.asarray(typical, np.float64)
+    return ~np.isnan(typical) & (typical >= threshold(quantiles, known_fraction))

@@ -25,7 +25,7 @@ from .prune import MEASURES
 from .recognize import RECOGNIZERS
 from .spaces import DETECTOR_SPACES
 
-__all__ = ["InvalidParameterError", "Interval", "Options", "Types", "HasMethods", "IsCallable", "TorchDevice",
+__all__ = ["InvalidParameterError", "Interval", "Options", "Types", "HasMethods", "IsCallable", "TorchDevice", "Model",
            "CONSTRAINTS", "NOTES", "FIXED", "validate", "UNSAVED", "encode", "decode"]
 
 
@@ -158,16 +158,42 @@ class TorchDevice(Constraint):
 
     def accepts(self, value: Any) -> bool:
         device = self._parse(value)
-        return device is not None and (device.type != "cuda" or torch.cuda.is_available())
+        return device is not None and device.type != "meta" and (device.type != "cuda" or torch.cuda.is_available())
 
     def reason(self, value: Any) -> str | None:
         device = self._parse(value)
         if device is not None and device.type == "cuda":
             return "torch sees no CUDA device here (torch.cuda.is_available() is False): use device='cpu' or None"
+        if device is not None and device.type == "meta":
+            return "the meta device holds shapes without data: nothing can be trained or predicted there"
         return None
 
     def __str__(self) -> str:
         return "a torch device such as 'cpu' or 'cuda:0'"
+
+
+class Model(Constraint):
+    """A ``torch.nn.Module`` whose parameters and buffers hold data (none on the meta device)."""
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, nn.Module) and self._on_meta(value) is None
+
+    @staticmethod
+    def _on_meta(model: nn.Module) -> str | None:
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if tensor.is_meta:
+                return name
+        return None
+
+    def reason(self, value: Any) -> str | None:
+        name = self._on_meta(value) if isinstance(value, nn.Module) else None
+        if name is not None:
+            return (f"its tensor {name!r} is on the meta device (a shape without data): materialize the model first, "
+                    "e.g. model.to_empty(device='cpu') and then load or initialise its weights")
+        return None
+
+    def __str__(self) -> str:
+        return "a torch.nn.Module"
 
 
 _INT = int  # Python ints only (never bool): the options are saved as JSON
@@ -176,7 +202,7 @@ _POSITIVE = Interval(_INT, 1, None)
 
 #: Option name -> the constraints it accepts (any one of them; ``None`` accepts None).
 CONSTRAINTS: dict[str, list] = {
-    "model": [Types(nn.Module, "a torch.nn.Module")],
+    "model": [Model()],
     "epochs": [_POSITIVE],
     "lr": [Interval(_NUMBER, 0, None, closed="neither")],
     "optimizer": [IsCallable("a callable (params, lr=...) -> torch.optim.Optimizer")],

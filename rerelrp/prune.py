@@ -46,7 +46,7 @@ import torch
 
 from .relevance import normalize_units
 
-__all__ = ["PruneResult", "prune_to_threshold", "unit_scores", "paired_drop", "choose_measure", "MEASURES",
+__all__ = ["PruneResult", "prune_to_threshold", "unit_scores", "paired_drop", "choose_measure", "settle", "MEASURES",
            "MIN_IMAGES_PER_DROP"]
 
 #: What :func:`choose_measure` accepts (the learner's ``drop_measure`` values).
@@ -67,7 +67,8 @@ class PruneResult:
     accuracy: validation accuracy (fraction; in the ``measure``) with ``keep`` applied.
     trials: ``(n_pruned, accuracy)`` of every evaluation, in order.
     budget: per unit layer, the most free units the task could keep (None: no budget).
-    over_threshold: True when the budget forced a pruning beyond the accuracy threshold.
+    over_threshold: True when the budget forced a pruning beyond the accuracy threshold (for the learner's rounds,
+        :func:`settle`: when the final subnetwork is beyond it and the budget forced a pruning in any round).
     measure: what the accuracies are: ``"accuracy"`` (share of images answered right) or ``"probability"``
         (mean probability of the true class); see :func:`choose_measure`.
     """
@@ -178,6 +179,21 @@ def prune_to_threshold(
     accuracy = float(search.results[lo].float().mean())
     return PruneResult(search.keep_for(lo), lo, float(search.base.float().mean()), accuracy, search.trials,
                        None if budget is None else [int(b) for b in budget], over, measure)
+
+
+def settle(result: PruneResult, base: torch.Tensor, final: torch.Tensor, acc_drop: float, confidence: float,
+           budget_forced: bool) -> PruneResult:
+    """The last of several rounds' ``result`` (pruning, then retraining the survivors) for the subnetwork the task
+    ends with: its ``accuracy`` is ``final``'s (per-image correctness of that subnetwork after the last retraining,
+    in the result's measure), and ``over_threshold`` says whether it is more than ``acc_drop`` points below
+    ``base`` (the unpruned network's, by :func:`paired_drop` at ``confidence``) while ``budget_forced``: the budget
+    pruned units whatever the accuracy, in some round. A later round's search counts the units an earlier round's
+    budget forced as already pruned, so its own result cannot tell that the budget forced them."""
+    final = torch.as_tensor(final).reshape(-1).cpu()
+    result.accuracy = float(final.float().mean())
+    beyond = paired_drop(torch.as_tensor(base).reshape(-1).cpu(), final, confidence) > acc_drop / 100.0 + 1e-12
+    result.over_threshold = bool(budget_forced and beyond)
+    return result
 
 
 def _check_arguments(scores: torch.Tensor, sizes: Sequence[int], acc_drop: float, min_keep: float,

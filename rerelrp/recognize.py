@@ -32,10 +32,10 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.utils.validation import has_fit_parameter
 
-from .network import Units, position_spread
+from .network import Units, position_mean, position_spread
 from .novelty import LowLevelStatistics, Measures, confidence, judge
 from .remember import ActivationStatistics, GaussianDensities, RelevanceMemory
-from .spaces import SPACES, DetectorSpace
+from .spaces import SPACES, DetectorSpace, moved_columns
 from .subnetworks import Subnetworks
 
 __all__ = ["RECOGNIZERS", "Recognizer", "GaussianRecognizer", "TaskRecognizer", "make_recognizer",
@@ -104,6 +104,11 @@ class Recognizer:
 
     def proba(self, view: Subnetworks, x: torch.Tensor, m: int) -> np.ndarray:
         """Detector m's probability ``(n,)`` that inputs ``x`` come from task m rather than a later one."""
+        raise NotImplementedError
+
+    def grown(self, units: Units, added: list[int]) -> None:
+        """The unit layers of ``units`` (now grown) grew by ``added`` units each, at their end: keep reading the same
+        units wherever their columns went."""
         raise NotImplementedError
 
     def state_dict(self) -> tuple[dict, dict[str, torch.Tensor], dict[str, BaseEstimator]]:
@@ -196,6 +201,10 @@ class GaussianRecognizer(Recognizer):
         self.low.fit(tasks)
         return self
 
+    def grown(self, units: Units, added: list[int]) -> None:
+        self.memory.move_columns(self.space.moved(units, added))
+        self.low.memory.move_columns(moved_columns({0: position_spread}, units, added))
+
     def state_dict(self) -> tuple[dict, dict[str, torch.Tensor], dict[str, BaseEstimator]]:
         memory, tensors = self.memory.state_dict()
         low, low_tensors = self.low.state_dict()
@@ -272,6 +281,9 @@ class TaskRecognizer(Recognizer):
     def proba(self, view: Subnetworks, x: torch.Tensor, m: int) -> np.ndarray:
         detector = self.detectors_[m]
         return detector.predict_proba(self.features(view, x, m))[:, list(detector.classes_).index(1)]
+
+    def grown(self, units: Units, added: list[int]) -> None:
+        self.memory.move_columns(moved_columns(dict.fromkeys(range(len(units.layers)), position_mean), units, added))
 
     def state_dict(self) -> tuple[dict, dict[str, torch.Tensor], dict[str, BaseEstimator]]:
         memory, tensors = self.memory.state_dict()

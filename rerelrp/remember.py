@@ -168,6 +168,11 @@ class ActivationStatistics:
             raise ValueError(f"class {c} has {len(features)} training sample(s); its statistics need at least 2")
         self.classes[m][c] = ClassStatistics.of(features, self.n_components, self.random_state)
 
+    def move_columns(self, moved: torch.Tensor) -> None:
+        """Follow the outputs' columns to their new places ``moved`` ``(n_columns_before,)`` (after growth: see
+        :func:`rerelrp.spaces.moved_columns`); what each detector reads stays the same."""
+        self.units = [moved[units] for units in self.units]
+
     def state_dict(self, prefix: str = "") -> tuple[dict, dict[str, torch.Tensor]]:
         """``(index, tensors)``: the class sample counts per detector (JSON), and the tensors named after ``prefix``:
         ``units.m``, ``center.m`` and ``axes.m`` (with a basis), and per class ``weights.m.c``, ``means.m.c`` and
@@ -324,6 +329,11 @@ class RelevanceMemory:
         y = np.concatenate([np.full(len(v), int(s == m)) for s, v in parts])
         w = np.concatenate([np.full(len(v), 1.0 / len(v)) for _, v in parts])
         return X, y, w * len(w) / w.sum()
+
+    def move_columns(self, moved: torch.Tensor) -> None:
+        """Follow the relevance vector's columns to their new places ``moved`` ``(total_units_before,)`` (after
+        growth: see :func:`rerelrp.spaces.moved_columns`)."""
+        self.features = [moved[features] for features in self.features]
 
     def state_dict(self) -> tuple[dict, dict[str, torch.Tensor]]:
         """``(index, tensors)``: the source tasks of each detector's vectors (JSON), and the tensors ``features.m``

@@ -26,7 +26,7 @@ from torch import nn
 from .network import Units, position_grid, position_mean, position_spread
 from .remember import ActivationStatistics
 
-__all__ = ["DetectorSpace", "UnitsSpace", "HeadSpace", "LayersSpace", "SPACES", "DETECTOR_SPACES"]
+__all__ = ["DetectorSpace", "UnitsSpace", "HeadSpace", "LayersSpace", "SPACES", "DETECTOR_SPACES", "moved_columns"]
 
 Reduce = dict[int, Callable[[torch.Tensor], torch.Tensor]]
 
@@ -51,6 +51,11 @@ class DetectorSpace:
 
         return (sum(columns(k, reduce) for k, reduce in self.reduce(units).items())
                 + (units.output.in_features if self.head_input else 0))
+
+    def moved(self, units: Units, added: list[int]) -> torch.Tensor:
+        """:func:`moved_columns` of this space's columns after the unit layers of ``units`` grew by ``added``; the
+        output layer's input (``head_input``) only grows at its end, so its columns keep their places."""
+        return moved_columns(self.reduce(units), units, added, self.head_input)
 
     def choose(self, memory: ActivationStatistics, outputs: torch.Tensor, union: list[torch.Tensor],
                names: list[str]) -> None:
@@ -110,3 +115,35 @@ class LayersSpace(DetectorSpace):
 SPACES = {space.name: space for space in (UnitsSpace(), HeadSpace(), LayersSpace())}
 #: Accepted values of ``ReReLRP(detector_space=...)``.
 DETECTOR_SPACES = tuple(SPACES)
+
+
+def moved_columns(reduce: Reduce, units: Units, added: list[int], head_input: bool = False) -> torch.Tensor:
+    """Where every column of the concatenated outputs ``reduce`` reads (in its order; then, with ``head_input``, the
+    output layer's input) went when the unit layers of ``units`` (now grown) grew by ``added`` units each, at their
+    end: ``(n_columns_before,)`` new column indices. A column is named by its layer, its unit and its place among
+    that unit's columns (:func:`_column_names`), so that a memory that indexes columns can follow growth."""
+    before = _column_names(reduce, units, [n - a for n, a in zip(units.sizes, added)])
+    after = {name: i for i, name in enumerate(_column_names(reduce, units, units.sizes))}
+    moved = [after[name] for name in before]
+    if head_input:  # grows at its end only: its old columns keep their places after the layers' columns
+        moved += range(len(after), len(after) + units.output.in_features)
+    return torch.as_tensor(moved, dtype=torch.long)
+
+
+def _column_names(reduce: Reduce, units: Units, sizes: list[int]) -> list[tuple[int, int, int]]:
+    """``(layer, unit, place)`` of every column of the outputs ``reduce`` makes of unit layers of ``sizes`` units:
+    found by giving each unit in turn a pattern over a 2 x 2 grid of positions (a dense unit: one value), the others
+    zero, and seeing which columns it moves."""
+    names = []
+    for k, reduction in reduce.items():
+        layer, n = k % len(units.layers), sizes[k]
+        conv = isinstance(units.layers[k].module, nn.Conv2d)
+        probe = torch.zeros((n, n, 2, 2) if conv else (n, n), dtype=torch.float64)
+        probe[torch.arange(n), torch.arange(n)] = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64) \
+            if conv else 1.0
+        owner = reduction(probe).abs().argmax(0).tolist()  # per column: the unit whose pattern moves it
+        places = dict.fromkeys(range(n), 0)
+        for unit in owner:
+            names.append((layer, unit, places[unit]))
+            places[unit] += 1
+    return names

@@ -189,3 +189,29 @@ def test_free_channels_get_the_new_tasks_batchnorm_statistics(digits):
         torch.testing.assert_close(norm.running_mean[~kept], values[~kept].mean(1))
         torch.testing.assert_close(norm.running_var[~kept], values[~kept].var(1))
         assert torch.equal(norm.running_mean[kept], torch.zeros(int(kept.sum())))  # untouched initial values
+
+
+@pytest.mark.parametrize("prune_rounds", [1, 3])
+def test_a_budget_that_costs_more_than_acc_drop_is_warned_after_any_number_of_rounds(digits, prune_rounds):
+    """One task of all ten digits with a budget for 128 tasks: one free unit per layer, far below what it needs. The
+    later rounds prune the units the first round's budget forced as already pruned: the budget still caused it."""
+    train, test = digits
+    x, y = torch.cat([x for x, _ in train]), torch.cat([y for _, y in train])
+    vx, vy = torch.cat([x for x, _ in test]), torch.cat([y for _, y in test])
+    learner = rerelrp.ReReLRP(digits_mlp(), epochs=5, n_tasks=128, prune_rounds=prune_rounds,
+                              drop_measure="accuracy", progress=False)
+    with pytest.warns(RuntimeWarning, match=r"task 0 needed more than its budget of 2 free units"):
+        learner.fit_task(loader(x, y), val_loader=loader(vx, vy))
+    result = learner.prune_results_[0]
+    assert result.over_threshold and result.budget == [1, 1]
+    assert result.accuracy < result.base_accuracy - learner.acc_drop / 100
+    assert result.accuracy == pytest.approx(float((learner.predict(vx, task_id=0) == vy).float().mean()))
+
+
+def test_a_budget_the_task_fits_in_is_not_over_the_threshold(digits):
+    train, _ = digits
+    learner = rerelrp.ReReLRP(digits_mlp(), epochs=5, n_tasks=2, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        learner.fit_task(loader(*train[0]))
+    assert not learner.prune_results_[0].over_threshold

@@ -167,3 +167,96 @@ def test_exhausted_capacity_warns_and_still_learns_without_touching_frozen_units
     assert torch.equal(tiny[0].weight, hidden)
     test_x, test_y = digits[1][1]
     assert float((learner.predict(test_x, task_id=1) == test_y).float().mean()) > 0.6
+
+
+def test_module_level_fit_task_goes_on_with_the_learner_that_holds_the_model(digits):
+    """fit_task(A), fit_task(B), fit_task(A): A's learner learns A's second task, over its frozen units."""
+    train, test = digits
+    first_model, second_model = digits_mlp(0), digits_mlp(1)
+    first = rerelrp.fit_task(first_model, loader(*train[0]), epochs=2, progress=False)
+    before = first.predict(test[0][0], task_id=0)
+    rerelrp.fit_task(second_model, loader(*train[0]), epochs=2, progress=False)
+    again = rerelrp.fit_task(first_model, loader(*train[1]))
+    assert again is first and first.tasks_ == [[0, 1], [2, 3]]
+    assert torch.equal(first.predict(test[0][0], task_id=0), before)
+    assert rerelrp.default_learner() is first
+
+
+def test_a_second_learner_on_a_held_model_is_refused(digits, tmp_path):
+    train, test = digits
+    model = digits_mlp()
+    first = ReReLRP(model, epochs=2, progress=False).fit_task(loader(*train[0]))
+    before, state = first.predict(test[0][0], task_id=0), {k: v.clone() for k, v in model.state_dict().items()}
+    path = first.save(tmp_path / "first.rerelrp")
+    with pytest.raises(rerelrp.ModelInUseError, match="held by another ReReLRP learner.*go on with that learner"):
+        ReReLRP(model, epochs=2, progress=False).fit_task(loader(*train[1]))
+    with pytest.raises(rerelrp.ModelInUseError, match="held by another ReReLRP learner"):
+        rerelrp.load(path, model)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert torch.equal(first.predict(test[0][0], task_id=0), before)
+    assert rerelrp.fit_task(model, loader(*train[1])) is first  # the module level goes on with it
+
+
+def test_a_learner_that_is_gone_or_unfitted_releases_its_model(digits):
+    import gc
+    train, _ = digits
+    model = digits_mlp()
+    ReReLRP(model, epochs=2, progress=False).fit_task(loader(*train[0]))
+    gc.collect()  # nobody holds that learner: it is gone, and the model is free
+    failed = ReReLRP(model, epochs=2, progress=False)
+    with pytest.raises(KeyboardInterrupt), failed.training(loader(*train[0])):
+        raise KeyboardInterrupt
+    assert not hasattr(failed, "tasks_")  # rolled back to unfitted: it holds nothing
+    assert len(ReReLRP(model, epochs=2, progress=False).fit_task(loader(*train[0])).tasks_) == 1
+
+
+@pytest.mark.parametrize("with_val", [False, True])
+def test_a_loader_that_yields_no_batch_is_refused_before_anything_is_learned(one_task, digits, with_val):
+    """drop_last=True with fewer items than a batch would train nothing and freeze the untrained task."""
+    import copy
+    x, y = digits[0][1]
+    learner = copy.deepcopy(one_task)
+    before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    empty = DataLoader(TensorDataset(x, y), batch_size=len(x) + 1, shuffle=True, drop_last=True)
+    val = loader(x[:20], y[:20]) if with_val else None
+    with pytest.raises(ValueError, match=r"loader has drop_last=True and batch_size=\d+.* \d+ .*no batch"):
+        learner.fit_task(empty, val)
+    assert len(learner.tasks_) == 1
+    assert all(torch.equal(v, learner.model.state_dict()[k]) for k, v in before.items())
+    fresh = ReReLRP(digits_mlp(), epochs=2, progress=False)
+    with pytest.raises(ValueError, match="drop_last=True"):
+        fresh.fit_task(empty, val)
+    assert not hasattr(fresh, "tasks_")
+
+
+@pytest.mark.parametrize("scale, dtype", [(3e38, torch.float32), (1e300, torch.float64), (1e7, torch.float32)])
+def test_prediction_inputs_beyond_the_input_bound_are_refused(one_task, digits, scale, dtype):
+    """Huge finite inputs gave NaN scores and class 0: the training inputs' bound holds at prediction too, for a
+    float64 input before its cast to float32 (where 1e300 becomes Inf)."""
+    x = digits[1][0][0][:10].to(dtype) * scale
+    for answer in (one_task.predict, one_task.predict_task, one_task.predict_proba_task, one_task.score_samples,
+                   lambda x: one_task.predict(x, reject=True), lambda x: one_task.predict(x, task_id=0)):
+        with pytest.raises(ValueError, match=r"x: its largest absolute value is .*, beyond \+-1e\+06"):
+            answer(x)
+
+
+@pytest.mark.parametrize("layer, shape", [(nn.Conv1d(1, 4, 3), (1, 64)), (nn.Conv3d(1, 4, 1), (1, 1, 8, 8)),
+                                          (nn.ConvTranspose2d(1, 4, 1), (1, 8, 8))])
+def test_unsupported_convolutions_are_named(digits, layer, shape):
+    x, y = digits[0][0]
+    out = 4 * 62 if isinstance(layer, nn.Conv1d) else 4 * 64
+    model = nn.Sequential(layer, nn.ReLU(), nn.Flatten(), nn.Linear(out, 10))
+    with pytest.raises(TypeError, match=rf"'0' \({type(layer).__name__}\)"):
+        ReReLRP(model, epochs=2, progress=False).fit_task(loader(x.view(-1, *shape), y))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.bool])
+def test_labels_torch_indexes_as_masks_are_refused_clearly(digits, dtype):
+    x, y = digits[0][0]
+    with pytest.raises(TypeError, match=rf"labels of dtype {dtype}.*mask.*y.long\(\)"):
+        ReReLRP(digits_mlp(), epochs=2, progress=False).fit_task(loader(x, (y % 2).to(dtype)))
+
+
+def test_a_model_on_the_meta_device_is_refused_clearly(digits):
+    with pytest.raises(rerelrp.InvalidParameterError, match="'0.weight' is on the meta device"):
+        ReReLRP(digits_mlp().to("meta"), epochs=2, progress=False).fit_task(loader(*digits[0][0]))

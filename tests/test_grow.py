@@ -4,6 +4,7 @@ too narrow for five tasks (two hidden layers of 16 units)."""
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -162,3 +163,43 @@ def test_a_failed_task_takes_its_growth_back(digits):
     learner.fit_task(loader(*train[1]))  # and the next try grows again
     assert learner.units_.sizes != before[2]
 
+
+
+def narrow_cnn(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(216, 16), nn.ReLU(), nn.Linear(16, 10))
+
+
+@pytest.mark.parametrize("make, options", [
+    (narrow_mlp, {"detector_space": "layers"}),
+    (narrow_mlp, {"recognizer": "paper"}),
+    (narrow_cnn, {}),
+    (narrow_cnn, {"detector_space": "layers"}),
+    (narrow_cnn, {"detector_space": "head"}),
+], ids=["mlp-layers", "mlp-paper", "cnn-units", "cnn-layers", "cnn-head"])
+def test_growth_leaves_what_old_detectors_and_the_unknown_answer_read_unchanged(digits, make, options):
+    """Growth adds units at the end of earlier layers, which moves the columns of later layers in any vector that
+    concatenates layers: the old detectors (detector m reads through S_0..S_m, frozen) and the first layer's
+    statistics must still read the same features of the same inputs, and task 0's held-out inputs stay accepted."""
+    train, test = digits
+    learner = rerelrp.ReReLRP(make(), epochs=5, grow=0.9, progress=False, **options)
+    for x, y in train[:2]:
+        learner.fit_task(loader(x, y))
+    x = torch.cat([x for x, _ in test[:2]])
+    view = learner.subnetworks()
+    before = [learner.recognizer_.features(view, x, m) for m in range(2)]
+    low = [learner.novelty_memory_.loglik(m, learner.recognizer_.read(view, x, m, first_layer=True)[0])
+           for m in range(2)] if options.get("recognizer") != "paper" else []
+    accepted = learner.predict(test[0][0], task_id=0, reject=True) if low else None
+    learner.fit_task(loader(*train[2]))
+    assert learner.growth_[2][0] > 0, "the test needs the first unit layer to grow, which moves every later column"
+    view = learner.subnetworks()  # a grown Linear sums over more (zero) columns: equal up to float rounding
+    for m in range(2):
+        np.testing.assert_allclose(learner.recognizer_.features(view, x, m), before[m], rtol=1e-5, atol=1e-5)
+    if low:
+        for m in range(2):
+            after = learner.novelty_memory_.loglik(m, learner.recognizer_.read(view, x, m, first_layer=True)[0])
+            np.testing.assert_allclose(after, low[m], rtol=1e-5, atol=1e-5)
+        share = float((learner.predict(test[0][0], task_id=0, reject=True) >= 0).float().mean())
+        assert share >= float((accepted >= 0).float().mean()) - 0.02

@@ -1,6 +1,7 @@
 """Which models the learner takes: one whose units it can find, relevance it can compute and parameters it can freeze;
 any other is refused before training, naming the module and why. Real data: scikit-learn's 8x8 digits."""
 import pytest
+import torch
 from torch import nn
 
 from rerelrp import ReReLRP
@@ -87,3 +88,52 @@ def test_modules_whose_parameters_cannot_be_frozen_are_refused_by_name(digits, n
 def test_a_linear_over_tokens_is_refused(digits):
     with pytest.raises(TypeError, match="'embed' is applied to a 3-d tensor"):
         ReReLRP(Tokens(), progress=False).fit_task(loader(*digits[0][0]))
+
+
+class Tied(nn.Module):
+    """Two hidden Linears sharing one weight: freezing a unit of one would freeze a unit of the other, and a fresh
+    start of a free unit of one would rewrite a kept unit of the other."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.relu = nn.Linear(64, 32), nn.ReLU()
+        self.second, self.third, self.out = nn.Linear(32, 32), nn.Linear(32, 32), nn.Linear(32, 10)
+        self.third.weight = self.second.weight
+
+    def forward(self, x):
+        return self.out(self.relu(self.third(self.relu(self.second(self.relu(self.first(x)))))))
+
+
+class BareParameter(nn.Module):
+    """A learned shift or scale used in forward by no module: nothing would freeze it."""
+
+    def __init__(self, combine):
+        super().__init__()
+        self.combine = combine
+        self.hidden, self.relu, self.out = nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)
+        self.shift = nn.Parameter(torch.zeros(64))
+
+    def forward(self, x):
+        return self.out(self.relu(self.hidden(self.combine(x, self.shift))))
+
+
+class ReusedWeight(nn.Module):
+    """A unit's weight used a second time by a function."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden, self.relu, self.out = nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.out(self.relu(self.hidden(x @ self.hidden.weight.T)))
+
+
+@pytest.mark.parametrize("model, message", [
+    (Tied(), r"parameter 'second.weight' .* also 'third.weight'"),
+    (BareParameter(lambda x, p: x + p), r"parameter 'shift' is used by forward directly"),
+    (BareParameter(lambda x, p: x * p), r"parameter 'shift' is used by forward directly"),
+    (ReusedWeight(), r"parameter 'hidden.weight' is used by forward directly"),
+], ids=["tied-weights", "added-parameter", "multiplied-parameter", "reused-weight"])
+def test_parameters_that_are_not_exactly_one_units_heads_or_batchnorms_are_refused(digits, model, message):
+    with pytest.raises(TypeError, match=message):
+        ReReLRP(model, epochs=2, progress=False).fit_task(loader(*digits[0][0]))

@@ -208,3 +208,41 @@ def test_cuda_own_loop_prediction_and_explanation(digits, tmp_path):
     again = learner.save(tmp_path / "cuda.rerelrp")
     from rerelrp import load
     assert torch.equal(load(again, digits_mlp(batchnorm=True)).predict(x_te), learner.predict(x_te).cpu())
+
+
+def test_a_model_changed_between_tasks_is_refused_naming_what_changed(digits, one_task):
+    (x, y), (x0, _) = digits[0][1], digits[1][0]
+    answers = one_task.predict(x0, task_id=0)
+    saved = {k: v.clone() for k, v in one_task.model.state_dict().items()}
+    one_task.model[-1].reset_parameters()  # e.g. a plugin re-initialising the head before the next experience
+    before = learned_state(one_task)
+    for learn in (lambda: one_task.fit_task(loader(x, y)), lambda: one_task.training(loader(x, y)).__enter__()):
+        with pytest.raises(RuntimeError, match=r"frozen entries of 6\.weight, 6\.bias changed since task 0 was "
+                                               r"learned.*left as it was"):
+            learn()
+        assert_unchanged(one_task, before)
+    one_task.model.load_state_dict(saved)  # put back as the learner left it: it goes on
+    one_task.fit_task(loader(x, y))
+    assert len(one_task.tasks_) == 2 and torch.equal(one_task.predict(x0, task_id=0), answers)
+
+
+def test_batchnorm_statistics_changed_between_tasks_are_refused(digits):
+    train, _ = digits
+    model = digits_mlp(batchnorm=True)
+    learner = ReReLRP(model, epochs=2, progress=False).fit_task(loader(*train[0]))
+    model.train()
+    model(train[1][0])  # a forward in training mode moves every running statistic, kept channels too
+    with pytest.raises(RuntimeError, match=r"frozen entries of 1\.running_mean, 1\.running_var, 4\.running_mean"):
+        learner.fit_task(loader(*train[1]))
+    assert len(learner.tasks_) == 1
+
+
+def test_a_loaded_learner_notices_a_model_changed_after_loading(digits, one_task, tmp_path):
+    from rerelrp import load
+
+    loaded = load(one_task.save(tmp_path / "one.rerelrp"), digits_mlp(seed=7))
+    with torch.no_grad():
+        loaded.model[0].weight.add_(1e-3)
+    with pytest.raises(RuntimeError, match=r"frozen entries of 0\.weight changed since task 0 was learned"):
+        loaded.fit_task(loader(*digits[0][1]))
+    assert len(loaded.tasks_) == 1

@@ -16,7 +16,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 import rerelrp
-from rerelrp import ReReLRP, UntrustedFileError
+from rerelrp import InvalidParameterError, ReReLRP, UntrustedFileError
 from conftest import digits_mlp, loader
 
 
@@ -303,3 +303,141 @@ def test_inconsistent_contents_are_refused_naming_file_and_member(two_tasks, tmp
     with pytest.raises(UntrustedFileError, match=message) as error:
         rerelrp.load(bad, digits_mlp())
     assert str(bad) in str(error.value)
+
+
+def model_state(model) -> dict:
+    """Every parameter and buffer of ``model``, cloned: what a refused load must leave as it was."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def same_state(model, state: dict) -> bool:
+    now = model.state_dict()
+    return list(now) == list(state) and all(now[k].shape == v.shape and torch.equal(now[k], v)
+                                            for k, v in state.items())
+
+
+@pytest.mark.parametrize("option, value", [("detector_space", "head"), ("detector_space", "layers"),
+                                           ("recognizer", "paper")])
+def test_load_refuses_to_change_what_the_first_task_fixed(two_tasks, option, value):
+    """Detectors rebuilt in another space answer otherwise than the saved learner: refused as set_params does."""
+    _, path = two_tasks
+    model = digits_mlp(seed=3)
+    before = model_state(model)
+    with pytest.raises(InvalidParameterError, match=rf"{option} cannot change once a task is learned .*it is "
+                                                    rf"'\w+', got '{value}'") as error:
+        rerelrp.load(path, model, **{option: value})
+    assert not isinstance(error.value, UntrustedFileError)
+    assert same_state(model, before)
+    loaded = rerelrp.load(path, model, detector_space="units", recognizer="gaussian")  # the saved ones: accepted
+    assert loaded.detector_space_ == "units"
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"batch_size": 0}, "batch_size must be a positive int"),
+    ({"known_fraction": 5}, r"known_fraction must be a number in \(0, 1\]"),
+    ({"lr": -1}, "lr must be a number > 0"),
+    ({"bogus": 1}, "'bogus' is not an option"),
+    ({"device": "meta"}, "device must be .*meta device holds shapes without data"),
+    ({"recognizer": "paper", "detector_space": "head"}, "detector_space='head' applies to recognizer='gaussian'"),
+])
+def test_invalid_options_given_to_load_are_invalid_parameters_not_untrusted_files(two_tasks, given, message):
+    _, path = two_tasks
+    model = digits_mlp(seed=3)
+    before = model_state(model)
+    with pytest.raises(InvalidParameterError, match=message) as error:
+        rerelrp.load(path, model, **given)
+    assert not isinstance(error.value, UntrustedFileError)
+    assert same_state(model, before)
+
+
+def test_invalid_options_in_the_file_are_refused_and_can_be_given_instead(two_tasks, digits, tmp_path):
+    learner, path = two_tasks
+    bad = rewritten(path, tmp_path / "bad.zip", lambda meta: meta["options"].update(batch_size=0))
+    with pytest.raises(UntrustedFileError, match="batch_size must be a positive int") as error:
+        rerelrp.load(bad, digits_mlp())
+    assert "meta.json" in str(error.value) and str(bad) in str(error.value)
+    x = digits[1][0][0]
+    assert torch.equal(rerelrp.load(bad, digits_mlp(), batch_size=64).predict(x), learner.predict(x))
+
+
+def set_input_range(value):
+    return lambda meta: meta.update(input_range=value)
+
+
+def set_widths(meta):  # 18 KB of file that would make load grow the first layer to 200,000 units
+    meta["widths"]["0"] = 200_000
+    meta["growth"][1][0] = 200_000 - meta["initial_sizes"][0]
+
+
+@pytest.mark.parametrize("meta_change, message", [
+    (set_input_range([float("nan"), 1.0]), r"input_range .* finite"),
+    (set_input_range([1.0, 0.0]), r"input_range .* low <= high"),
+    (set_input_range([0.0, "1"]), r"input_range"),
+    (lambda meta: meta.update(input_shape=[65]), r"input_shape \[65\].*cannot take"),
+    (lambda meta: meta.update(input_shape=[0]), r"input_shape \[0\]"),
+    (lambda meta: meta.update(initial_sizes=[*meta["initial_sizes"], 5]), r"initial_sizes .* widths"),
+    (lambda meta: meta.update(initial_sizes=[129] + meta["initial_sizes"][1:]), r"initial_sizes .* widths"),
+    (set_widths, r"widths .* '0': 200000 units.*model\.0\.weight.*128"),
+    (lambda meta: meta["architecture"][0][1].__setitem__(0, 200_000), r"architecture .*model\.0\.weight"),
+])
+def test_inconsistent_meta_is_refused_before_the_model_is_touched(two_tasks, tmp_path, monkeypatch, meta_change,
+                                                                  message):
+    """meta.json is checked against itself and against the file's tensors before anything is grown or loaded: a
+    load allocates no more than about what the file declares, and a refused one leaves the caller's model as it
+    was."""
+    from rerelrp import growth
+
+    grown = []
+    real = growth.grow_layer
+
+    def recording(module, path, n_new, frozen=None):
+        if not module.weight.is_meta:
+            grown.append((module, n_new))
+        return real(module, path, n_new, frozen)
+
+    monkeypatch.setattr(growth, "grow_layer", recording)
+    _, path = two_tasks
+    bad = rewritten(path, tmp_path / "bad.zip", meta_change)
+    assert bad.stat().st_size < 1 << 20
+    model = digits_mlp(seed=3)
+    before = model_state(model)
+    with pytest.raises(UntrustedFileError, match=message) as error:
+        rerelrp.load(bad, model)
+    assert str(bad) in str(error.value)
+    assert grown == [] and same_state(model, before)
+
+
+@pytest.fixture(scope="module")
+def grown_save(digits, tmp_path_factory):
+    """A learner of 2 tasks that grew, saved, and a model of its original widths."""
+    train, _ = digits
+
+    def narrow(seed=0):
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32),
+                                   torch.nn.ReLU(), torch.nn.Linear(32, 10))
+
+    learner = ReReLRP(narrow(), epochs=3, grow=0.9, progress=False)
+    for x, y in train[:2]:
+        learner.fit_task(loader(x, y))
+    assert any(learner.growth_[1])
+    return learner, learner.save(tmp_path_factory.mktemp("save") / "grown.zip"), narrow
+
+
+def test_a_refused_load_of_a_grown_save_leaves_the_model_at_its_widths_and_weights(grown_save, digits, tmp_path):
+    learner, path, narrow = grown_save
+    bad = rewritten(path, tmp_path / "bad.zip", tensor_change=nan_mean)  # refused after the model was widened
+    model = narrow(seed=3)
+    before = model_state(model)
+    with pytest.raises(UntrustedFileError, match="not finite"):
+        rerelrp.load(bad, model)
+    assert same_state(model, before) and model[0].out_features == 32 and model[2].in_features == 32
+    x = digits[1][0][0]
+    assert torch.equal(rerelrp.load(path, model).predict(x), learner.predict(x))  # the same model loads after
+
+
+def test_a_model_on_the_meta_device_is_refused_naming_it(two_tasks):
+    _, path = two_tasks
+    with pytest.raises(InvalidParameterError, match=r"model must be a torch.nn.Module.*'0.weight' is on the meta "
+                                                    r"device"):
+        rerelrp.load(path, digits_mlp().to("meta"))

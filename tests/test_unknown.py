@@ -3,6 +3,7 @@ on each task's validation inputs. Real data: scikit-learn's digits (5 tasks) and
 import json
 import zipfile
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
@@ -128,3 +129,19 @@ def test_calibration_holds_on_held_out_mnist_and_later_tasks_score_lower():
         separated = auroc(known, learner.score_samples(unknown))
         print(f"AUROC of tasks 0-2 against {name}: {separated:.3f}")
         assert separated > 0.99
+
+
+def test_a_nan_typicality_is_never_known_and_scores_lowest(digits):
+    """Measures that overflowed to NaN must not count as known, nor compare as known through a NaN score."""
+    from rerelrp import novelty
+
+    learner = ReReLRP(digits_mlp(), epochs=2, progress=False).fit_task(loader(*digits[0][0]))
+    quantiles = learner.novelty_quantiles_[0]
+    median = np.interp(0.5, novelty.LEVELS, quantiles[0]), np.interp(0.5, novelty.LEVELS, quantiles[2])
+    own = np.array([np.nan, median[0], np.inf, median[0]])
+    conf = np.array([median[1], median[1], -np.inf, np.nan])
+    low = np.zeros(4)
+    score, known = novelty.judge(own, low, conf, np.zeros(4, dtype=int), [quantiles], 0.95)
+    assert known.tolist() == [False, True, False, False]
+    assert np.isfinite(score[1]) and np.all(score[[0, 2, 3]] == -np.inf)  # score < t holds for any threshold t
+    assert not novelty.accepted(np.array([np.nan]), quantiles, 1.0).any()
