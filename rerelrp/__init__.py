@@ -22,7 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ._version import __version__
-from .learner import ReReLRP, load
+from .learner import ReReLRP
+from .loading import load
 from .options import InvalidParameterError
 from .ownership import ModelInUseError, holder
 from .persist import UntrustedFileError

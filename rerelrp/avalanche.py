@@ -32,7 +32,7 @@ except ImportError as error:  # pragma: no cover - the message is the point
         from error
 
 from .learner import ReReLRP
-from .learner import load as load_learner
+from .loading import load as load_learner
 
 __all__ = ["ReReLRPStrategy", "OTHER_CLASSES"]
 

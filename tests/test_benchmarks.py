@@ -175,3 +175,20 @@ def test_unknown_quick_scores_every_kind_against_the_baselines(tmp_path):
     assert "AUROC rerelrp" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "score_histograms.png").stat().st_size > 10_000
 
+
+
+@pytest.mark.slow
+def test_growth_benchmark_measures_each_variant_with_and_without_growth(tmp_path):
+    from benchmarks import growth
+
+    with contextlib.redirect_stdout(io.StringIO()) as out, pytest.raises(SystemExit) as exited:
+        growth.command_line(["--help"])
+    assert exited.value.code == 0 and all(o in out.getvalue() for o in ("--dataset", "--grow", "--variants", "--out"))
+    assert growth.command_line(["--dataset", "digits", "--variants", "units", "--epochs", "3", "--grow", "0.9",
+                                "--no-progress", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert set(rows) == {"units, grow=0.0", "units, grow=0.9"}
+    assert rows["units, grow=0.0"]["units_added"] == 0 < rows["units, grow=0.9"]["units_added"]
+    for row in rows.values():
+        assert row["task_recognition"] > 0.8 and len(row["accepted"]) == 5
+    assert "| units | 0.9 |" in (tmp_path / "results.md").read_text()
