@@ -1,11 +1,13 @@
 """Concurrency: the locks through which rerelrp's calls from several threads take turns.
 
 :func:`model_lock` is one re-entrant lock per model, held while rerelrp's hooks are on its modules;
-:data:`TRACE_LOCK` lets a ``torch.fx`` trace run alone while rerelrp's own forwards share their turns.
+:data:`TRACE_LOCK` lets a ``torch.fx`` trace run alone while rerelrp's own forwards share their turns. A process
+forked while another thread holds one of them starts with new ones (:func:`os.register_at_fork`).
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import weakref
 from typing import Iterator
@@ -75,3 +77,15 @@ class _TraceLock:
 
 #: Traces and rerelrp's forwards take turns through this lock (see :class:`_TraceLock`).
 TRACE_LOCK = _TraceLock()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child runs only the thread that forked: a lock another thread of the parent held stays held in the
+    child for ever (a predict there would wait for it), so the child starts with new locks."""
+    global _LOCKS, _LOCKS_GUARD
+    _LOCKS, _LOCKS_GUARD = weakref.WeakKeyDictionary(), threading.Lock()
+    TRACE_LOCK.__init__()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

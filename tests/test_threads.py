@@ -1,5 +1,7 @@
 """Threads: one learner answered from several threads, a learner training beside other optimizers, first tasks
 of two learners at once. Real data: scikit-learn's 8x8 digits."""
+import os
+import signal
 import threading
 import time
 
@@ -8,6 +10,7 @@ import torch
 from torch import nn
 
 from rerelrp import ReReLRP
+from rerelrp.concurrency import model_lock
 from conftest import digits_mlp, loader
 
 
@@ -99,3 +102,38 @@ def test_two_first_tasks_in_two_threads_leave_torch_working(digits):
     assert nn.Linear(3, 2)(torch.ones(1, 3)).shape == (1, 2)  # torch.fx left nothing patched
     alone = ReReLRP(digits_mlp(seed=0), epochs=2, progress=False).fit_task(loader(*train[0]))
     assert torch.equal(learners[0].predict(test[0][0]), alone.predict(test[0][0]))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork exists on POSIX only")
+def test_a_process_forked_while_another_thread_predicts_can_predict(digits):
+    """The child of a fork runs only the forking thread: a model lock another thread held must not stay held in it
+    (the child's predict waited for ever)."""
+    x, y = digits[0][0]
+    learner = ReReLRP(digits_mlp(), epochs=2, progress=False).fit_task(loader(x, y))
+    held, release = threading.Event(), threading.Event()
+
+    def predict_slowly():  # holds the model's lock as a predict in this thread would
+        with model_lock(learner.model):
+            held.set()
+            release.wait(TIMEOUT_S)
+
+    thread = threading.Thread(target=predict_slowly, daemon=True)
+    thread.start()
+    assert held.wait(TIMEOUT_S)
+    pid = os.fork()
+    if pid == 0:  # the child: one thread, its own exit code, nothing of pytest's teardown
+        try:
+            torch.set_num_threads(1)
+            os._exit(0 if len(learner.predict(x)) == len(x) else 1)
+        except BaseException:
+            os._exit(2)
+    release.set()
+    thread.join(TIMEOUT_S)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's predict still waits after 60 s: a lock held by the parent's thread")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
