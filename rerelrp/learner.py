@@ -614,12 +614,12 @@ class ReReLRP(BaseEstimator):
         return self
 
     def _check_params(self) -> None:
-        """Validate every option (:func:`rerelrp.options.validate`); once a task is learned, ``recognizer`` and
-        ``detector_space`` against those the memory was built for."""
+        """Validate every option (:func:`rerelrp.options.validate`); once a task is learned, ``recognizer``,
+        ``detector_space`` and ``composite`` against those the memory and the masks were built with."""
         fitted = None
         if hasattr(self, "recognizer_"):
             fitted = {"recognizer": "gaussian" if isinstance(self.recognizer_, GaussianRecognizer) else "paper",
-                      "detector_space": self.detector_space_}
+                      "detector_space": self.detector_space_, "composite": self.composite_}
         options.validate(self.get_params(deep=False), fitted=fitted)
 
     # ------------------------------------------------------------------ internals

@@ -249,6 +249,8 @@ FIXED: dict[str, str] = {
     "device": "the masks, freeze masks and memory live there; save the learner and rerelrp.load it with device=...",
     "recognizer": "the memory of the earlier tasks was kept for the other one",
     "detector_space": "the earlier tasks' statistics live in another space",
+    "composite": "the earlier tasks were pruned, and with recognizer='paper' are recognized, by its relevance; a "
+                 "new composite for explanations: pass it to zennit with learner.subnetworks()",
 }
 
 _shown = reprlib.Repr()

@@ -5,6 +5,7 @@ import re
 
 import numpy as np
 import pytest
+from zennit.composites import EpsilonPlusFlat
 import torch
 from sklearn.linear_model import LogisticRegression
 from torch import nn
@@ -232,6 +233,8 @@ def test_set_params_is_validated_on_a_learned_learner_and_leaves_it_as_it_was(fi
                          r"to its units.*: it is <Sequential model>, got <Sequential model>"),
     ({"recognizer": "paper", "detector": LogisticRegression()}, "recognizer cannot change once a task is learned"),
     ({"detector_space": "layers", "lr": 0.5}, "detector_space cannot change once a task is learned"),
+    ({"composite": EpsilonPlusFlat()}, r"composite cannot change once a task is learned \(the earlier tasks were "
+                                       r"pruned"),  # was silently ignored: the first task's composite stayed
 ])
 def test_what_the_first_task_fixes_cannot_change_through_set_params(fitted, change, message):
     change = {**change, "model": digits_mlp()} if "model" in change else change
