@@ -167,16 +167,20 @@ class GaussianRecognizer(Recognizer):
 
     def measured_proba(self, view: Subnetworks, x: torch.Tensor, m: int) -> tuple[np.ndarray, Measures]:
         """:meth:`proba` and, from the same pass, the inputs' :class:`rerelrp.novelty.Measures` under task m."""
-        spread, outputs, logits = self.read(view, x, m, first_layer=True, logits=True)
-        loglik = self.densities.task_loglik(m, self.memory.select(m, outputs))
-        measures = Measures(loglik[:, 0], self.low.loglik(m, spread), confidence(logits), view.classes(logits, m))
+        loglik, measures = self._measured(view, x, m, None)
         return self._share(loglik), measures
 
     def measures(self, view: Subnetworks, x: torch.Tensor, m: int) -> Measures:
         """The inputs' :class:`rerelrp.novelty.Measures` under task m, from one pass through S_0..S_m."""
+        return self._measured(view, x, m, slice(m, m + 1))[1]
+
+    def _measured(self, view: Subnetworks, x: torch.Tensor, m: int,
+                  tasks: slice | None) -> tuple[np.ndarray, Measures]:
+        """From one pass through S_0..S_m: the log-likelihoods ``(n, k)`` in detector m's space under ``tasks``
+        (:meth:`rerelrp.remember.GaussianDensities.task_loglik`; task m first) and the Measures under task m."""
         spread, outputs, logits = self.read(view, x, m, first_layer=True, logits=True)
-        own = self.densities.task_loglik(m, self.memory.select(m, outputs), slice(m, m + 1))[:, 0]
-        return Measures(own, self.low.loglik(m, spread), confidence(logits), view.classes(logits, m))
+        loglik = self.densities.task_loglik(m, self.memory.select(m, outputs), tasks)
+        return loglik, Measures(loglik[:, 0], self.low.loglik(m, spread), confidence(logits), view.classes(logits, m))
 
     @staticmethod
     def _share(task_loglik: np.ndarray) -> np.ndarray:

@@ -44,12 +44,7 @@ class DetectorSpace:
 
     def width(self, units: Units) -> int:
         """Columns of the space for a network of ``units``."""
-        def columns(k: int, reduce) -> int:
-            layer = units.layers[k]
-            shape = (1, layer.n_units, 2, 2) if isinstance(layer.module, nn.Conv2d) else (1, layer.n_units)
-            return reduce(torch.zeros(shape)).shape[1]
-
-        return (sum(columns(k, reduce) for k, reduce in self.reduce(units).items())
+        return (len(_column_names(self.reduce(units), units, units.sizes))
                 + (units.output.in_features if self.head_input else 0))
 
     def moved(self, units: Units, added: list[int]) -> torch.Tensor:
