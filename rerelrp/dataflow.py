@@ -17,6 +17,7 @@ input needed), inside the canonizers that give residual additions a module of th
 from __future__ import annotations
 
 import operator
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -78,7 +79,24 @@ class Flow:
 
 class _Tracer(fx.Tracer):
     """torch.fx's tracer, with the canonizers' layers (zennit's Sum, rerelrp's Gate) and torchvision's
-    StochasticDepth (random in training, the identity in eval) kept as calls like torch.nn's modules."""
+    StochasticDepth (random in training, the identity in eval) kept as calls like torch.nn's modules.
+
+    While it traces, fx replaces ``nn.Module.__call__`` and ``__getattr__`` for the whole process; calls from
+    other threads (forwards of unrelated modules) pass through to the originals instead of into this trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        if threading.get_ident() != self.thread:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val, parameter_proxy_cache: dict):
+        if threading.get_ident() != self.thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, (Sum, Gate, StochasticDepth)) or super().is_leaf_module(m, qualname)

@@ -3,9 +3,13 @@
 Masking gradients is not enough: momentum, Adam's moments and weight decay
 move a parameter whose gradient is zero. ``FrozenParameters`` therefore keeps
 one boolean mask per parameter (like ``torch.nn.utils.prune`` keeps
-``weight_mask``) and, through removable global optimizer hooks, copies the
+``weight_mask``) and, through torch's global optimizer step hooks, copies the
 frozen entries back after every step of any optimizer, so it holds in a
-training loop rerelrp did not write. Nothing but the masks is kept between
+training loop rerelrp did not write. The hooks are registered once, when this
+module is imported, and do nothing in a thread outside :meth:`FrozenParameters.enforced`:
+torch keeps them in one process-wide dict that every stepping optimizer
+iterates, so registering and removing them per task raced with optimizers
+stepping in other threads. Nothing but the masks is kept between
 tasks; the values are taken just before each step.
 
 Between tasks nothing may change a frozen entry either: a plugin that re-initialises the head before the next
@@ -24,7 +28,6 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-from .contexts import hooks
 from .network import Units
 
 __all__ = ["FrozenParameters"]
@@ -153,8 +156,8 @@ class FrozenParameters:
     def enforced(self, model: nn.Module) -> Iterator[None]:
         """Within the context, every optimizer step leaves the frozen entries of ``model`` bit-identical.
 
-        torch's global optimizer step hooks copy the frozen entries of the stepping optimizer's parameters back
-        after each step, whichever optimizer it is (several optimizers, parameter groups, a ``GradScaler``
+        The module's global optimizer step hooks copy the frozen entries of the stepping optimizer's parameters
+        back after each step, whichever optimizer it is (several optimizers, parameter groups, a ``GradScaler``
         calling ``step``) in the thread that entered the context; optimizers stepping in other threads are left
         alone. An optimizer holding none of ``model``'s parameters raises ``ValueError`` when it steps in that
         thread. On leaving the context normally, every frozen entry is compared with its value at entry and a
@@ -165,11 +168,7 @@ class FrozenParameters:
         at_entry = {p: p.detach()[m].clone() for p, m in frozen.items()}
         saved: dict[int, list] = {}
 
-        owner = threading.get_ident()
-
-        def before(optimizer, args, kwargs) -> None:
-            if threading.get_ident() != owner:  # torch's hooks are process-wide: another thread's optimizer
-                return
+        def before(optimizer) -> None:
             params = [p for group in optimizer.param_groups for p in group["params"]]
             if not any(id(p) in owned for p in params):
                 raise ValueError(
@@ -178,19 +177,38 @@ class FrozenParameters:
                     "over the parameters of the model the learner was given")
             saved[id(optimizer)] = [(p, frozen[p], p.detach()[frozen[p]].clone()) for p in params if p in frozen]
 
-        def after(optimizer, args, kwargs) -> None:
+        def after(optimizer) -> None:
             with torch.no_grad():
                 for p, m, values in saved.pop(id(optimizer), []):
                     p[m] = values
 
-        with hooks(register_optimizer_step_pre_hook(before), register_optimizer_step_post_hook(after)):
+        enforcers = _THIS_THREAD.__dict__.setdefault("enforcers", [])
+        enforcers.append((before, after))
+        try:
             yield
+        finally:
+            enforcers.remove((before, after))
         names = {id(p): name for name, p in model.named_parameters()}
         moved = [names.get(id(p), "?") for p, values in at_entry.items() if not torch.equal(p.detach()[frozen[p]], values)]
         if moved:
             raise RuntimeError(f"frozen entries of {', '.join(moved)} changed during the task's training outside "
                                "optimizer.step() (rerelrp restores them only after optimizer steps); the task is not "
                                "learned and the learner is left as it was before it")
+
+
+_THIS_THREAD = threading.local()  # .enforcers: (before, after) of each enforced context the thread is in
+
+
+def _each_enforcer(stage: int):
+    """A global optimizer step hook calling stage ``stage`` (0 before, 1 after) of the calling thread's enforcers."""
+    def hook(optimizer, args, kwargs) -> None:
+        for enforcer in list(getattr(_THIS_THREAD, "enforcers", ())):
+            enforcer[stage](optimizer)
+    return hook
+
+
+register_optimizer_step_pre_hook(_each_enforcer(0))
+register_optimizer_step_post_hook(_each_enforcer(1))
 
 
 def _digest(tensor: torch.Tensor, mask: torch.Tensor) -> str:

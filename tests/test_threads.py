@@ -2,6 +2,7 @@
 of two learners at once. Real data: scikit-learn's 8x8 digits."""
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -137,3 +138,61 @@ def test_a_process_forked_while_another_thread_predicts_can_predict(digits):
         os.waitpid(pid, 0)
         pytest.fail("the forked child's predict still waits after 60 s: a lock held by the parent's thread")
     assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
+def test_plain_forwards_of_other_modules_run_while_a_first_task_traces_its_model(digits):
+    """torch.fx patches ``nn.Module.__call__`` for the whole process while it traces: another thread's forward of an
+    unrelated module went through the tracer and raised ``NameError: module is not installed as a submodule``."""
+    train, _ = digits
+    other = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = train[0][0][:32]
+    expected = other(x)
+    stop, steps = threading.Event(), []
+
+    def forward_elsewhere():
+        while not stop.is_set():
+            assert torch.equal(other(x), expected)
+            steps.append(1)
+
+    def learn_three_first_tasks():
+        try:
+            for seed in range(3):  # each first task traces its model once
+                ReReLRP(digits_mlp(seed=seed), epochs=1, progress=False).fit_task(loader(*train[0]))
+        finally:
+            stop.set()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads take turns often, as on a busy machine
+    try:
+        run_in_threads(forward_elsewhere, learn_three_first_tasks, stop=stop)
+    finally:
+        sys.setswitchinterval(interval)
+    assert steps
+
+
+def test_two_learners_train_tasks_at_once_while_an_unrelated_optimizer_steps(digits):
+    """torch's optimizer step hooks live in one process-wide dict: a learner registering or removing its hooks
+    while another thread's optimizer iterated over them raised ``OrderedDict mutated during iteration``."""
+    train, _ = digits
+    learners = [ReReLRP(digits_mlp(seed=s), epochs=1, progress=False) for s in (0, 1)]
+    other = nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(other.parameters(), lr=0.1)
+    stop, done = threading.Event(), []
+
+    def step_elsewhere():
+        while not stop.is_set():
+            optimizer.zero_grad()
+            other(torch.randn(8, 4)).sum().backward()
+            optimizer.step()
+
+    def learn(learner):
+        try:
+            for task in range(3):
+                learner.fit_task(loader(*train[task]))
+        finally:
+            done.append(learner)
+            if len(done) == len(learners):
+                stop.set()
+
+    run_in_threads(step_elsewhere, *[lambda learner=learner: learn(learner) for learner in learners], stop=stop)
+    assert all(len(learner.tasks_) == 3 for learner in learners)
