@@ -164,7 +164,8 @@ class FrozenParameters:
         change made outside ``optimizer.step()`` (a manual update, weight averaging) raises ``RuntimeError``.
         """
         frozen = {p: m for p, m in self.masks.items() if m.any()}
-        owned = {id(p) for p in model.parameters()}
+        names = {id(p): name for name, p in model.named_parameters()}
+        owned = set(names)
         at_entry = {p: p.detach()[m].clone() for p, m in frozen.items()}
         saved: dict[int, list] = {}
 
@@ -175,6 +176,7 @@ class FrozenParameters:
                     f"{type(optimizer).__name__} stepped inside the task's training but holds none of the learner's "
                     "model's parameters (an optimizer of another model, or of a copy of it): build the optimizer "
                     "over the parameters of the model the learner was given")
+            _check_state_shapes(optimizer, params, names)
             saved[id(optimizer)] = [(p, frozen[p], p.detach()[frozen[p]].clone()) for p in params if p in frozen]
 
         def after(optimizer) -> None:
@@ -188,12 +190,24 @@ class FrozenParameters:
             yield
         finally:
             enforcers.remove((before, after))
-        names = {id(p): name for name, p in model.named_parameters()}
         moved = [names.get(id(p), "?") for p, values in at_entry.items() if not torch.equal(p.detach()[frozen[p]], values)]
         if moved:
             raise RuntimeError(f"frozen entries of {', '.join(moved)} changed during the task's training outside "
                                "optimizer.step() (rerelrp restores them only after optimizer steps); the task is not "
                                "learned and the learner is left as it was before it")
+
+
+def _check_state_shapes(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], names: dict) -> None:
+    """Raise ``RuntimeError`` naming the parameter when ``optimizer`` keeps state (Adam's moments, momentum) of
+    another shape than the parameter's: the model grew since that optimizer last stepped."""
+    for p in params:
+        for value in optimizer.state.get(p, {}).values():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                raise RuntimeError(
+                    f"{type(optimizer).__name__} keeps state of shape {tuple(value.shape)} for "
+                    f"{names.get(id(p), 'a parameter')}, now {tuple(p.shape)}: the model grew at the start of this "
+                    "task (the learner's grow option widens unit layers), so build the optimizer inside the "
+                    "training() context, after the growth, or clear its state (optimizer.state.clear())")
 
 
 _THIS_THREAD = threading.local()  # .enforcers: (before, after) of each enforced context the thread is in

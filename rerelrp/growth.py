@@ -241,11 +241,14 @@ def snapshot(model: nn.Module) -> dict:
 
 def restore(model: nn.Module, saved: dict) -> None:
     """Put ``model`` back to its :func:`snapshot` ``saved``: a tensor grown or moved since gets its old storage back
-    (the same ``nn.Parameter`` objects, so optimizers built over them stay valid), every value its old value."""
+    (the same ``nn.Parameter`` objects, so optimizers built over them stay valid), every value its old value; a
+    gradient of a grown shape is dropped."""
     with torch.no_grad():
         for key, value in model.state_dict(keep_vars=True).items():
             old = saved["values"][key]
             if value.shape != old.shape or value.device != old.device:  # grown or moved since: the old tensor
                 value.data = saved["data"][key]
+                if isinstance(value, nn.Parameter) and value.grad is not None and value.grad.shape != old.shape:
+                    value.grad = None  # of the grown shape: the next backward would fail to accumulate into it
             value.data.copy_(saved["values"][key])
     sync_sizes(*model.modules())

@@ -153,15 +153,44 @@ def test_a_failed_task_takes_its_growth_back(digits):
     x = test[0][0]
     before = ([p.detach().clone() for p in learner.model.parameters()], learner.predict(x), learner.units_.sizes)
     with pytest.raises(KeyboardInterrupt):
-        with learner.training(loader(*train[1])):
+        with learner.training(loader(*train[1])) as task:
             assert learner.units_.sizes != before[2]  # grown on entry
+            xb, yb = next(iter(task.loader))
+            task.loss(learner.model(xb), yb).backward()  # gradients of the grown shapes
             raise KeyboardInterrupt
     assert learner.units_.sizes == before[2] and learner.growth_ == [[0, 0]]
     assert all(torch.equal(p, q) for p, q in zip(learner.model.parameters(), before[0]))
     assert torch.equal(learner.predict(x), before[1])
     assert [m.in_features for m in learner.model if isinstance(m, nn.Linear)] == [64, 16, 16]
+    assert all(p.grad is None or p.grad.shape == p.shape for p in learner.model.parameters())
+    learner.model(x).sum().backward()  # a gradient kept in the grown shape made this fail
+    learner.model.zero_grad()
     learner.fit_task(loader(*train[1]))  # and the next try grows again
     assert learner.units_.sizes != before[2]
+
+
+def test_an_optimizer_with_state_from_before_a_growth_is_named_and_the_task_taken_back(digits):
+    train, test = digits
+    model = narrow_mlp()
+    learner = rerelrp.ReReLRP(model, grow=0.9, retrain_epochs=0, progress=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)  # built once, before every task: its moments go stale
+
+    def learn(t):
+        with learner.training(loader(*train[t])) as task:
+            for x, y in task.loader:
+                optimizer.zero_grad()
+                task.loss(model(x), y).backward()
+                optimizer.step()
+
+    learn(0)
+    answers = learner.predict(test[0][0])
+    with pytest.raises(RuntimeError, match=r"Adam keeps state of shape \(16, 64\) for 0.weight.*grew.*build the "
+                                           r"optimizer inside the training\(\) context"):
+        learn(1)
+    assert len(learner.tasks_) == 1 and torch.equal(learner.predict(test[0][0]), answers)
+    optimizer.state.clear()  # the fix the message names
+    learn(1)
+    assert len(learner.tasks_) == 2 and learner.growth_[1] != [0, 0]
 
 
 
