@@ -59,6 +59,7 @@ class Flow:
     reader: qualified name -> the one module that reads its output, for modules whose output goes to exactly
         one place and that place is a module call.
     output: qualified name of the module whose output forward returns as it is, or None.
+    returns: what forward returns, in words (``"the output of 'fc'"``, ``"a tuple of 2 (...)"``), for messages.
     gated: qualified names of the modules whose output reaches forward's result only as the scale of a
         :class:`rerelrp.canonizers.Gate` (a squeeze-excitation's layers): LRP sends them no relevance.
     attributes: qualified names of the tensors forward reads as attributes rather than through a module call
@@ -71,6 +72,7 @@ class Flow:
     output: str | None
     gated: frozenset[str] = frozenset()
     attributes: tuple[str, ...] = ()
+    returns: str = ""
 
     def count(self, name: str) -> int:
         """How many times forward calls the module ``name``."""
@@ -142,7 +144,21 @@ def trace(model: nn.Module, canonizers: Sequence = ()) -> Flow:
                 reader=reader,
                 output=result.target if isinstance(result, fx.Node) and result.op == "call_module" else None,
                 gated=_gated(graph, modules),
-                attributes=tuple(dict.fromkeys(n.target for n in graph.nodes if n.op == "get_attr")))
+                attributes=tuple(dict.fromkeys(n.target for n in graph.nodes if n.op == "get_attr")),
+                returns=_described(result))
+
+
+def _described(result) -> str:
+    """What a traced forward returns (``result``: the output node's argument), in words."""
+    if isinstance(result, fx.Node):
+        if result.op == "call_module":
+            return f"the output of {result.target!r}"
+        return f"the result of {getattr(result.target, '__name__', result.target)!s}"
+    if isinstance(result, (tuple, list)):
+        return f"a {type(result).__name__} of {len(result)} ({', '.join(map(_described, result))})"
+    if isinstance(result, dict):
+        return f"a dict with keys {list(result)}"
+    return repr(result)
 
 
 def _gated(graph: fx.Graph, modules: dict[str, nn.Module]) -> frozenset[str]:

@@ -119,6 +119,9 @@ def _check_model(model: nn.Module) -> None:
     """Raise TypeError unless ``model`` is a module other than a single Linear or Conv2d."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        raise TypeError("model was compiled with torch.compile: give rerelrp the module itself (model._orig_mod); "
+                        "rerelrp traces forward with torch.fx and adds hooks, which a compiled module hides")
     if isinstance(model, (nn.Linear, nn.Conv2d)):
         raise TypeError(f"model is a single {type(model).__name__}: rerelrp needs hidden units to keep and free "
                         "between its inputs and its output layer, e.g. nn.Sequential(nn.Linear(d, 128), nn.ReLU(), "
@@ -132,8 +135,9 @@ def _output_layer(flow: Flow) -> str:
         raise TypeError("model has no nn.Linear module: its last nn.Linear must be the output layer")
     output = linears[-1]
     if flow.output != output:
-        raise TypeError(f"the model's output must be the output of its last nn.Linear ('{output}'), as it is: "
-                        f"LRP starts from a logit; forward returns {flow.output or 'something else'!r}")
+        raise TypeError(f"forward returns {flow.returns}: it must return one tensor, the logits of the model's last "
+                        f"nn.Linear ('{output}' is the last called) as they are, since LRP starts from a logit; "
+                        "drop auxiliary outputs and any operation after the output layer")
     return output
 
 

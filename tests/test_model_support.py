@@ -44,6 +44,18 @@ class MeanPooled(nn.Module):
         return self.out(self.relu(self.conv(x)).mean((2, 3)))
 
 
+class AuxiliaryOutput(nn.Module):
+    """Returns the logits and an auxiliary head's output: the message named the auxiliary head as the output."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden, self.relu, self.head, self.aux = nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2), nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.relu(self.hidden(x))
+        return self.head(h), self.aux(h)
+
+
 def head(*modules):
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), *modules, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.Linear(4, 2))
@@ -52,9 +64,15 @@ def head(*modules):
 @pytest.mark.parametrize("model, message", [
     (head(Residual()), r"'add' of two input-dependent tensors in module '2' \(Residual\)"),
     (nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), Shared()), r"module '1.conv' \(Conv2d\) is called 2 times"),
-    (nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2), nn.Softmax(1)), "output of its last nn.Linear"),
+    (nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2), nn.Softmax(1)),
+     r"forward returns the output of '3': it must return one tensor, the logits of the model's last nn.Linear"),
+    (AuxiliaryOutput(), r"forward returns a tuple of 2 \(the output of 'head', the output of 'aux'\): it must "
+                        r"return one tensor.*drop auxiliary outputs"),
+    (torch.compile(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))),
+     r"compiled with torch.compile: give rerelrp the module itself \(model._orig_mod\)"),
     (MeanPooled(), r"mean is called as a function in MeanPooled.forward: .*nn\.AdaptiveAvgPool2d"),
-], ids=["functional-residual", "shared-convolution", "softmax-output", "functional-mean"])
+], ids=["functional-residual", "shared-convolution", "softmax-output", "auxiliary-output", "compiled",
+        "functional-mean"])
 def test_unanalysable_models_are_refused_naming_the_module(model, message):
     with pytest.raises(TypeError, match=message):
         find_units(model)
