@@ -1,5 +1,6 @@
 """Architecture: a model checked against what rerelrp needs of it: its forward on the task's inputs, and its
-parameter and buffer layout as a save records it.
+parameter and buffer layout and the classes of its computing modules (a ReLU is not a Tanh, a MaxPool2d not an
+AvgPool2d, though neither holds a parameter) as a save records them.
 
 A learner that grew (``grow``) is saved at its grown widths; a model of the widths it had before it grew is grown
 to them on load (:func:`widen_to_saved`), any other model must match the record exactly (:func:`check`).
@@ -18,7 +19,7 @@ from .contexts import hooks
 from .growth import widen_to
 from .network import Units, eval_mode, find_units
 
-__all__ = ["check_forward", "architecture", "check", "widen_to_saved", "check_saved", "on_meta", "check_input_shape"]
+__all__ = ["check_forward", "architecture", "modules", "check", "widen_to_saved", "check_saved", "on_meta", "check_input_shape"]
 
 
 def check_forward(model: nn.Module, units: Units, x: torch.Tensor) -> None:
@@ -49,17 +50,27 @@ def architecture(model: nn.Module) -> list[list]:
     return [[name, list(t.shape), str(t.dtype)] for name, t in model.state_dict().items()]
 
 
-def check(saved: list, model: nn.Module, source: str) -> None:
+def modules(model: nn.Module) -> list[list[str]]:
+    """``[name, class name]`` of every module of ``model`` that has no submodules (what computes: layers,
+    activations, poolings; parameter-free ones too, which :func:`architecture` cannot see), in registration order."""
+    return [[name, type(module).__name__] for name, module in model.named_modules()
+            if next(module.children(), None) is None]
+
+
+def check(saved: list, model: nn.Module, source: str, saved_modules: list | None = None) -> None:
     """Raise ValueError naming the first differences when ``model``'s :func:`architecture` is not ``saved`` (the
-    record of ``source``, named in the message)."""
-    current = architecture(model)
-    if saved == current:
-        return
-    saved_d, current_d = {s[0]: s[1:] for s in saved}, {c[0]: c[1:] for c in current}
-    differences = [f"{k}: saved {saved_d.get(k)} vs model {current_d.get(k)}"
-                   for k in dict.fromkeys([*saved_d, *current_d]) if saved_d.get(k) != current_d.get(k)]
-    raise ValueError(f"{source} was saved from another architecture; differences: {'; '.join(differences[:5])}"
-                     + (f" (and {len(differences) - 5} more)" if len(differences) > 5 else ""))
+    record of ``source``, named in the message), or its :func:`modules` are not ``saved_modules`` (when given: saves
+    written before this record was added lack it)."""
+    for kind, record, current in [("architecture", saved, architecture(model)),
+                                  ("modules", saved_modules, modules(model) if saved_modules is not None else None)]:
+        if record == current:
+            continue
+        saved_d, current_d = ({r[0]: r[1] if len(r) == 2 else r[1:] for r in entries} for entries in (record, current))
+        differences = [f"{k}: saved {saved_d.get(k)!r} vs model {current_d.get(k)!r}"
+                       for k in dict.fromkeys([*saved_d, *current_d]) if saved_d.get(k) != current_d.get(k)]
+        what = "another architecture" if kind == "architecture" else "a model with other modules (activations, poolings)"
+        raise ValueError(f"{source} was saved from {what}; differences: {'; '.join(differences[:5])}"
+                         + (f" (and {len(differences) - 5} more)" if len(differences) > 5 else ""))
 
 
 def widen_to_saved(model: nn.Module, widths: dict[str, int], growth: list[list[int]] | None,
@@ -121,6 +132,10 @@ def check_saved(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
         if initial is not None and [n + sum(g[i] for g in growth) for i, n in enumerate(initial)] != width_list:
             raise ValueError(f"initial_sizes {initial} and growth in meta.json do not add up to the widths "
                              f"{width_list}")
+    saved_modules = meta.get("modules")
+    if saved_modules is not None and (not isinstance(saved_modules, list) or not all(
+            isinstance(m, list) and len(m) == 2 and all(isinstance(s, str) for s in m) for m in saved_modules)):
+        raise ValueError(f"modules {saved_modules!r:.200} in meta.json is not a list of [name, class name] pairs")
     shape = meta["input_shape"]
     if not isinstance(shape, list) or not shape or not all(_positive_int(n) for n in shape):
         raise ValueError(f"input_shape {shape!r:.200} in meta.json is not a list of positive ints")

@@ -533,7 +533,8 @@ class ReReLRP(BaseEstimator):
                 "fit_times": self.fit_times_, "n_features": recognizer.pop("n_features"),
                 "widths": {layer.name: layer.n_units for layer in self.units_.layers}, "growth": self.growth_,
                 "initial_sizes": self.initial_sizes_, "initial_parameters": self.initial_parameters_,
-                "prune_results": [r.to_dict() for r in self.prune_results_], **recognizer}
+                "prune_results": [r.to_dict() for r in self.prune_results_], **recognizer,
+                "modules": architecture.modules(self._net)}
         return {"meta": meta, "tensors": tensors, "estimators": estimators}
 
     def load_state_dict(self, state: dict) -> "ReReLRP":
@@ -556,7 +557,7 @@ class ReReLRP(BaseEstimator):
     def _load_state(self, state: dict) -> "ReReLRP":
         meta, tensors = state["meta"], state["tensors"]
         architecture.widen_to_saved(self._net, meta["widths"], meta.get("growth"), meta.get("initial_sizes"))
-        architecture.check(meta["architecture"], self._net, "the state")
+        architecture.check(meta["architecture"], self._net, "the state", meta.get("modules"))
         self._net.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         self._start()
         self.tasks_ = capacity.check_tasks(meta["tasks"], self.units_.output.out_features)

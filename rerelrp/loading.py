@@ -51,7 +51,7 @@ def load(path: str | os.PathLike, model: nn.Module, trusted: Sequence[str] = (),
     shadow = architecture.on_meta(model)  # grown and run where nothing is allocated, before the model itself
     if shadow is not None:
         architecture.widen_to_saved(shadow, meta["widths"], meta.get("growth"), meta.get("initial_sizes"))
-        architecture.check(meta["architecture"], shadow, str(path))
+        architecture.check(meta["architecture"], shadow, str(path), meta.get("modules"))
         try:
             architecture.check_input_shape(shadow, meta["input_shape"])
         except ValueError as error:

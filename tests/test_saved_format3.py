@@ -1,7 +1,9 @@
 """Promise: saves of format 3 written before the redesign (tests/data, made by rerelrp at commit eb47bfd on digits,
-3 tasks, 3 epochs) load and give the answers they gave when they were written."""
+3 tasks, 3 epochs) load and give the answers they gave when they were written, and save again to the same members
+(plus the record of the model's modules added since)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 import torch
 
 import rerelrp
+from rerelrp import architecture
 from conftest import digits_mlp
 
 DATA = Path(__file__).parent / "data"
@@ -38,5 +41,8 @@ def test_a_format3_save_loaded_and_saved_again_holds_the_same_members(tmp_path, 
     again = learner.save(tmp_path / "again.zip")
     with zipfile.ZipFile(DATA / f"format3-{recognizer}.zip") as before, zipfile.ZipFile(again) as after:
         assert sorted(before.namelist()) == sorted(after.namelist())
-        for name in ["meta.json", "tensors.safetensors"]:
-            assert before.read(name) == after.read(name), name
+        assert before.read("tensors.safetensors") == after.read("tensors.safetensors")
+        meta = json.loads(after.read("meta.json"))
+        # the one addition since: the model's parameter-free modules, recorded from the model it was loaded into
+        assert meta.pop("modules") == architecture.modules(digits_mlp())
+        assert json.dumps(meta, indent=1).encode() == before.read("meta.json")
