@@ -165,7 +165,8 @@ def main(args: argparse.Namespace, stream_fn: Callable[[argparse.Namespace], Str
                "config": {**vars(args), "epochs": epochs}, "environment": environment(args.device),
                "results": [asdict(r) for r in results], "table": table,
                "wall_seconds": time.perf_counter() - wall}
-    (out / "results.md").write_text(f"# {stream.name}, {args.backbone}\n\n{table}\n")
+    (out / "results.md").write_text(f"# {stream.name}, {args.backbone}\n\n{table}\n"
+                                    + (f"\n{stream.note}\n" if stream.note else ""))
     (out / "results.json").write_text(json.dumps(payload, indent=2))
     print(f"\n{table}\n\nwrote {out / 'results.json'}, {out / 'results.md'}, "
           f"{', '.join(str(p) for p in plots)}\nwall time {time.perf_counter() - wall:.0f} s")

@@ -11,8 +11,6 @@ Avalanche's metrics, no task labels at evaluation.
 from __future__ import annotations
 
 import argparse
-import gzip
-import shutil
 import sys
 import tempfile
 import warnings
@@ -43,18 +41,12 @@ def split_mnist(root: str | None, tmp: Path):
     """Avalanche's SplitMNIST from the original files: copied, unzipped, where torchvision looks (no download)."""
     from avalanche.benchmarks.classic import SplitMNIST
 
-    from rerelrp.datasets import MNIST_FILES, _find_mnist, data_root
+    from rerelrp.datasets import prepare_idx
 
-    base = data_root(root)
-    found = _find_mnist(base) if base is not None else None
-    if found is None:
-        raise SystemExit("error: MNIST not found: name the folder holding mnist/ with --data-root or RERELRP_DATA, "
-                         "or use --dataset digits")
-    raw = tmp / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for name, path in zip(MNIST_FILES, found):
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as src, open(raw / name, "wb") as dst:
-            shutil.copyfileobj(src, dst)
+    try:
+        prepare_idx("mnist", root, tmp)
+    except FileNotFoundError as error:
+        raise SystemExit(f"error: {error}; or use --dataset digits") from error
     return SplitMNIST(n_experiences=5, return_task_id=False, fixed_class_order=list(range(10)), dataset_root=tmp)
 
 

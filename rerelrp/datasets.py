@@ -2,7 +2,7 @@
 
 Nothing here downloads unless asked to. Data locations come from the
 ``root`` argument or the ``RERELRP_DATA`` environment variable, a folder that
-holds ``mnist/`` (the four original MNIST ``.gz`` files) and ``medmnist/``
+holds ``mnist/`` and ``fashion-mnist/`` (the four original ``.gz`` files of each) and ``medmnist/``
 (the official ``<flag>.npz`` files).
 """
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["data_root", "class_splits", "task_indices", "load_digits", "load_mnist", "load_medmnist", "MNIST_FILES"]
+__all__ = ["data_root", "class_splits", "task_indices", "load_digits", "prepare_idx", "load_mnist", "load_medmnist",
+           "MNIST_FILES", "IDX_DATASETS"]
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                "t10k-labels-idx1-ubyte")
@@ -65,49 +66,63 @@ def load_digits(test_size: float = 0.3, random_state: int = 0):
             torch.tensor(y_te))
 
 
-def load_mnist(root: str | os.PathLike | None = None):
-    """The full MNIST (60,000 train / 10,000 test) through torchvision, offline.
+#: Per dataset of the four IDX files: torchvision's class name (its raw folder) and the folders searched under the
+#: data root, in order.
+IDX_DATASETS = {"mnist": ("MNIST", ("", "mnist", "MNIST/raw")),
+                "fashion-mnist": ("FashionMNIST", ("fashion-mnist", "FashionMNIST/raw"))}
 
-    ``root`` (or ``$RERELRP_DATA``) is searched for the four original files,
-    gzipped or not, in ``root``, ``root/mnist`` or ``root/MNIST/raw``.
+
+def prepare_idx(dataset: str, root: str | os.PathLike | None, dest: str | os.PathLike) -> Path:
+    """Copy the four original IDX files of ``dataset`` (``"mnist"`` or ``"fashion-mnist"``), gzipped or not, found
+    under ``root`` (or ``$RERELRP_DATA``) in one of :data:`IDX_DATASETS`' folders, unzipped into
+    ``dest/<class name>/raw``, where torchvision's ``MNIST`` / ``FashionMNIST`` read them with ``download=False``.
+    Returns ``dest``.
+
+    Raises
+    ------
+    ValueError: an unknown ``dataset``.
+    FileNotFoundError: naming the files and where to put them.
+    """
+    if dataset not in IDX_DATASETS:
+        raise ValueError(f"dataset must be one of {sorted(IDX_DATASETS)}, got {dataset!r}")
+    name, folders = IDX_DATASETS[dataset]
+    base = data_root(root)
+    found = None
+    for folder in (base / f for f in folders) if base is not None else ():
+        present = [next((c for c in (folder / (f + ".gz"), folder / f) if c.is_file()), None) for f in MNIST_FILES]
+        if all(present):
+            found = present
+            break
+    if found is None:
+        where = f"{base}/{folders[-2]}/" if base is not None else (
+            f"a folder named by --data-root or $RERELRP_DATA, in {folders[-2]}/")
+        raise FileNotFoundError(f"{name} not found: put {', '.join(f + '.gz' for f in MNIST_FILES)} in {where}")
+    raw = Path(dest, name, "raw")
+    raw.mkdir(parents=True, exist_ok=True)
+    for file, path in zip(MNIST_FILES, found):
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as src, open(raw / file, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return Path(dest)
+
+
+def load_mnist(root: str | os.PathLike | None = None, dataset: str = "mnist"):
+    """The full MNIST, or with ``dataset="fashion-mnist"`` Fashion-MNIST (60,000 train / 10,000 test each), through
+    torchvision, offline: the files are found as :func:`prepare_idx` says.
     Returns ``x_train (60000, 1, 28, 28)`` in [0, 1], ``y_train (60000,)``,
     ``x_test (10000, 1, 28, 28)``, ``y_test (10000,)``.
 
     Raises FileNotFoundError naming the files and where to put them.
     """
-    from torchvision.datasets import MNIST
+    import torchvision.datasets
 
-    base = data_root(root)
-    found = _find_mnist(base) if base is not None else None
-    if found is None:
-        where = f"{base}/mnist/" if base is not None else "a folder named by --data-root or $RERELRP_DATA, in mnist/"
-        raise FileNotFoundError(f"MNIST not found: put {', '.join(f + '.gz' for f in MNIST_FILES)} in {where}")
-    with tempfile.TemporaryDirectory(prefix="rerelrp-mnist-") as tmp:
-        raw = Path(tmp, "MNIST", "raw")
-        raw.mkdir(parents=True)
-        for name, path in zip(MNIST_FILES, found):
-            opener = gzip.open if path.suffix == ".gz" else open
-            with opener(path, "rb") as src, open(raw / name, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        splits = [MNIST(tmp, train=train, download=False) for train in (True, False)]
+    with tempfile.TemporaryDirectory(prefix=f"rerelrp-{dataset}-") as tmp:
+        prepare_idx(dataset, root, tmp)
+        kind = getattr(torchvision.datasets, IDX_DATASETS[dataset][0])
+        splits = [kind(tmp, train=train, download=False) for train in (True, False)]
     out = []
     for ds in splits:
         out += [ds.data.unsqueeze(1).float() / 255.0, ds.targets.clone()]
     return tuple(out)
-
-
-def _find_mnist(base: Path) -> list[Path] | None:
-    for folder in (base, base / "mnist", base / "MNIST" / "raw"):
-        paths = []
-        for name in MNIST_FILES:
-            candidates = [folder / (name + ".gz"), folder / name]
-            present = [c for c in candidates if c.is_file()]
-            if not present:
-                break
-            paths.append(present[0])
-        else:
-            return paths
-    return None
 
 
 def load_medmnist(flag: str, root: str | os.PathLike | None = None, download: bool = False) -> dict:
