@@ -29,6 +29,8 @@ class StreamResult:
     #: streams with ``label_count``: task-agnostic accuracy of the label alone (the digit of Permuted MNIST)
     tag_label: list[list[float]] = field(default_factory=list)
     task_recognition: list[float] = field(default_factory=list)
+    #: rerelrp: after each task t, the share of each seen task u's inputs recognized as task u (u <= t)
+    task_recognition_by_task: list[list[float]] = field(default_factory=list)
     free_capacity: list[float] = field(default_factory=list)
     #: rerelrp: parameter entries after each task, as a multiple of the model's before the first (``grow``)
     parameters: list[float] = field(default_factory=list)
@@ -72,7 +74,10 @@ def run_stream(method, stream: Stream, seed: int, split: str = "test") -> Stream
         if isinstance(method, ReReLRPMethod):
             learner = method.learner
             truth = torch.cat([torch.full((len(evaluation[u][1]),), u) for u in range(t + 1)])
-            result.task_recognition.append(float((learner.predict_task(x_all) == truth).float().mean()))
+            recognized = learner.predict_task(x_all) == truth
+            result.task_recognition.append(float(recognized.float().mean()))
+            result.task_recognition_by_task.append([float(recognized[bounds[u]:bounds[u + 1]].float().mean())
+                                                    for u in range(t + 1)])
             result.free_capacity.append(learner.free_capacity()["overall"])
             result.parameters.append(learner.parameter_growth())
             result.stage_seconds.append(dict(learner.fit_times_[-1]))

@@ -21,7 +21,8 @@ def _mean_std(values: Sequence[float], scale: float = 100.0) -> str:
 
 
 def markdown_table(results: Sequence[StreamResult], methods: Sequence[str]) -> str:
-    """Final TAg/TAw average accuracy, forgetting, task recognition, bytes kept and times; mean ± std over seeds."""
+    """Final TAg/TAw average accuracy, forgetting, task recognition (and the task recognized worst, over seeds),
+    bytes kept and times; mean ± std over seeds."""
     label = bool(results and results[0].tag_label)  # a label-only accuracy (Permuted MNIST's digit)
     grown = any(r.parameters and r.parameters[-1] > 1 for r in results)  # rerelrp with grow
     lines = ["| method | TAg acc (%) | TAw acc (%) | " + ("label-only TAg acc (%) | " if label else "")
@@ -34,6 +35,8 @@ def markdown_table(results: Sequence[StreamResult], methods: Sequence[str]) -> s
         if not rs:
             continue
         rec = _mean_std([r.task_recognition[-1] for r in rs]) if rs[0].task_recognition else "–"
+        if rs[0].task_recognition_by_task:  # the task recognized worst, after the last task (lowest over seeds)
+            rec += f"; weakest task {100 * min(min(r.task_recognition_by_task[-1]) for r in rs):.1f}"
         free = _mean_std([r.free_capacity[-1] for r in rs]) if rs[0].free_capacity else "–"
         forget = {m: _mean_std([(r.forgetting(getattr(r, m)) or [0.0])[-1] for r in rs]) for m in ("tag", "taw")}
         lines.append(
