@@ -57,6 +57,20 @@ def test_mnist_quick(tmp_path):
 
 
 @pytest.mark.slow
+def test_fashion_quick_prints_the_published_figures_beside_ours(tmp_path):
+    root = shared_data_root()
+    done = run("mnist.py", "--dataset", "fashion", "--quick", "--no-progress", "--data-root", root, "--out",
+               str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_outputs(tmp_path, 5)
+    assert "The ReReLRP paper, Split Fashion-MNIST" in done.stdout
+    assert "The ReReLRP paper" in (tmp_path / "results.md").read_text()
+    ours = next(r for r in json.loads((tmp_path / "results.json").read_text())["results"] if r["method"] == "rerelrp")
+    assert [len(row) for row in ours["task_recognition_by_task"]] == [1, 2, 3, 4, 5]
+    assert "weakest task" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
 def test_missing_medmnist_file_is_one_line_without_traceback(tmp_path):
     done = run("medical.py", "--scenario", "bloodmnist", "--data-root", str(tmp_path), "--out", str(tmp_path / "o"))
     assert done.returncode == 2
@@ -92,6 +106,8 @@ def test_digits_refuse_an_image_backbone():
     assert code == 2 and "--backbone resnet18 needs images" in stderr
     code, _, stderr = command_line("mnist.py", "--dataset", "digits", "--transform", "rotated")
     assert code == 2 and "--transform needs --scenario split and --dataset mnist" in stderr
+    code, _, stderr = command_line("mnist.py", "--dataset", "fashion", "--scenario", "permuted")
+    assert code == 2 and "--scenario permuted needs --dataset mnist" in stderr
 
 
 def test_transformed_digits_are_inverted_or_each_turned_by_its_own_seeded_angle():
