@@ -73,7 +73,8 @@ class ReReLRP(BaseEstimator):
         (:func:`rerelrp.capacity.task_budget`). None: no budget.
     grow: fraction of each unit layer's initial width that every task after the first finds free, growing the
         layer where needed (:mod:`rerelrp.growth`); 0: never grow. Not with DistributedDataParallel.
-    known_fraction: share of each task's validation inputs that ``reject=True`` accepts (:mod:`rerelrp.novelty`).
+    known_fraction: share of new inputs like each task's validation inputs that ``reject=True`` accepts, in
+        expectation (:mod:`rerelrp.novelty`); with n validation inputs at most n / (n + 1) is honoured.
     n_reference: reference samples per class for the relevance that ranks units.
     n_features: units or principal components each task detector reads; side memory grows with its square.
     n_components: most Gaussian mixture components per class (``recognizer="gaussian"``).
@@ -381,6 +382,11 @@ class ReReLRP(BaseEstimator):
                 if self.recognizer_.supports_unknown:
                     own, low, conf, _ = self.recognizer_.measures(view, task.val_x.to(self.device_), t)
                     quantiles = novelty.calibrate(own, low, conf)
+                    if self.known_fraction > len(own) / (len(own) + 1):
+                        warnings.warn(f"task {t} has {len(own)} validation inputs: known_fraction="
+                                      f"{self.known_fraction} cannot be honoured, about {len(own) / (len(own) + 1):.3f}"
+                                      " of its new inputs will be accepted; give more validation data (val_loader, "
+                                      "val_fraction)", RuntimeWarning, stacklevel=7)
             return self.recognizer_, quantiles
 
         self.recognizer_, quantiles = from_rank0(remember_and_recognize)

@@ -27,7 +27,8 @@ validation inputs when it is learned (:func:`calibrate`: the :data:`LEVELS` quan
 - :func:`standardize`: the score, the typicality standardized the same way: 0 for a median validation input,
   -1 at the 5 % quantile, comparable between tasks.
 - :func:`accepted`: the input is known when its typicality is at least its task's ``1 - known_fraction``
-  quantile, so that a ``known_fraction`` of each task's validation inputs is accepted.
+  quantile, read so that a ``known_fraction`` of new inputs like the task's validation inputs is accepted
+  (:func:`finite_sample_levels`: a small validation set's plain quantile accepts fewer).
 
 All three come from the pass the detector chain makes anyway (the first unit layer and the head are read in the
 same forward pass as the last hidden layer: S_m holds every unit of S_0..S_m-1, so the head's logits through them
@@ -43,8 +44,9 @@ import torch
 
 from .remember import ActivationStatistics, GaussianDensities
 
-__all__ = ["Measures", "judge", "check_quantiles", "LEVELS", "SPREAD_FLOOR", "LowLevelStatistics", "calibrate", "confidence", "low_features",
-           "spread_floor", "standardize", "threshold", "accepted", "typicality"]
+__all__ = ["Measures", "judge", "check_quantiles", "LEVELS", "SPREAD_FLOOR", "LowLevelStatistics", "calibrate",
+           "finite_sample_levels", "confidence", "low_features", "spread_floor", "standardize", "threshold", "accepted",
+           "typicality"]
 
 #: Prefix of the names of :class:`LowLevelStatistics`' tensors in a learner's state.
 PREFIX = "novelty-memory."
@@ -187,10 +189,22 @@ def confidence(logits: torch.Tensor) -> np.ndarray:
 
 def calibrate(own: np.ndarray, low: np.ndarray, conf: np.ndarray) -> np.ndarray:
     """``(4, 101)``: the :data:`LEVELS` quantiles of a task's ``(n,)`` validation log-likelihoods ``own`` and
-    ``low``, of its head's :func:`confidence` ``conf``, and of their :func:`typicality` (n >= 2, finite)."""
+    ``low``, of its head's :func:`confidence` ``conf``, and, read at the :func:`finite_sample_levels` of ``n``, of
+    their :func:`typicality` (n >= 2, finite)."""
     quantiles = np.stack([_quantiles(own), _quantiles(low), _quantiles(conf), np.zeros(len(LEVELS))])
-    quantiles[3] = _quantiles(typicality(own, low, conf, quantiles))
+    quantiles[3] = _quantiles(typicality(own, low, conf, quantiles), finite_sample_levels(len(own)))
     return quantiles
+
+
+def finite_sample_levels(n: int) -> np.ndarray:
+    """``(101,)``: the level at which to read each of :data:`LEVELS` among ``n`` validation values, so that the
+    :func:`threshold` at ``1 - known_fraction`` accepts, in expectation, a ``known_fraction`` of new inputs like them
+    (the split-conformal rule: the k-th smallest of n values is exceeded by a new one with probability
+    ``1 - k / (n + 1)``; numpy's quantile at level ``(k - 1) / (n - 1)`` is the k-th smallest). Read as they are,
+    a few dozen validation inputs accept clearly fewer held-out inputs than ``known_fraction`` (README, Unknown
+    inputs). Levels beyond the values are clipped to the smallest or largest: with n values no ``known_fraction`` above
+    ``n / (n + 1)`` is honoured (the threshold is then the smallest validation value)."""
+    return np.clip((LEVELS * (n + 1) - 1) / max(n - 1, 1), 0.0, 1.0)
 
 
 def check_quantiles(quantiles: list[np.ndarray]) -> list[np.ndarray]:
@@ -204,12 +218,12 @@ def check_quantiles(quantiles: list[np.ndarray]) -> list[np.ndarray]:
     return quantiles
 
 
-def _quantiles(values: np.ndarray) -> np.ndarray:
+def _quantiles(values: np.ndarray, levels: np.ndarray = LEVELS) -> np.ndarray:
     values = np.asarray(values, np.float64)
     if len(values) < 2 or not np.all(np.isfinite(values)):
         raise ValueError(f"calibration needs at least 2 finite validation log-likelihoods, got {len(values)} "
                          f"({int(np.sum(~np.isfinite(values)))} not finite)")
-    return np.quantile(values, LEVELS)
+    return np.quantile(values, levels)
 
 
 def _standardized(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
 from benchmarks.backbones import small_cnn
-from rerelrp import ReReLRP, load
+from rerelrp import ReReLRP, load, novelty
 from conftest import TASKS, digits_mlp, loader
 
 
@@ -61,6 +61,30 @@ def test_known_fraction_is_read_at_prediction_and_saved(digits, default_learner,
         loaded.set_params(known_fraction=fraction)
         accepted.append(float((loaded.predict(x, reject=True) >= 0).float().mean()))
     assert accepted[0] < accepted[1] <= accepted[2]
+
+
+def test_known_fraction_holds_on_held_out_inputs_of_tasks_with_small_validation_sets(digits, default_learner):
+    """About 25 validation inputs per task: their plain quantiles accepted 92.2 % of the tasks' held-out inputs at
+    known_fraction=0.95 and 87.2 % at 0.9; read at the finite-sample levels, 95.0 % and 91.3 %."""
+    _, test = digits
+    accepted = {}
+    for fraction in (0.9, 0.95, 0.99):
+        default_learner.set_params(known_fraction=fraction)
+        accepted[fraction] = np.mean([float((default_learner.predict(x, task_id=t, reject=True) >= 0).float().mean())
+                                      for t, (x, _) in enumerate(test)])
+    default_learner.set_params(known_fraction=0.95)
+    print(f"held-out known inputs accepted: {accepted}")
+    assert abs(accepted[0.9] - 0.9) <= 0.02 and abs(accepted[0.95] - 0.95) <= 0.02
+    assert accepted[0.99] >= accepted[0.95]  # 25 values cannot calibrate 0.99: at most 25 / 26 is honoured
+
+
+def test_finite_sample_levels_read_the_order_statistic_a_new_value_exceeds_with_the_asked_probability(digits):
+    values = np.sort(digits[0][0][0].sum(1).numpy().astype(np.float64))[:25]  # 25 real values, as a task's
+    levels = novelty.finite_sample_levels(len(values))
+    for fraction, k in [(0.5, 13), (0.8, 5.2), (0.95, 1.3), (0.99, 0.26)]:  # k-th smallest: 1 - k / 26 = fraction
+        read = np.interp(1 - fraction, novelty.LEVELS, np.quantile(values, levels))
+        expected = np.interp(max(k, 1) - 1, np.arange(len(values)), values)
+        assert read == pytest.approx(expected, abs=1e-9), fraction
 
 
 @pytest.mark.parametrize("kept", ["last layer", "no head confidence"])
@@ -145,3 +169,11 @@ def test_a_nan_typicality_is_never_known_and_scores_lowest(digits):
     assert known.tolist() == [False, True, False, False]
     assert np.isfinite(score[1]) and np.all(score[[0, 2, 3]] == -np.inf)  # score < t holds for any threshold t
     assert not novelty.accepted(np.array([np.nan]), quantiles, 1.0).any()
+
+
+def test_a_known_fraction_the_validation_set_cannot_calibrate_is_warned_about(digits):
+    train, _ = digits
+    learner = ReReLRP(digits_mlp(), epochs=2, known_fraction=0.99, progress=False)
+    with pytest.warns(RuntimeWarning, match=r"task 0 has 2\d validation inputs: known_fraction=0.99 cannot be "
+                                            r"honoured, about 0.96\d of its new inputs"):
+        learner.fit_task(loader(*train[0]))
