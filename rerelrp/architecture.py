@@ -88,6 +88,13 @@ def widen_to_saved(model: nn.Module, widths: dict[str, int], growth: list[list[i
         widen_to(model, units, widths)
 
 
+def _check_modules_record(record) -> None:
+    """Raise ValueError unless a save's ``modules`` record is None (older saves) or ``[name, class name]`` pairs."""
+    if record is not None and (not isinstance(record, list) or not all(
+            isinstance(m, list) and len(m) == 2 and all(isinstance(s, str) for s in m) for m in record)):
+        raise ValueError(f"modules {record!r:.200} in meta.json is not a list of [name, class name] pairs")
+
+
 def _positive_int(value, zero: bool = False) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= (0 if zero else 1)
 
@@ -132,10 +139,7 @@ def check_saved(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
         if initial is not None and [n + sum(g[i] for g in growth) for i, n in enumerate(initial)] != width_list:
             raise ValueError(f"initial_sizes {initial} and growth in meta.json do not add up to the widths "
                              f"{width_list}")
-    saved_modules = meta.get("modules")
-    if saved_modules is not None and (not isinstance(saved_modules, list) or not all(
-            isinstance(m, list) and len(m) == 2 and all(isinstance(s, str) for s in m) for m in saved_modules)):
-        raise ValueError(f"modules {saved_modules!r:.200} in meta.json is not a list of [name, class name] pairs")
+    _check_modules_record(meta.get("modules"))
     shape = meta["input_shape"]
     if not isinstance(shape, list) or not shape or not all(_positive_int(n) for n in shape):
         raise ValueError(f"input_shape {shape!r:.200} in meta.json is not a list of positive ints")

@@ -404,6 +404,8 @@ def set_widths(meta):  # 18 KB of file that would make load grow the first layer
     (lambda meta: meta.update(initial_sizes=[129] + meta["initial_sizes"][1:]), r"initial_sizes .* widths"),
     (set_widths, r"widths .* '0': 200000 units.*model\.0\.weight.*128"),
     (lambda meta: meta["architecture"][0][1].__setitem__(0, 200_000), r"architecture .*model\.0\.weight"),
+    (lambda meta: meta.update(modules=[["0", 5]]), r"modules \[\['0', 5\]\] in meta.json is not a list of \[name, "
+                                                   r"class name\] pairs"),
 ])
 def test_inconsistent_meta_is_refused_before_the_model_is_touched(two_tasks, tmp_path, monkeypatch, meta_change,
                                                                   message):
