@@ -1,13 +1,30 @@
-"""Contexts that undo on exit what they set up: hooks on modules or optimizers, and torch's seeded global RNG."""
+"""Contexts that undo on exit what they set up: hooks on modules or optimizers, and torch's seeded global RNG; and
+:func:`warn`, a warning shown at the user's line."""
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
+import warnings
 from typing import Iterator
 
 import torch
 from zennit.core import RemovableHandleList
 
-__all__ = ["hooks", "seeded"]
+__all__ = ["hooks", "seeded", "warn"]
+
+#: Frames of these files are rerelrp's own or the context managers it runs in: a warning skips them.
+_INSIDE = (os.path.dirname(os.path.abspath(__file__)) + os.sep, os.path.abspath(contextlib.__file__))
+
+
+def warn(message: str, category: type[Warning] = RuntimeWarning) -> None:
+    """``warnings.warn(message, category)`` attributed to the first calling line outside rerelrp (and outside
+    :mod:`contextlib`, whose ``with`` blocks rerelrp's verbs run in), as Python 3.12's ``skip_file_prefixes`` does:
+    the warning names the user's ``fit_task`` or ``with learner.training(...)`` line, not one of rerelrp's."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_INSIDE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level + 1)
 
 
 @contextlib.contextmanager

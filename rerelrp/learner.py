@@ -15,7 +15,6 @@ import contextlib
 import copy
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Iterable, Iterator, Union
 
@@ -30,7 +29,7 @@ from zennit.core import Composite
 
 from . import architecture, capacity, growth, novelty, options, ownership, persist, reinit
 from .concurrency import TRACE_LOCK, model_lock
-from .contexts import seeded
+from .contexts import seeded, warn
 from .data import TaskData, check_input, prepare_task
 from .distributed import agree, from_rank0, is_distributed, is_rank0
 from .freeze import FrozenParameters
@@ -243,7 +242,7 @@ class ReReLRP(BaseEstimator):
                 self.frozen_.freeze_shared()
         for message in capacity.warnings_after(self.units_, self.masks_, result, self.n_tasks, self.growth_,
                                                self.grow > 0):
-            warnings.warn(message, RuntimeWarning, stacklevel=5)
+            warn(message)
         self._remember(task, times)  # 6-8
         self.input_shape_ = task.input_shape
         low, high = float(task.train_x.min()), float(task.train_x.max())
@@ -262,17 +261,16 @@ class ReReLRP(BaseEstimator):
                 added, refusals = growth.grow_free(self.units_, self.masks_, self.initial_sizes_, self.grow,
                                                    self._growth_paths, self.frozen_)
             for message in refusals:
-                warnings.warn(message, RuntimeWarning, stacklevel=6)
+                warn(message)
             self.masks_ = growth.grow_masks(self.masks_, added)
             if any(added):  # columns of later layers moved in what the memories index
                 self.recognizer_.grown(self.units_, added)
         self.growth_.append(added)
         # the forecast warned before, unless the stream outgrew n_tasks
         if t > 0 and self.free_capacity()["overall"] == 0.0:
-            warnings.warn(
-                f"capacity exhausted: all {self.units_.total} units are kept by the {t} tasks learned so far, so "
-                f"task {t} can train only its own head rows; use a wider model, or a larger acc_drop "
-                f"(now {self.acc_drop} points) for the tasks to come, or grow > 0", RuntimeWarning, stacklevel=6)
+            warn(f"capacity exhausted: all {self.units_.total} units are kept by the {t} tasks learned so far, so "
+                 f"task {t} can train only its own head rows; use a wider model, or a larger acc_drop "
+                 f"(now {self.acc_drop} points) for the tasks to come, or grow > 0")
 
     def _prepare(self, loader: DataLoader, val_loader: Iterable | None, seed: int) -> TaskData:
         """The task's data, checked against the model and the tasks learned so far
@@ -331,8 +329,7 @@ class ReReLRP(BaseEstimator):
         def correct(keep, check_chance: bool = False) -> torch.Tensor:  # per image: right, or the true class's p
             logits = view.logits(val_x, task.classes, keep)
             if check_chance and not capacity.above_chance((logits.argmax(1) == column).cpu(), val_y):
-                warnings.warn(capacity.at_chance_message(t, logits.argmax(1) == column, free, self.units_.total),
-                              RuntimeWarning, stacklevel=7)
+                warn(capacity.at_chance_message(t, logits.argmax(1) == column, free, self.units_.total))
             if measure == "probability":
                 return logits.softmax(1).gather(1, column[:, None])[:, 0].cpu()
             return (logits.argmax(1) == column).cpu()
@@ -383,10 +380,9 @@ class ReReLRP(BaseEstimator):
                     own, low, conf, _ = self.recognizer_.measures(view, task.val_x.to(self.device_), t)
                     quantiles = novelty.calibrate(own, low, conf)
                     if self.known_fraction > len(own) / (len(own) + 1):
-                        warnings.warn(f"task {t} has {len(own)} validation inputs: known_fraction="
-                                      f"{self.known_fraction} cannot be honoured, about {len(own) / (len(own) + 1):.3f}"
-                                      " of its new inputs will be accepted; give more validation data (val_loader, "
-                                      "val_fraction)", RuntimeWarning, stacklevel=7)
+                        warn(f"task {t} has {len(own)} validation inputs: known_fraction={self.known_fraction} cannot "
+                             f"be honoured, about {len(own) / (len(own) + 1):.3f} of its new inputs will be accepted; "
+                             "give more validation data (val_loader, val_fraction)")
             return self.recognizer_, quantiles
 
         self.recognizer_, quantiles = from_rank0(remember_and_recognize)

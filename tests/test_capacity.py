@@ -200,8 +200,9 @@ def test_a_budget_that_costs_more_than_acc_drop_is_warned_after_any_number_of_ro
     vx, vy = torch.cat([x for x, _ in test]), torch.cat([y for _, y in test])
     learner = rerelrp.ReReLRP(digits_mlp(), epochs=5, n_tasks=128, prune_rounds=prune_rounds,
                               drop_measure="accuracy", progress=False)
-    with pytest.warns(RuntimeWarning, match=r"task 0 needed more than its budget of 2 free units"):
+    with pytest.warns(RuntimeWarning, match=r"task 0 needed more than its budget of 2 free units") as record:
         learner.fit_task(loader(x, y), val_loader=loader(vx, vy))
+    assert {w.filename for w in record if "budget" in str(w.message)} == {__file__}  # the caller's line
     result = learner.prune_results_[0]
     assert result.over_threshold and result.budget == [1, 1]
     assert result.accuracy < result.base_accuracy - learner.acc_drop / 100

@@ -175,5 +175,6 @@ def test_a_known_fraction_the_validation_set_cannot_calibrate_is_warned_about(di
     train, _ = digits
     learner = ReReLRP(digits_mlp(), epochs=2, known_fraction=0.99, progress=False)
     with pytest.warns(RuntimeWarning, match=r"task 0 has 2\d validation inputs: known_fraction=0.99 cannot be "
-                                            r"honoured, about 0.96\d of its new inputs"):
+                                            r"honoured, about 0.96\d of its new inputs") as record:
         learner.fit_task(loader(*train[0]))
+    assert {w.filename for w in record} == {__file__}  # the user's line, not one inside rerelrp
