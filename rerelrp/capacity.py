@@ -27,11 +27,16 @@ from scipy.stats import binomtest
 
 from .network import Units
 
-__all__ = ["kept_by", "task_budget", "free_capacity", "capacity_report", "running_out", "above_chance",
+__all__ = ["counted", "kept_by", "task_budget", "free_capacity", "capacity_report", "running_out", "above_chance",
            "at_chance_message", "warnings_after", "check_tasks", "check_masks"]
 
 Masks = Sequence[Sequence[torch.Tensor]]
 
+
+
+def counted(n: int, noun: str) -> str:
+    """``"1 task"``, ``"3 tasks"``: ``n`` and ``noun``, plural unless n is 1 (for messages)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 def kept_by(masks: Masks, sizes: Sequence[int], upto: int | None = None) -> list[torch.Tensor]:
     """Per layer of ``sizes`` units, the bool mask ``(n_units,)`` of the units kept by any of the tasks
@@ -98,10 +103,10 @@ def running_out(units: Units, masks: Masks, n_tasks: int | None,
                          f"{lasts:.1f} tasks' worth)")
     if not short:
         return None
-    needed = "the next task" if n_tasks is None else f"the {ahead} tasks still expected (n_tasks={n_tasks})"
+    needed = "the next task" if n_tasks is None else f"the {counted(ahead, 'task')} still expected (n_tasks={n_tasks})"
     advice = "a budget per task keeps a share for each task to come (n_tasks=the number of tasks you expect); " \
         if n_tasks is None else "each task to come keeps at most its budget; "
-    return (f"capacity forecast after {learned} tasks: at the rate so far, {'; '.join(short)} will not last "
+    return (f"capacity forecast after {counted(learned, 'task')}: at the rate so far, {'; '.join(short)} will not last "
             f"{needed}, and later tasks would train only the few units left. {advice.capitalize()}a larger "
             "acc_drop makes tasks keep fewer units, a wider model or grow > 0 leaves more")
 

@@ -268,8 +268,8 @@ class ReReLRP(BaseEstimator):
         self.growth_.append(added)
         # the forecast warned before, unless the stream outgrew n_tasks
         if t > 0 and self.free_capacity()["overall"] == 0.0:
-            warn(f"capacity exhausted: all {self.units_.total} units are kept by the {t} tasks learned so far, so "
-                 f"task {t} can train only its own head rows; use a wider model, or a larger acc_drop "
+            warn(f"capacity exhausted: all {self.units_.total} units are kept by the {capacity.counted(t, 'task')} "
+                 f"learned so far, so task {t} can train only its own head rows; use a wider model, or a larger acc_drop "
                  f"(now {self.acc_drop} points) for the tasks to come, or grow > 0")
 
     def _prepare(self, loader: DataLoader, val_loader: Iterable | None, seed: int) -> TaskData:

@@ -117,8 +117,11 @@ def test_a_narrow_network_warns_before_its_pool_runs_out(digits):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             learner.fit_task(loader(x, y))
-        if any("capacity forecast" in str(w.message) for w in caught) and warned_with_free is None:
+        forecasts = [str(w.message) for w in caught if "capacity forecast" in str(w.message)]
+        if forecasts and warned_with_free is None:
             warned_with_free = learner.free_capacity()["overall"]
+            counted = "1 task" if t == 0 else f"{t + 1} tasks"
+            assert forecasts[0].startswith(f"capacity forecast after {counted}: "), forecasts[0]
         if learner.free_capacity()["overall"] == 0:
             break
     assert warned_with_free is not None and warned_with_free > 0
