@@ -173,7 +173,7 @@ def test_check_results_reproduces_a_committed_kind_of_run_in_another_class_order
     (tmp_path / "results.json").write_text(json.dumps(payload))
     assert run("check_results.py", str(tmp_path)).returncode == 1
     code, _, stderr = command_line("mnist.py", "--dataset", "digits", "--class-order", *order[:-1], "4")
-    assert code == 2 and "--class-order takes each digit 0-9 once" in stderr
+    assert code == 2 and "--class-order takes each class 0-9 once" in stderr
 
 
 @pytest.mark.slow

@@ -162,7 +162,7 @@ def test_exhausted_capacity_warns_and_still_learns_without_touching_frozen_units
     learner.masks_[0] = [torch.ones_like(k) for k in learner.masks_[0]]  # as if no unit could be pruned
     learner.frozen_.freeze_units(learner.masks_[0])
     hidden = tiny[0].weight.detach().clone()
-    with pytest.warns(RuntimeWarning, match=r"capacity exhausted: all 16 units are kept by the 1 tasks"):
+    with pytest.warns(RuntimeWarning, match=r"capacity exhausted: all 16 units are kept by the 1 task learned"):
         learner.fit_task(loader(x1, y1))
     assert torch.equal(tiny[0].weight, hidden)
     test_x, test_y = digits[1][1]
