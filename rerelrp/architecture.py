@@ -19,7 +19,8 @@ from .contexts import hooks
 from .growth import widen_to
 from .network import Units, eval_mode, find_units
 
-__all__ = ["check_forward", "architecture", "modules", "check", "widen_to_saved", "check_saved", "on_meta", "check_input_shape"]
+__all__ = ["check_forward", "architecture", "modules", "check", "widen_to_saved", "check_saved", "on_meta",
+           "check_input_shape"]
 
 
 def check_forward(model: nn.Module, units: Units, x: torch.Tensor) -> None:
@@ -68,7 +69,8 @@ def check(saved: list, model: nn.Module, source: str, saved_modules: list | None
         saved_d, current_d = ({r[0]: r[1] if len(r) == 2 else r[1:] for r in entries} for entries in (record, current))
         differences = [f"{k}: saved {saved_d.get(k)!r} vs model {current_d.get(k)!r}"
                        for k in dict.fromkeys([*saved_d, *current_d]) if saved_d.get(k) != current_d.get(k)]
-        what = "another architecture" if kind == "architecture" else "a model with other modules (activations, poolings)"
+        what = ("another architecture" if kind == "architecture"
+                else "a model with other modules (activations, poolings)")
         raise ValueError(f"{source} was saved from {what}; differences: {'; '.join(differences[:5])}"
                          + (f" (and {len(differences) - 5} more)" if len(differences) > 5 else ""))
 

@@ -124,13 +124,22 @@ def above_chance(correct: torch.Tensor, labels: torch.Tensor, alpha: float = 0.0
 
 
 
-def at_chance_message(task: int, correct: torch.Tensor, free: int, total: int) -> str:
+def at_chance_message(task: int, correct: torch.Tensor, labels: torch.Tensor, free: int, total: int,
+                      n_tasks: int | None) -> str:
     """The warning's text when task ``task``'s unpruned network, right on the validation images where ``correct``
-    ``(n,)`` is True, is not :func:`above_chance`; ``free`` of ``total`` units were free for it."""
+    ``(n,)`` is True (``labels`` ``(n,)`` their classes), is not :func:`above_chance`; ``free`` of ``total`` units
+    were free for it. The advice follows the likely cause: few free units (under a tenth: earlier tasks took them),
+    or, with room to learn, the task's training itself."""
+    majority = float(torch.unique(labels.cpu(), return_counts=True)[1].max()) / max(len(labels), 1)
+    if free < 0.1 * total:
+        advice = ("earlier tasks kept the rest: to leave later tasks more room, "
+                  + ("set n_tasks (a budget per task) or " if n_tasks is None else "")
+                  + "a larger acc_drop from the first task on, or use a wider model or grow > 0")
+    else:
+        advice = "the free units were enough, so train it longer (epochs), at another lr, or check its labels"
     return (f"task {task} reached {float(correct.float().mean()):.1%} validation accuracy before pruning, no better "
-            f"than always answering its most frequent class; {free} of {total} units were free for it. It is learned "
-            "as it is: to leave later tasks more room, set n_tasks (a budget per task) or a larger acc_drop from the "
-            "first task on, or use a wider model or more epochs")
+            f"than always answering its most frequent class ({majority:.1%} of its validation images); {free} of "
+            f"{total} units were free for it. It is learned as it is; {advice}")
 
 
 def warnings_after(units: Units, masks: Masks, result, n_tasks: int | None, growth: Sequence[Sequence[int]],

@@ -269,8 +269,8 @@ class ReReLRP(BaseEstimator):
         # the forecast warned before, unless the stream outgrew n_tasks
         if t > 0 and self.free_capacity()["overall"] == 0.0:
             warn(f"capacity exhausted: all {self.units_.total} units are kept by the {capacity.counted(t, 'task')} "
-                 f"learned so far, so task {t} can train only its own head rows; use a wider model, or a larger acc_drop "
-                 f"(now {self.acc_drop} points) for the tasks to come, or grow > 0")
+                 f"learned so far, so task {t} can train only its own head rows; use a wider model, or a larger "
+                 f"acc_drop (now {self.acc_drop} points) for the tasks to come, or grow > 0")
 
     def _prepare(self, loader: DataLoader, val_loader: Iterable | None, seed: int) -> TaskData:
         """The task's data, checked against the model and the tasks learned so far
@@ -329,7 +329,8 @@ class ReReLRP(BaseEstimator):
         def correct(keep, check_chance: bool = False) -> torch.Tensor:  # per image: right, or the true class's p
             logits = view.logits(val_x, task.classes, keep)
             if check_chance and not capacity.above_chance((logits.argmax(1) == column).cpu(), val_y):
-                warn(capacity.at_chance_message(t, logits.argmax(1) == column, free, self.units_.total))
+                warn(capacity.at_chance_message(t, logits.argmax(1) == column, val_y, free, self.units_.total,
+                                                self.n_tasks))
             if measure == "probability":
                 return logits.softmax(1).gather(1, column[:, None])[:, 0].cpu()
             return (logits.argmax(1) == column).cpu()

@@ -162,8 +162,12 @@ def test_exhausted_capacity_warns_and_still_learns_without_touching_frozen_units
     learner.masks_[0] = [torch.ones_like(k) for k in learner.masks_[0]]  # as if no unit could be pruned
     learner.frozen_.freeze_units(learner.masks_[0])
     hidden = tiny[0].weight.detach().clone()
-    with pytest.warns(RuntimeWarning, match=r"capacity exhausted: all 16 units are kept by the 1 task learned"):
+    with pytest.warns(RuntimeWarning, match=r"capacity exhausted: all 16 units are kept by the 1 task learned") \
+            as record:
         learner.fit_task(loader(x1, y1))
+    at_chance = [str(w.message) for w in record if "no better than always answering" in str(w.message)]
+    assert all("0 of 16 units were free for it" in m and "earlier tasks kept the rest" in m and "set n_tasks" in m
+               for m in at_chance)  # the cause named is capacity, and the learner has no n_tasks yet
     assert torch.equal(tiny[0].weight, hidden)
     test_x, test_y = digits[1][1]
     assert float((learner.predict(test_x, task_id=1) == test_y).float().mean()) > 0.6
