@@ -168,6 +168,7 @@ class FrozenParameters:
         owned = set(names)
         at_entry = {p: p.detach()[m].clone() for p, m in frozen.items()}
         saved: dict[int, list] = {}
+        checked: set[int] = set()  # optimizers whose state was checked: shapes change only before the task
 
         def before(optimizer) -> None:
             params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -176,7 +177,9 @@ class FrozenParameters:
                     f"{type(optimizer).__name__} stepped inside the task's training but holds none of the learner's "
                     "model's parameters (an optimizer of another model, or of a copy of it): build the optimizer "
                     "over the parameters of the model the learner was given")
-            _check_state_shapes(optimizer, params, names)
+            if id(optimizer) not in checked:
+                _check_state_shapes(optimizer, params, names)
+                checked.add(id(optimizer))
             saved[id(optimizer)] = [(p, frozen[p], p.detach()[frozen[p]].clone()) for p in params if p in frozen]
 
         def after(optimizer) -> None:
