@@ -27,7 +27,7 @@ from scipy.stats import binomtest
 
 from .network import Units
 
-__all__ = ["counted", "kept_by", "task_budget", "free_capacity", "capacity_report", "running_out", "above_chance",
+__all__ = ["counted", "summary", "kept_by", "task_budget", "free_capacity", "capacity_report", "running_out", "above_chance",
            "at_chance_message", "warnings_after", "check_tasks", "check_masks"]
 
 Masks = Sequence[Sequence[torch.Tensor]]
@@ -82,6 +82,23 @@ def capacity_report(units: Units, masks: Masks, growth: Sequence[Sequence[int]] 
                          "free": int((~(k | old))[:widths[i]].sum())})
     return rows
 
+
+
+def summary(report: list[dict], prune_results: Sequence, tasks: Sequence[Sequence[int]]) -> str:
+    """A text table of what was decided per task: its classes; per unit layer (``name: kept (new) / budget, +grown,
+    free after``) from ``report`` (:func:`capacity_report`'s rows); the pruning's measure and its validation
+    accuracy against the unpruned network's, from ``prune_results`` (:class:`rerelrp.prune.PruneResult` per task),
+    marked where the budget forced it beyond the threshold."""
+    lines = ["task | classes | per unit layer: kept (new) / budget, +grown, free after | pruned to (unpruned), measure"]
+    for t, (classes, result) in enumerate(zip(tasks, prune_results)):
+        rows = [r for r in report if r["task"] == t]
+        budget = result.budget or [None] * len(rows)
+        layers = "; ".join(f"{r['layer']}: {r['kept']} ({r['new']}) / {'-' if b is None else b}, +{r['grown']}, "
+                           f"{r['free']} free" for r, b in zip(rows, budget))
+        forced = " [budget forced it past the threshold]" if result.over_threshold else ""
+        lines.append(f"{t} | {list(classes)} | {layers} | {result.accuracy:.1%} ({result.base_accuracy:.1%}), "
+                     f"{result.measure}{forced}")
+    return "\n".join(lines)
 
 def running_out(units: Units, masks: Masks, n_tasks: int | None,
                 growth: Sequence[Sequence[int]] | None = None) -> str | None:

@@ -500,6 +500,16 @@ class ReReLRP(BaseEstimator):
         self._check_fitted()
         return capacity.capacity_report(self.units_, self.masks_, self.growth_)
 
+    def summary(self) -> str:
+        """What the learner decided for each task, one line each (:func:`rerelrp.capacity.summary`): its classes, per
+        unit layer the units it kept (of them new) against its budget, the units growth added before it and those
+        free after it, and its pruning's validation accuracy against the unpruned network's; then the detector
+        space and the parameters as a multiple of the initial ones."""
+        self._check_fitted()
+        return (capacity.summary(self.capacity_report(), self.prune_results_, self.tasks_)
+                + f"\ndetectors: recognizer={self.recognizer!r}, detector_space={self.detector_space_!r}, "
+                f"n_features={self.n_features}; parameters {self.parameter_growth():.2f}x the initial ones")
+
     def parameter_growth(self) -> float:
         """Parameter entries of the model now as a multiple of before the first task (1.0 without ``grow``)."""
         self._check_fitted()

@@ -222,3 +222,19 @@ def test_a_budget_the_task_fits_in_is_not_over_the_threshold(digits):
         warnings.simplefilter("ignore", RuntimeWarning)
         learner.fit_task(loader(*train[0]))
     assert not learner.prune_results_[0].over_threshold
+
+
+def test_summary_states_what_each_task_was_given_and_survives_a_save(default_learner, tmp_path):
+    text = default_learner.summary()
+    lines = text.splitlines()
+    assert len(lines) == 2 + len(default_learner.tasks_)
+    report = default_learner.capacity_report()
+    for t, (line, result) in enumerate(zip(lines[1:], default_learner.prune_results_)):
+        assert line.startswith(f"{t} | {default_learner.tasks_[t]} | ")
+        for r, budget in zip([r for r in report if r["task"] == t], result.budget or [None] * 2):
+            assert f"{r['layer']}: {r['kept']} ({r['new']}) / {'-' if budget is None else budget}, +{r['grown']}, " \
+                   f"{r['free']} free" in line
+        assert f"{result.accuracy:.1%} ({result.base_accuracy:.1%}), {result.measure}" in line
+    assert "detector_space='units'" in lines[-1] and "parameters 1.00x" in lines[-1]
+    loaded = rerelrp.load(default_learner.save(tmp_path / "learner.zip"), digits_mlp(seed=3))
+    assert loaded.summary() == text
