@@ -82,15 +82,23 @@ def declared_tensor_bytes(path: Path) -> int:
                for start, end in [entry["data_offsets"]])
 
 
-def rewritten(path: Path, out: Path, change: Callable[[dict], None]) -> Path:
-    """A copy of the save at ``path`` with ``change(meta)`` applied to its meta.json."""
+def rewritten(path: Path, out: Path, meta_change: Callable[[dict], None] | None = None,
+              tensor_change: Callable[[dict], None] | None = None) -> Path:
+    """A copy of the save at ``path`` with ``meta_change(meta)`` / ``tensor_change(tensors)`` applied in place to its
+    meta.json / tensors.safetensors."""
+    from safetensors.torch import load as load_tensors, save as save_tensors
+
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
         for name in src.namelist():
             data = src.read(name)
-            if name == "meta.json":
+            if name == "meta.json" and meta_change:
                 meta = json.loads(data)
-                change(meta)
+                meta_change(meta)
                 data = json.dumps(meta).encode()
+            if name == "tensors.safetensors" and tensor_change:
+                tensors = load_tensors(data)
+                tensor_change(tensors)
+                data = save_tensors(tensors)
             dst.writestr(name, data)
     return out
 

@@ -70,10 +70,11 @@ def stream_args(args: argparse.Namespace, **extra) -> argparse.Namespace:
     return argparse.Namespace(data_root=args.data_root, download=False, **extra)
 
 
-def setup_split_mnist(args):
+def setup_split(args, dataset: str = "mnist"):
+    """Split MNIST (or Split Fashion-MNIST) with tasks 0-2 learned; other data: MedMNIST's test images, grey."""
     from benchmarks import medical, mnist
 
-    stream = mnist.load_stream(stream_args(args, dataset="mnist", scenario="split"))
+    stream = mnist.load_stream(stream_args(args, dataset=dataset, scenario="split"))
     med = medical.load_stream(stream_args(args, scenario="cross-domain"))
     other = torch.cat([x.mean(1, keepdim=True) for x, _ in med.test])
     return stream, 3, 5, other
@@ -87,16 +88,8 @@ def setup_medical(args):
     return stream, 2, 20, x_te.expand(-1, 3, -1, -1)
 
 
-def setup_split_fashion(args):
-    from benchmarks import medical, mnist
-
-    stream = mnist.load_stream(stream_args(args, dataset="fashion", scenario="split"))
-    med = medical.load_stream(stream_args(args, scenario="cross-domain"))
-    other = torch.cat([x.mean(1, keepdim=True) for x, _ in med.test])
-    return stream, 3, 5, other
-
-
-SETUPS = {"split-mnist": setup_split_mnist, "split-fashion": setup_split_fashion, "medical": setup_medical}
+SETUPS = {"split-mnist": setup_split, "split-fashion": lambda args: setup_split(args, "fashion"),
+          "medical": setup_medical}
 #: known_fraction values at which the share of known test inputs accepted is measured (the learner's own, too)
 FRACTIONS = (0.8, 0.9, 0.95, 0.99)
 

@@ -1,6 +1,5 @@
 """Save, load and resume: complete, safe (nothing is unpickled), atomic."""
 import functools
-import json
 import os
 import pickle
 import signal
@@ -17,6 +16,7 @@ from sklearn.linear_model import LogisticRegression
 
 import rerelrp
 from rerelrp import InvalidParameterError, ReReLRP, UntrustedFileError
+from benchmarks.refused_loads import rewritten
 from conftest import digits_mlp, loader
 
 
@@ -152,25 +152,6 @@ def test_a_paper_learner_with_a_custom_detector_loads(digits, tmp_path):
     assert loaded.detector.C == 0.5
     assert torch.equal(loaded.predict(test[0][0]), learner.predict(test[0][0]))
 
-
-
-def rewritten(path: Path, out: Path, meta_change=None, tensor_change=None) -> Path:
-    """A copy of the save at ``path`` with ``meta_change(meta)`` / ``tensor_change(tensors)`` applied in place."""
-    from safetensors.torch import load as load_tensors, save as save_tensors
-
-    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
-        for name in src.namelist():
-            data = src.read(name)
-            if name == "meta.json" and meta_change:
-                meta = json.loads(data)
-                meta_change(meta)
-                data = json.dumps(meta).encode()
-            if name == "tensors.safetensors" and tensor_change:
-                tensors = load_tensors(data)
-                tensor_change(tensors)
-                data = save_tensors(tensors)
-            dst.writestr(name, data)
-    return out
 
 
 def test_other_format_or_architecture_is_named_and_other_versions_of_the_format_load(saved, digits, tmp_path):
