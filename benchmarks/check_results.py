@@ -44,6 +44,8 @@ def command(config: dict, seed: int, methods: list[str], out: str) -> list[str]:
             args += [flag, *map(str, value)]
         else:
             args += [flag, str(value)]
+    if "preset" not in config:  # measured before --preset existed: with the options of its "tuned"
+        args += ["--preset", "tuned"]
     return args
 
 

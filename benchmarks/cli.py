@@ -24,9 +24,19 @@ from benchmarks.reports import environment, markdown_table, plot_heatmaps, plot_
 from benchmarks.stream import Stream
 
 
+def grow_value(text: str) -> float | str:
+    """``--grow``'s value: ``"auto"`` or a number."""
+    return text if text == "auto" else float(text)
+
+
+def n_tasks_value(text: str) -> int | str:
+    """``--n-tasks``' value: ``"stream"`` or an int."""
+    return text if text == "stream" else int(text)
+
+
 #: rerelrp options the command line sets when given: name -> (type or choices, what it does); unset, the learner's
 #: default.
-#: n_tasks is set apart (its default is the stream's length).
+#: n_tasks is set apart (it may name the stream's length).
 LEARNER_OPTIONS = {
     "n_features": (int, "units each rerelrp detector reads"),
     "n_components": (int, "most Gaussian mixture components per class with --recognizer gaussian (1: one Gaussian "
@@ -46,9 +56,16 @@ LEARNER_OPTIONS = {
     "prune_rounds": (int, "rounds of relevance, pruning and retraining per rerelrp task"),
     "retrain_epochs": (int, "epochs retraining the surviving units after each pruning round (0: no retraining, "
                             "the paper's pruning)"),
-    "grow": (float, "fraction of each layer's initial width that every rerelrp task after the first finds free, "
-                    "the layer grown by new units where fewer are (0: the network never grows)"),
+    "grow": (grow_value,
+             "fraction of each layer's initial width that every rerelrp task after the first finds free, the layer "
+             "grown by new units where fewer are (0: the network never grows; auto: 0.25 where the model can grow)"),
 }
+
+#: ``--preset``: the rerelrp options each preset sets unless given on the command line. ``defaults``: none (the
+#: learner's defaults, what ``ReReLRP(model, epochs=E, random_state=s)`` does); ``tuned``: the options every result
+#: before the learner chose its own used (a budget for the stream's length, no growth, the last hidden layer's
+#: units as detector space).
+PRESETS = {"defaults": {}, "tuned": {"n_tasks": "stream", "grow": 0.0, "detector_space": "units"}}
 
 
 def add_threads_option(p: argparse.ArgumentParser) -> None:
@@ -119,12 +136,28 @@ def parser(script: str, description: str, default_epochs: int, quick_epochs: int
         typed = {"type": str, "choices": kind} if isinstance(kind, tuple) else {"type": kind}
         p.add_argument("--" + name.replace("_", "-"), **typed, default=None,
                        help=f"{what} (default: the learner's, {shown})")
-    p.add_argument("--n-tasks", type=int, default=None,
+    p.add_argument("--n-tasks", type=n_tasks_value, default=None,
                    help="tasks rerelrp expects, for its budget per task (each task keeps at most "
-                        "free units // (tasks left + 1)); default: the stream's number of tasks; 0: no budget")
+                        "free units // (tasks left + 1)); stream: the stream's number of tasks; 0 or unset: none, "
+                        "an open-ended stream (each task keeps at most a quarter of the free units), unless --preset "
+                        "sets it")
+    p.add_argument("--preset", default="defaults", choices=list(PRESETS),
+                   help="rerelrp's options where not given: defaults (the learner's own: ReReLRP(model, epochs=E, "
+                        "random_state=s) and nothing more) or tuned (--n-tasks stream --grow 0 --detector-space units, "
+                        "the settings of the results measured before the learner chose its own)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_threads_option(p)
     return p
+
+
+def learner_options(args: argparse.Namespace, stream_length: int) -> dict:
+    """The rerelrp options of the command line ``args``: those given, then ``--preset``'s for the others;
+    ``n_tasks`` ``"stream"`` is ``stream_length``, 0 is None (an open-ended stream)."""
+    given = {name: getattr(args, name) for name in [*LEARNER_OPTIONS, "n_tasks"] if getattr(args, name) is not None}
+    options = {**PRESETS[args.preset], **given}
+    if "n_tasks" in options:
+        options["n_tasks"] = stream_length if options["n_tasks"] == "stream" else options["n_tasks"] or None
+    return options
 
 
 def main(args: argparse.Namespace, stream_fn: Callable[[argparse.Namespace], Stream],
@@ -151,11 +184,9 @@ def main(args: argparse.Namespace, stream_fn: Callable[[argparse.Namespace], Str
           f"{sum(len(y) for _, y in stream.train)} training images; backbone {args.backbone}; {epochs} epochs; "
           f"seeds {args.seeds}; "
           f"device {args.device}" + (f"\n{stream.note}" if stream.note else ""), flush=True)
-    n_tasks = len(stream.tasks) if args.n_tasks is None else args.n_tasks or None
-    options = {name: getattr(args, name) for name in LEARNER_OPTIONS if getattr(args, name) is not None}
     run = dict(epochs=epochs, device=args.device, batch_size=args.batch_size, lr=args.lr,
                progress=not args.no_progress, recognizer=args.recognizer, detector=args.detector,
-               options={**options, "n_tasks": n_tasks})
+               options=learner_options(args, len(stream.tasks)))
     results, learner = run_all(stream, lambda: model_fn(stream, args.backbone), args.methods, args.seeds, args.tune, **run)
     table = markdown_table(results, args.methods)
     plots = plot_results(results, stream, args.methods, out)

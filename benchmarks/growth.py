@@ -31,7 +31,7 @@ from benchmarks.stream import loader  # noqa: E402
 from rerelrp import ReReLRP  # noqa: E402
 
 #: (name, learner options) of every recognizer and detector space measured.
-VARIANTS = [("units", {}), ("head", {"detector_space": "head"}), ("layers", {"detector_space": "layers"}),
+VARIANTS = [("units", {"detector_space": "units"}), ("head", {"detector_space": "head"}), ("layers", {"detector_space": "layers"}),
             ("paper", {"recognizer": "paper"})]
 
 

@@ -3,7 +3,8 @@
 How well each score tells the learned tasks' test images from inputs of no learned task, in one run.
 
 Two learners, each trained on the first tasks of its stream as benchmarks/mnist.py and medical.py train rerelrp
-(small CNN, their default epochs, n_tasks the stream's length), so each is the benchmark's learner after those tasks:
+(small CNN, their default epochs, n_tasks the stream's length, no growth: their ``--preset tuned``), so each is the
+benchmark's learner after those tasks:
   split-mnist: Split MNIST tasks {0,1}, {2,3}, {4,5} (5 epochs); known: their test images;
   medical: PneumoniaMNIST then BreastMNIST (20 epochs); known: their test images.
 Unknown inputs, scored by the same learner:
@@ -57,8 +58,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a few hundred images per task and 1 epoch: checks the "
                                                         "pipeline, its numbers mean little")
     p.add_argument("--detector-space", default="units", choices=DETECTOR_SPACES,
-                   help="what rerelrp's Gaussian detectors read (rerelrp.ReReLRP's detector_space): units (the "
-                        "default), head or layers")
+                   help="what rerelrp's Gaussian detectors read (rerelrp.ReReLRP's detector_space): units (this "
+                        "benchmark's default), head, layers or auto (the learner's default: layers on the small CNN)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--device", default="cpu", help="torch device")
     add_threads_option(p)
@@ -150,7 +151,7 @@ def evaluate(name: str, args: argparse.Namespace) -> tuple[dict, dict]:
     torch.manual_seed(args.seed)
     method = ReReLRPMethod(small_cnn(stream.input_shape[0], stream.n_classes), epochs=epochs, seed=args.seed,
                            device=args.device, batch_size=64, lr=1e-3, progress=not args.no_progress,
-                           options={"n_tasks": len(stream.tasks), "known_fraction": args.known_fraction,
+                           options={"n_tasks": len(stream.tasks), "grow": 0.0, "known_fraction": args.known_fraction,
                                     "detector_space": args.detector_space})
     learner = method.learner
     start = time.perf_counter()

@@ -4,9 +4,11 @@ A unit kept by a finished task is frozen for good; the units kept by no task are
 trains. Left alone, the first tasks take what they like, and a long stream ends with tasks that train nothing
 but their own head rows. Three things here keep the pool in view:
 
-- a *budget*: told how many tasks to expect (``n_tasks``), task t may keep at most
+- a *budget* (:func:`task_budget`): told how many tasks to expect (``n_tasks``), task t may keep at most
   ``free // (tasks left + 1)`` of each layer's free units (CPG's rule, per layer; Hung et al., *Compacting,
-  Picking and Growing*, 2019), so every task to come finds at least as many (:func:`task_budget`);
+  Picking and Growing*, 2019), so every task to come finds at least as many; not told (an open-ended stream),
+  each task may keep at most :data:`OPEN_SHARE` of each layer's free units, so the next task always finds the
+  rest (and the learner's growth, where the model can grow, refills the pool);
 - a *report* per task and per layer of the units each task kept, how many of them were new (taken from the
   pool) or reused (frozen by an earlier task), and what stayed free (:func:`capacity_report`);
 - a *forecast* from the units the tasks so far took of each layer, warned *before* a layer runs out
@@ -27,11 +29,14 @@ from scipy.stats import binomtest
 
 from .network import Units
 
-__all__ = ["counted", "summary", "kept_by", "task_budget", "free_capacity", "capacity_report", "running_out", "above_chance",
-           "at_chance_message", "warnings_after", "check_tasks", "check_masks"]
+__all__ = ["OPEN_SHARE", "counted", "summary", "kept_by", "task_budget", "free_capacity", "capacity_report",
+           "running_out", "pool_low", "above_chance", "at_chance_message", "warnings_after", "check_tasks",
+           "check_masks"]
 
 Masks = Sequence[Sequence[torch.Tensor]]
 
+#: Without ``n_tasks``, the most of each layer's free units one task may keep (at least one unit).
+OPEN_SHARE = 0.25
 
 
 def counted(n: int, noun: str) -> str:
@@ -47,13 +52,14 @@ def kept_by(masks: Masks, sizes: Sequence[int], upto: int | None = None) -> list
     return kept
 
 
-def task_budget(free_units: Sequence[int], task: int, n_tasks: int | None) -> list[int] | None:
-    """Per unit layer, the most of its ``free_units`` that task ``task`` (0-based) may keep when ``n_tasks``
+def task_budget(free_units: Sequence[int], task: int, n_tasks: int | None) -> list[int]:
+    """Per unit layer, the most of its ``free_units`` that task ``task`` (0-based) may keep. When ``n_tasks``
     tasks are expected: CPG's ``free // (tasks left after this one + 1)``, layer by layer (a layer that one kind
     of task needs most, such as the first layer of Permuted MNIST, is not emptied by the others' thrift); a
-    task past ``n_tasks`` may take all. None without ``n_tasks``."""
+    task past ``n_tasks`` may take all. Without ``n_tasks``: :data:`OPEN_SHARE` of the free units, at least one
+    where any is free."""
     if n_tasks is None:
-        return None
+        return [min(int(free), max(1, int(free * OPEN_SHARE))) for free in free_units]
     return [int(free) // (max(n_tasks - task - 1, 0) + 1) for free in free_units]
 
 
@@ -100,14 +106,14 @@ def summary(report: list[dict], prune_results: Sequence, tasks: Sequence[Sequenc
                      f"{result.measure}{forced}")
     return "\n".join(lines)
 
-def running_out(units: Units, masks: Masks, n_tasks: int | None,
+def running_out(units: Units, masks: Masks, n_tasks: int,
                 growth: Sequence[Sequence[int]] | None = None) -> str | None:
     """A warning's text when, at the mean rate at which the tasks so far took each layer's free units, some
-    layer will run out before the tasks to come: before ``n_tasks`` when given, else before the next task.
-    None when every layer lasts. ``growth``: as for :func:`capacity_report`."""
+    layer will run out before the ``n_tasks`` expected are learned; None when every layer lasts (or every expected
+    task is learned). ``growth``: as for :func:`capacity_report`."""
     rows = capacity_report(units, masks, growth)
     learned = len(masks)
-    ahead = 1 if n_tasks is None else n_tasks - learned
+    ahead = n_tasks - learned
     if ahead <= 0:
         return None
     short = []
@@ -120,12 +126,23 @@ def running_out(units: Units, masks: Masks, n_tasks: int | None,
                          f"{lasts:.1f} tasks' worth)")
     if not short:
         return None
-    needed = "the next task" if n_tasks is None else f"the {counted(ahead, 'task')} still expected (n_tasks={n_tasks})"
-    advice = "a budget per task keeps a share for each task to come (n_tasks=the number of tasks you expect); " \
-        if n_tasks is None else "each task to come keeps at most its budget; "
     return (f"capacity forecast after {counted(learned, 'task')}: at the rate so far, {'; '.join(short)} will not last "
-            f"{needed}, and later tasks would train only the few units left. {advice.capitalize()}a larger "
-            "acc_drop makes tasks keep fewer units, a wider model or grow > 0 leaves more")
+            f"the {counted(ahead, 'task')} still expected (n_tasks={n_tasks}), and later tasks would train only the few "
+            "units left. Each task to come keeps at most its budget; a larger acc_drop makes tasks keep fewer units, a "
+            "wider model or grow > 0 leaves more")
+
+
+def pool_low(units: Units, masks: Masks, initial_sizes: Sequence[int], low: float = 0.1) -> str | None:
+    """A warning's text when, on an open-ended stream that does not grow, some unit layer has fewer free units
+    than ``low`` of its initial width (each later task may keep at most :data:`OPEN_SHARE` of them); else None."""
+    kept = kept_by(masks, units.sizes)
+    short = [f"'{layer.name}' ({layer.n_units - int(k.sum())} of {layer.n_units} free)"
+             for layer, k, size in zip(units.layers, kept, initial_sizes) if layer.n_units - int(k.sum()) < low * size]
+    if not short:
+        return None
+    return (f"capacity after {counted(len(masks), 'task')}: {'; '.join(short)}: each task to come keeps at most "
+            f"{OPEN_SHARE:.0%} of what is free, fewer and fewer units. If you know how many tasks the stream has, set "
+            "n_tasks (an even share each); a wider model, or one that can grow (grow), leaves more")
 
 
 def above_chance(correct: torch.Tensor, labels: torch.Tensor, alpha: float = 0.05) -> bool:
@@ -150,7 +167,7 @@ def at_chance_message(task: int, correct: torch.Tensor, labels: torch.Tensor, fr
     majority = float(torch.unique(labels.cpu(), return_counts=True)[1].max()) / max(len(labels), 1)
     if free < 0.1 * total:
         advice = ("earlier tasks kept the rest: to leave later tasks more room, "
-                  + ("set n_tasks (a budget per task) or " if n_tasks is None else "")
+                  + ("set n_tasks (an even share per task) or " if n_tasks is None else "")
                   + "a larger acc_drop from the first task on, or use a wider model or grow > 0")
     else:
         advice = "the free units were enough, so train it longer (epochs), at another lr, or check its labels"
@@ -160,22 +177,28 @@ def at_chance_message(task: int, correct: torch.Tensor, labels: torch.Tensor, fr
 
 
 def warnings_after(units: Units, masks: Masks, result, n_tasks: int | None, growth: Sequence[Sequence[int]],
-                   growing: bool) -> list[str]:
+                   growing: bool, initial_sizes: Sequence[int]) -> list[tuple[str, str]]:
     """The capacity warnings after the newest task of ``masks`` was pruned to ``result`` (its
-    :class:`rerelrp.prune.PruneResult`): that its budget cost it more than the threshold, and :func:`running_out`'s
-    forecast (not while ``growing``: each layer then grows before it runs out, or warns that it cannot)."""
+    :class:`rerelrp.prune.PruneResult`), each as ``(kind, text)``: that its budget cost it more than the
+    threshold; unless ``growing`` (each layer then grows before it runs out, or warns that it cannot),
+    :func:`running_out`'s forecast with ``n_tasks``, or :func:`pool_low` without."""
     messages = []
     if result.over_threshold:
         measured = "validation accuracy" if result.measure == "accuracy" else \
             "mean validation probability of the true class"
-        messages.append(
+        rule = f"n_tasks={n_tasks}" if n_tasks is not None else \
+            f"n_tasks=None: at most {OPEN_SHARE:.0%} of each layer's free units; set n_tasks if you know the stream's length"
+        messages.append((
+            "over budget",
             f"task {len(masks) - 1} needed more than its budget of {sum(result.budget)} free units ({result.budget} "
-            f"per unit layer, n_tasks={n_tasks}): its subnetwork reaches {result.accuracy:.1%} {measured} against "
+            f"per unit layer, {rule}): its subnetwork reaches {result.accuracy:.1%} {measured} against "
             f"{result.base_accuracy:.1%} unpruned, more than acc_drop below it; a wider model leaves every task more "
-            "room")
-    forecast = None if growing else running_out(units, masks, n_tasks, growth)
-    if forecast:
-        messages.append(forecast)
+            "room"))
+    if not growing:
+        forecast = running_out(units, masks, n_tasks, growth) if n_tasks is not None else \
+            pool_low(units, masks, initial_sizes)
+        if forecast:
+            messages.append(("forecast", forecast))
     return messages
 
 

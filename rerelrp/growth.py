@@ -35,8 +35,14 @@ from .dataflow import is_shape, traced
 from .freeze import FrozenParameters
 from .network import Units
 
-__all__ = ["GrowthPath", "growth_paths", "units_to_add", "grow_free", "grow_layer", "grow_masks", "widen_to",
+__all__ = ["AUTO_GROW", "AUTO_MAX_PARAMETERS", "GrowthPath", "growth_paths", "resolve", "units_to_add", "grow_free", "grow_layer", "grow_masks", "widen_to",
            "sync_sizes", "snapshot", "restore", "n_parameters"]
+
+#: What ``grow="auto"`` grows to where the model can grow: the fraction of each layer's initial width every task
+#: after the first finds free ...
+AUTO_GROW = 0.25
+#: ... while the model's parameters are fewer than this multiple of their number before the first task.
+AUTO_MAX_PARAMETERS = 2.0
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 _ELEMENTWISE_MODULES = (Activation, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Flatten, nn.Identity,
@@ -71,6 +77,19 @@ def growth_paths(model: nn.Module, units: Units) -> dict[str, Union[GrowthPath, 
     graph, modules = traced(model, [c for c in units.canonizers])
     nodes = {n.target: n for n in graph.nodes if n.op == "call_module"}
     return {layer.name: _path(nodes[layer.name], layer.n_units, modules) for layer in units.layers}
+
+
+def resolve(grow: float | str, paths: dict[str, Union[GrowthPath, str]] | None, distributed: bool) -> tuple[float, list[str]]:
+    """The fraction the learner grows to (its ``grow_``) for the option ``grow`` and, with ``"auto"``, why any unit
+    layer cannot grow. A number is taken as it is. ``"auto"``: :data:`AUTO_GROW` where some unit layer of ``paths``
+    (:func:`growth_paths`) can grow and the model is not ``distributed`` (DistributedDataParallel's buckets hold
+    the parameters' shapes), else 0; the reasons name each layer that cannot grow (all of them: ``distributed``)."""
+    if grow != "auto":
+        return float(grow), []
+    if distributed:
+        return 0.0, ["DistributedDataParallel holds the parameters' shapes in its gradient buckets"]
+    refused = [f"'{name}' {why}" for name, why in (paths or {}).items() if isinstance(why, str)]
+    return (0.0 if paths is not None and len(refused) == len(paths) else AUTO_GROW), refused
 
 
 def _path(node: fx.Node, n_units: int, modules: dict[str, nn.Module]) -> Union[GrowthPath, str]:

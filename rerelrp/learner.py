@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from zennit.core import Composite
 
-from . import architecture, capacity, growth, novelty, options, ownership, persist, reinit
+from . import architecture, capacity, growth, novelty, options, ownership, persist, reinit, spaces
 from .concurrency import TRACE_LOCK, model_lock
 from .contexts import seeded, warn
 from .data import TaskData, check_input, prepare_task
@@ -68,17 +68,23 @@ class ReReLRP(BaseEstimator):
     prune_rounds: rounds of relevance, pruning and retraining per task.
     retrain_epochs: epochs retraining the survivors after each round (None: ``epochs // 10``, at least 1; 0: none).
     reset_free: re-initialise the free units before each task after the first (:mod:`rerelrp.reinit`).
-    n_tasks: tasks the stream will have, if known: each task keeps at most its share of each layer's free units
-        (:func:`rerelrp.capacity.task_budget`). None: no budget.
+    n_tasks: tasks the stream will have, if known: each task keeps at most an even share of each layer's free
+        units (:func:`rerelrp.capacity.task_budget`). None (an open-ended stream): each task keeps at most
+        :data:`rerelrp.capacity.OPEN_SHARE` of them.
     grow: fraction of each unit layer's initial width that every task after the first finds free, growing the
-        layer where needed (:mod:`rerelrp.growth`); 0: never grow. Not with DistributedDataParallel.
+        layer where needed (:mod:`rerelrp.growth`); 0: never grow; ``"auto"``: :data:`rerelrp.growth.AUTO_GROW`
+        where the model's layers can grow and it is not DistributedDataParallel, else 0 (``grow_`` says which),
+        until the parameters reach :data:`rerelrp.growth.AUTO_MAX_PARAMETERS` times the initial ones.
+        A number > 0 is refused with DistributedDataParallel.
     known_fraction: share of new inputs like each task's validation inputs that ``reject=True`` accepts, in
         expectation (:mod:`rerelrp.novelty`); with n validation inputs at most n / (n + 1) is honoured.
     n_reference: reference samples per class for the relevance that ranks units.
     n_features: units or principal components each task detector reads; side memory grows with its square.
     n_components: most Gaussian mixture components per class (``recognizer="gaussian"``).
-    detector_space: what the Gaussian detectors read: ``"units"``, ``"head"`` (residual networks) or ``"layers"``
-        (:mod:`rerelrp.spaces`).
+    detector_space: what the Gaussian detectors read: ``"units"``, ``"head"`` (residual networks), ``"layers"``
+        (:mod:`rerelrp.spaces`) or ``"auto"``: ``"head"`` where a residual sum lies between the last hidden unit
+        layer and the output layer, ``"layers"`` otherwise (``"units"`` with ``recognizer="paper"``;
+        :func:`rerelrp.spaces.resolve`). ``detector_space_`` is the space chosen.
     recognizer: ``"gaussian"`` (:class:`rerelrp.recognize.GaussianRecognizer`) or ``"paper"``
         (:class:`rerelrp.recognize.TaskRecognizer`, forests on relevance vectors).
     val_fraction: share of a task held out for pruning when no ``val_loader`` is given.
@@ -96,7 +102,9 @@ class ReReLRP(BaseEstimator):
     masks_: per task, one bool tensor ``(n_units,)`` per unit layer: the kept units of S_t.
     prune_results_: per task, the :class:`rerelrp.prune.PruneResult` of its last pruning round.
     fit_times_: per task, seconds spent in each stage (:data:`STAGES`).
-    growth_: per task, the units added to each unit layer before it.
+    growth_: per task, the units added to each unit layer before it; ``grow_``: the fraction ``grow`` resolved to.
+    warnings_: every warning the learner gave or would have repeated, as ``(task, kind, text)``; each kind is
+        warned once (:meth:`summary` lists them all).
     initial_sizes_, initial_parameters_: units per unit layer and parameter entries before the first task.
     recognizer_: the :class:`rerelrp.recognize.Recognizer`; ``memory_`` its memory; ``novelty_memory_`` its
         first-layer statistics (:class:`rerelrp.novelty.LowLevelStatistics`; None with ``recognizer="paper"``).
@@ -122,12 +130,12 @@ class ReReLRP(BaseEstimator):
         retrain_epochs: int | None = None,
         reset_free: bool = True,
         n_tasks: int | None = None,
-        grow: float = 0.0,
+        grow: float | str = "auto",
         known_fraction: float = 0.95,
         n_reference: int = 500,
         n_features: int = 48,
         n_components: int = 4,
-        detector_space: str = "units",
+        detector_space: str = "auto",
         recognizer: str = "gaussian",
         val_fraction: float = 0.1,
         composite: Composite | None = None,
@@ -203,8 +211,7 @@ class ReReLRP(BaseEstimator):
                 self._start()
             else:
                 self._check_unchanged()  # before anything: a refused task leaves the learner as it was
-            if self.grow > 0 and getattr(self, "_growth_paths", None) is None:  # traced before any forward
-                self._growth_paths = growth.growth_paths(self._net, self.units_)
+            self._resolve_grow(first)
             before = self._checkpoint()
             self._open_task = len(self.tasks_)
             try:
@@ -240,9 +247,9 @@ class ReReLRP(BaseEstimator):
             self.frozen_.freeze_head(task.classes)
             if t == 0:
                 self.frozen_.freeze_shared()
-        for message in capacity.warnings_after(self.units_, self.masks_, result, self.n_tasks, self.growth_,
-                                               self.grow > 0):
-            warn(message)
+        for kind, message in capacity.warnings_after(self.units_, self.masks_, result, self.n_tasks, self.growth_,
+                                                     self.grow_ > 0, self.initial_sizes_):
+            self._say(t, kind, message)
         self._remember(task, times)  # 6-8
         self.input_shape_ = task.input_shape
         low, high = float(task.train_x.min()), float(task.train_x.max())
@@ -251,26 +258,52 @@ class ReReLRP(BaseEstimator):
         self.fit_times_.append(times)
         self.frozen_.record()  # last: the next task starts only if the frozen entries are still these
 
+    def _resolve_grow(self, first: bool) -> None:
+        """``grow_`` from ``grow`` (:func:`rerelrp.growth.resolve`);
+        with ``grow="auto"``, the first task warns where the model cannot grow and no ``n_tasks`` budgets it."""
+        self.grow_, refused = growth.resolve(self.grow, self._growth_paths,
+                                             isinstance(self.model, DistributedDataParallel))
+        if first and refused and self.n_tasks is None:
+            where = "the model cannot grow" if self.grow_ == 0 else \
+                f"{capacity.counted(len(refused), 'unit layer')} of {len(self.units_.layers)} cannot grow"
+            self._say(0, "cannot grow", f"grow='auto': {where} ({refused[0]}{'; ...' if len(refused) > 1 else ''}). "
+                      f"Without n_tasks each task keeps at most {capacity.OPEN_SHARE:.0%} of a layer's free units, so "
+                      "on a long stream later tasks find fewer and fewer: set n_tasks to the number of tasks you "
+                      "expect, or use a model whose layers can grow")
+
+    def _say(self, task: int, kind: str, message: str) -> None:
+        """Record ``message`` in ``warnings_`` with the ``task`` it concerns and its ``kind``, and warn it unless a
+        warning of the same ``kind`` was given before: each kind is said once, :meth:`summary` lists them all."""
+        if all(k != kind for _, k, _ in self.warnings_):
+            warn(message)
+        self.warnings_.append((task, kind, message))
+
     def _grow(self, seed: int) -> None:
-        """Stage 0: with ``grow``, give every unit layer its free units (:func:`rerelrp.growth.grow_free`); warns
+        """Stage 0: with ``grow_``, give every unit layer its free units (:func:`rerelrp.growth.grow_free`); warns
         when the pool is empty."""
         t = len(self.tasks_)
         added = [0] * len(self.units_.layers)
-        if t > 0 and self.grow > 0:
+        capped = t > 0 and self.grow == "auto" and self.parameter_growth() >= growth.AUTO_MAX_PARAMETERS
+        if capped:
+            self._say(t, "growth capped", f"grow='auto' stops growing: the model has {self.parameter_growth():.2f}x its "
+                      f"initial parameters (at most {growth.AUTO_MAX_PARAMETERS:g}x). Each task keeps at most "
+                      f"{capacity.OPEN_SHARE:.0%} of the free units from now on; a number for grow goes on growing")
+        if t > 0 and self.grow_ > 0 and not capped:
             with seeded(seed, self.device_):
-                added, refusals = growth.grow_free(self.units_, self.masks_, self.initial_sizes_, self.grow,
+                added, refusals = growth.grow_free(self.units_, self.masks_, self.initial_sizes_, self.grow_,
                                                    self._growth_paths, self.frozen_)
-            for message in refusals:
-                warn(message)
+            for message in refusals if self.grow != "auto" else ():  # "auto" said so at the first task
+                self._say(t, "cannot grow", message)
             self.masks_ = growth.grow_masks(self.masks_, added)
             if any(added):  # columns of later layers moved in what the memories index
                 self.recognizer_.grown(self.units_, added)
         self.growth_.append(added)
         # the forecast warned before, unless the stream outgrew n_tasks
         if t > 0 and self.free_capacity()["overall"] == 0.0:
-            warn(f"capacity exhausted: all {self.units_.total} units are kept by the {capacity.counted(t, 'task')} "
-                 f"learned so far, so task {t} can train only its own head rows; use a wider model, or a larger "
-                 f"acc_drop (now {self.acc_drop} points) for the tasks to come, or grow > 0")
+            self._say(t, "exhausted", f"capacity exhausted: all {self.units_.total} units are kept by the "
+                      f"{capacity.counted(t, 'task')} learned so far, so task {t} can train only its own head rows; "
+                      f"use a wider model, or a larger acc_drop (now {self.acc_drop} points) for the tasks to come, "
+                      "or grow > 0")
 
     def _prepare(self, loader: DataLoader, val_loader: Iterable | None, seed: int) -> TaskData:
         """The task's data, checked against the model and the tasks learned so far
@@ -329,8 +362,8 @@ class ReReLRP(BaseEstimator):
         def correct(keep, check_chance: bool = False) -> torch.Tensor:  # per image: right, or the true class's p
             logits = view.logits(val_x, task.classes, keep)
             if check_chance and not capacity.above_chance((logits.argmax(1) == column).cpu(), val_y):
-                warn(capacity.at_chance_message(t, logits.argmax(1) == column, val_y, free, self.units_.total,
-                                                self.n_tasks))
+                self._say(t, f"at chance {t}", capacity.at_chance_message(
+                    t, logits.argmax(1) == column, val_y, free, self.units_.total, self.n_tasks))
             if measure == "probability":
                 return logits.softmax(1).gather(1, column[:, None])[:, 0].cpu()
             return (logits.argmax(1) == column).cpu()
@@ -361,7 +394,7 @@ class ReReLRP(BaseEstimator):
                                description=f"task {t} retrain")
         # the subnetwork the task ends with, against the threshold: beyond it because of the budget in any round
         final = from_rank0(lambda: correct(result.keep))
-        forced = budget is not None and any(f > b for f, b in zip(free_per_layer, budget))
+        forced = any(f > b for f, b in zip(free_per_layer, budget))
         return settle(result, base, final, self.acc_drop, self.drop_confidence, forced)
 
     def _remember(self, task: TaskData, times: dict) -> None:
@@ -381,7 +414,7 @@ class ReReLRP(BaseEstimator):
                     own, low, conf, _ = self.recognizer_.measures(view, task.val_x.to(self.device_), t)
                     quantiles = novelty.calibrate(own, low, conf)
                     if self.known_fraction > len(own) / (len(own) + 1):
-                        warn(f"task {t} has {len(own)} validation inputs: known_fraction={self.known_fraction} cannot "
+                        self._say(t, "known_fraction", f"task {t} has {len(own)} validation inputs: known_fraction={self.known_fraction} cannot "
                              f"be honoured, about {len(own) / (len(own) + 1):.3f} of its new inputs will be accepted; "
                              "give more validation data (val_loader, val_fraction)")
             return self.recognizer_, quantiles
@@ -504,11 +537,18 @@ class ReReLRP(BaseEstimator):
         """What the learner decided for each task, one line each (:func:`rerelrp.capacity.summary`): its classes, per
         unit layer the units it kept (of them new) against its budget, the units growth added before it and those
         free after it, and its pruning's validation accuracy against the unpruned network's; then the detector
-        space and the parameters as a multiple of the initial ones."""
+        space, the growth and the parameters as a multiple of the initial ones, and every warning (``warnings_``)."""
         self._check_fitted()
-        return (capacity.summary(self.capacity_report(), self.prune_results_, self.tasks_)
-                + f"\ndetectors: recognizer={self.recognizer!r}, detector_space={self.detector_space_!r}, "
-                f"n_features={self.n_features}; parameters {self.parameter_growth():.2f}x the initial ones")
+        budget = f"n_tasks={self.n_tasks}" if self.n_tasks is not None else \
+            f"open-ended (n_tasks=None: at most {capacity.OPEN_SHARE:.0%} of the free units per task)"
+        said = [f"task {t} [{kind}]: {text}" for t, kind, text in self.warnings_]
+        return "\n".join([
+            capacity.summary(self.capacity_report(), self.prune_results_, self.tasks_),
+            f"budget: {budget}; grow={self.grow!r} -> {self.grow_}; parameters "
+            f"{self.parameter_growth():.2f}x the initial ones",
+            f"detectors: recognizer={self.recognizer!r}, detector_space={self.detector_space!r} -> "
+            f"{self.detector_space_!r}, n_features={self.n_features}",
+            f"warnings: {len(said)}" + "".join("\n  " + line for line in said)])
 
     def parameter_growth(self) -> float:
         """Parameter entries of the model now as a multiple of before the first task (1.0 without ``grow``)."""
@@ -545,6 +585,7 @@ class ReReLRP(BaseEstimator):
                 "input_range": None if self.input_range_ is None else list(self.input_range_),
                 "fit_times": self.fit_times_, "n_features": recognizer.pop("n_features"),
                 "widths": {layer.name: layer.n_units for layer in self.units_.layers}, "growth": self.growth_,
+                "warnings": [list(w) for w in self.warnings_], "detector_space": self.detector_space_,
                 "initial_sizes": self.initial_sizes_, "initial_parameters": self.initial_parameters_,
                 "prune_results": [r.to_dict() for r in self.prune_results_], **recognizer,
                 "modules": architecture.modules(self._net)}
@@ -592,6 +633,7 @@ class ReReLRP(BaseEstimator):
         self.prune_results_ = [PruneResult.from_dict(r, keep) for r, keep in zip(meta["prune_results"], self.masks_)]
         self.fit_times_ = meta["fit_times"]
         self.growth_ = meta.get("growth") or [[0] * len(self.units_.layers) for _ in self.tasks_]
+        self.warnings_ = [(int(t), str(kind), str(text)) for t, kind, text in meta.get("warnings", [])]
         self.initial_sizes_ = meta.get("initial_sizes") or self.units_.sizes
         self.initial_parameters_ = meta.get("initial_parameters") or self.initial_parameters_
         return self
@@ -630,11 +672,13 @@ class ReReLRP(BaseEstimator):
     def _check_params(self) -> None:
         """Validate every option (:func:`rerelrp.options.validate`); once a task is learned, ``recognizer``,
         ``detector_space`` and ``composite`` against those the memory and the masks were built with."""
-        fitted = None
+        fitted, params = None, self.get_params(deep=False)
         if hasattr(self, "recognizer_"):
             fitted = {"recognizer": "gaussian" if isinstance(self.recognizer_, GaussianRecognizer) else "paper",
                       "detector_space": self.detector_space_, "composite": self.composite_}
-        options.validate(self.get_params(deep=False), fitted=fitted)
+            options.validate(params)  # "auto" is compared as what it resolves to, once it is a valid option
+            params["detector_space"] = self._resolved_space(params["detector_space"])
+        options.validate(params, fitted=fitted)
 
     # ------------------------------------------------------------------ internals
     @property
@@ -658,17 +702,25 @@ class ReReLRP(BaseEstimator):
         self.device_ = torch.device(self.device) if self.device is not None else next(self._net.parameters()).device
         self._net.to(self.device_)
         self.composite_ = self.composite
-        self.detector_space_ = self.detector_space
+        self._growth_paths = growth.growth_paths(self._net, self.units_)  # traced before any forward
+        self.grow_ = growth.resolve(self.grow, self._growth_paths, isinstance(self.model, DistributedDataParallel))[0]
+        self.detector_space_ = self._resolved_space(self.detector_space)
         self.frozen_ = FrozenParameters(self.units_)
-        self.recognizer_ = make_recognizer(self.recognizer, self.detector_space, self.n_features, self.n_components,
+        self.recognizer_ = make_recognizer(self.recognizer, self.detector_space_, self.n_features, self.n_components,
                                            self.detector, self.random_state)
         self.tasks_: list[list[int]] = []
         self.masks_: list[list[torch.Tensor]] = []
         self.prune_results_: list[PruneResult] = []
         self.fit_times_: list[dict[str, float]] = []
         self.growth_: list[list[int]] = []
+        self.warnings_: list[tuple[int, str, str]] = []
         self.novelty_quantiles_: list[np.ndarray] = []
         ownership.claim(self._net, self)  # last: the learner owns its model from now on
+
+    def _resolved_space(self, option: str) -> str:
+        """The detector space ``option`` names for this model (:func:`rerelrp.spaces.resolve`)."""
+        reader = getattr(self._growth_paths[self.units_.layers[-1].name], "reader", None)
+        return spaces.resolve(option, self.recognizer, self.units_, reader)
 
     def _check_fitted(self) -> None:
         if not getattr(self, "tasks_", None):

@@ -80,5 +80,7 @@ def _load_options(path, meta: dict, estimators: dict, given: dict, model: nn.Mod
         raise persist.UntrustedFileError(f"{path}: meta.json holds an option rerelrp does not accept: {error}; "
                                          "pass a valid value to rerelrp.load to use instead") from error
     fixed = {k: meta["options"][k] for k in ("recognizer", "detector_space") if k in meta["options"]}
+    if meta.get("detector_space") and given.get("detector_space", "auto") != "auto":
+        fixed["detector_space"] = meta["detector_space"]  # a space named: against the one the memory is in
     options.validate({**merged, "model": model}, fitted=fixed)
     return merged

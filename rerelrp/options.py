@@ -214,7 +214,7 @@ CONSTRAINTS: dict[str, list] = {
     "retrain_epochs": [None, Interval(_INT, 0, None)],
     "reset_free": [Types((bool, np.bool_), "a bool")],
     "n_tasks": [None, _POSITIVE],
-    "grow": [Interval(_NUMBER, 0, 1, closed="left")],
+    "grow": [Options(("auto",)), Interval(_NUMBER, 0, 1, closed="left")],
     "known_fraction": [Interval(_NUMBER, 0, 1, closed="right")],
     "n_reference": [_POSITIVE],
     "n_features": [_POSITIVE],
@@ -236,7 +236,8 @@ NOTES: dict[str, str] = {
     "drop_confidence": "0.5: the raw accuracy difference",
     "min_keep": "a fraction of each layer's units",
     "n_tasks": "the tasks the stream will have",
-    "grow": "the fraction of each layer's initial width every task finds free; 0: no growth",
+    "grow": "the fraction of each layer's initial width every task finds free; 0: no growth; 'auto': "
+            "rerelrp.growth.AUTO_GROW where the model can grow",
     "known_fraction": "the share of each task's validation inputs predict(reject=True) accepts",
     "val_fraction": "the share of a task held out for pruning",
     "random_state": "rerelrp's runs are reproducible by design: every split, draw and shuffle derives from it",
@@ -277,7 +278,7 @@ def _cross_rules(params: dict) -> None:
     def given(*names: str) -> bool:
         return all(n in params for n in names)
 
-    if given("detector_space", "recognizer") and params["detector_space"] != "units" \
+    if given("detector_space", "recognizer") and params["detector_space"] not in ("units", "auto") \
             and params["recognizer"] != "gaussian":
         raise InvalidParameterError(f"detector_space={params['detector_space']!r} applies to recognizer='gaussian' "
                                     f"only; the paper's forests read relevance (recognizer="
@@ -285,7 +286,7 @@ def _cross_rules(params: dict) -> None:
     if given("detector", "recognizer") and params["detector"] is not None and params["recognizer"] != "paper":
         raise InvalidParameterError(f"detector applies to recognizer='paper' only (the forests on relevance "
                                     f"vectors); recognizer={params['recognizer']!r} takes no detector")
-    if given("grow", "model") and params["grow"] > 0 and isinstance(params["model"], DistributedDataParallel):
+    if given("grow", "model") and params["grow"] != "auto" and params["grow"] > 0 and isinstance(params["model"], DistributedDataParallel):
         raise InvalidParameterError(f"grow={params['grow']!r}: grow > 0 is not supported with DistributedDataParallel,"
                                     " whose gradient buckets hold the parameters' shapes: set grow=0, or give the "
                                     "model the width the stream needs")
@@ -300,8 +301,8 @@ def validate(params: dict[str, Any], *, fitted: dict[str, Any] | None = None) ->
     option's constraints; with ``fitted`` (the values the first task fixed, a subset of :data:`FIXED`'s options, as
     the learner knows them), no option in both may differ from its fitted value (``is`` or ``==``); then the rules
     between options, each where ``params`` holds every option it reads: ``detector_space`` other than ``"units"``
-    needs ``recognizer="gaussian"``; a ``detector`` needs ``recognizer="paper"``; ``grow > 0`` refuses a
-    ``DistributedDataParallel`` model.
+    or ``"auto"`` needs ``recognizer="gaussian"``; a ``detector`` needs ``recognizer="paper"``; a number ``grow > 0`` refuses a
+    ``DistributedDataParallel`` model (``"auto"`` does not grow it).
     """
     for name in params:
         if name not in CONSTRAINTS:

@@ -26,7 +26,8 @@ from torch import nn
 from .network import Units, position_grid, position_mean, position_spread
 from .remember import ActivationStatistics
 
-__all__ = ["DetectorSpace", "UnitsSpace", "HeadSpace", "LayersSpace", "SPACES", "DETECTOR_SPACES", "moved_columns"]
+__all__ = ["DetectorSpace", "UnitsSpace", "HeadSpace", "LayersSpace", "SPACES", "DETECTOR_SPACES", "resolve",
+           "moved_columns"]
 
 Reduce = dict[int, Callable[[torch.Tensor], torch.Tensor]]
 
@@ -108,8 +109,21 @@ class LayersSpace(DetectorSpace):
 
 #: The spaces by the name ``ReReLRP(detector_space=...)`` takes.
 SPACES = {space.name: space for space in (UnitsSpace(), HeadSpace(), LayersSpace())}
-#: Accepted values of ``ReReLRP(detector_space=...)``.
-DETECTOR_SPACES = tuple(SPACES)
+#: Accepted values of ``ReReLRP(detector_space=...)``: a space's name, or ``"auto"`` (:func:`resolve`).
+DETECTOR_SPACES = ("auto", *SPACES)
+
+
+def resolve(detector_space: str, recognizer: str, units: Units, head_reader: nn.Module | None) -> str:
+    """The space's name for the option ``detector_space``: a name is taken as it is; ``"auto"`` is ``"units"`` for
+    ``recognizer="paper"`` (whose forests read relevance), else ``"layers"`` where the output layer reads the last
+    hidden unit layer through elementwise modules only (``head_reader``, the module that reads that layer's units,
+    is ``units.output``: a plain network), and ``"head"`` where it does not (a residual sum or a concatenation
+    lies between them: the output layer reads more than the last unit layer)."""
+    if detector_space != "auto":
+        return detector_space
+    if recognizer != "gaussian":
+        return "units"
+    return "layers" if head_reader is units.output else "head"
 
 
 def moved_columns(reduce: Reduce, units: Units, added: list[int], head_input: bool = False) -> torch.Tensor:

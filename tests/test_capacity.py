@@ -53,7 +53,8 @@ def test_retraining_runs_and_the_recorded_accuracy_is_the_retrained_subnetworks(
     # one task of all ten digits: hard enough that the first pruning stops above the floor
     x, y = torch.cat([x for x, _ in train]), torch.cat([y for _, y in train])
     vx, vy = torch.cat([x for x, _ in test]), torch.cat([y for _, y in test])
-    options = dict(epochs=10, min_keep=0.0, drop_measure="accuracy", progress=False)  # recorded: the accuracy
+    # recorded: the accuracy; a stream of one task (n_tasks=1): no budget caps the pruning
+    options = dict(epochs=10, min_keep=0.0, drop_measure="accuracy", n_tasks=1, progress=False)
     once = rerelrp.ReReLRP(digits_mlp(), prune_rounds=1, retrain_epochs=0, **options)
     retrained = rerelrp.ReReLRP(digits_mlp(), prune_rounds=3, retrain_epochs=3, **options)
     for learner in (once, retrained):
@@ -107,24 +108,65 @@ def test_free_units_start_each_task_fresh_and_frozen_ones_do_not(digits):
     assert first.weight[free].abs().max() <= bound
 
 
-def test_a_narrow_network_warns_before_its_pool_runs_out(digits):
-    train, _ = digits
+def narrow() -> nn.Module:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 10))
-    learner = rerelrp.ReReLRP(model, epochs=10, min_keep=0.3, progress=False)
-    warned_with_free = None
+    return nn.Sequential(nn.Linear(64, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 10))
+
+
+def test_an_open_ended_stream_that_cannot_grow_leaves_every_layer_free_units_to_its_last_task(digits):
+    """Five tasks on 12 units a layer with min_keep=0.3 (3.6 units each) fill the layers without a budget; open-ended,
+    each task keeps at most a quarter of what is free (at least one unit), so no layer ever runs out."""
+    train, _ = digits
+    learner = rerelrp.ReReLRP(narrow(), epochs=10, min_keep=0.3, grow=0, progress=False)
+    for x, y in train:
+        learned = len(getattr(learner, "tasks_", []))
+        free_before = [r["free"] for r in learner.capacity_report() if r["task"] == learned - 1] if learned else [12, 12]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            learner.fit_task(loader(x, y))
+        rows = [r for r in learner.capacity_report() if r["task"] == len(learner.tasks_) - 1]
+        assert [r["new"] for r in rows] == [max(1, f // 4) for f in free_before]  # min_keep wants more: its share
+        assert all(r["free"] > 0 for r in rows)
+    assert learner.growth_ == [[0, 0]] * 5 and learner.parameter_growth() == 1.0
+
+
+def test_by_default_a_network_that_can_grow_refills_its_pool_up_to_its_parameter_cap(digits, monkeypatch):
+    """grow="auto" with its pool raised from a quarter to 0.9 of each layer (11 of 12 units) and its cap lowered from
+    2x to 1.5x the parameters, so that five tasks grow the layers every time and reach the cap."""
+    monkeypatch.setattr(rerelrp.growth, "AUTO_GROW", 0.9)
+    monkeypatch.setattr(rerelrp.growth, "AUTO_MAX_PARAMETERS", 1.5)
+    train, _ = digits
+    learner = rerelrp.ReReLRP(narrow(), epochs=10, min_keep=0.3, progress=False)
+    before = 1.0
     for t, (x, y) in enumerate(train):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             learner.fit_task(loader(x, y))
-        forecasts = [str(w.message) for w in caught if "capacity forecast" in str(w.message)]
-        if forecasts and warned_with_free is None:
-            warned_with_free = learner.free_capacity()["overall"]
-            counted = "1 task" if t == 0 else f"{t + 1} tasks"
-            assert forecasts[0].startswith(f"capacity forecast after {counted}: "), forecasts[0]
-        if learner.free_capacity()["overall"] == 0:
-            break
-    assert warned_with_free is not None and warned_with_free > 0
+        grown = learner.parameter_growth()
+        report = [r for r in learner.capacity_report() if r["task"] == t]
+        stopped = [str(w.message) for w in caught if "stops growing" in str(w.message)]
+        if t > 0 and not stopped and before < 1.5:
+            assert all(r["free"] + r["new"] >= 11 for r in report)  # the pool the task started with
+        if stopped:
+            assert before >= 1.5 and learner.growth_[t] == [0, 0] and grown == before
+            assert stopped[0].startswith(f"grow='auto' stops growing: the model has {before:.2f}x its initial "
+                                         "parameters (at most 1.5x)")
+        before = grown
+    assert learner.grow_ == 0.9 and [kind for _, kind, _ in learner.warnings_].count("growth capped") >= 1
+
+
+def test_a_budget_set_after_an_open_ended_start_forecasts_a_layer_that_will_not_last(digits):
+    train, _ = digits
+    learner = rerelrp.ReReLRP(narrow(), epochs=10, min_keep=0.3, grow=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for x, y in train[:2]:
+            learner.fit_task(loader(x, y))
+    learner.set_params(n_tasks=12)  # 10 more tasks: at 3 and 2 units a task, the layers' 7 free units will not do
+    with pytest.warns(RuntimeWarning, match=r"capacity forecast after 3 tasks: at the rate so far, '0' \(\d+ of 12 "
+                                            r"free, [\d.]+ taken per task: [\d.]+ tasks' worth\).* will not last the 9 "
+                                            r"tasks still expected \(n_tasks=12\)"):
+        learner.fit_task(loader(*train[2]))
 
 
 def test_a_task_learned_at_chance_is_not_learned_silently(digits):
@@ -227,7 +269,8 @@ def test_a_budget_the_task_fits_in_is_not_over_the_threshold(digits):
 def test_summary_states_what_each_task_was_given_and_survives_a_save(default_learner, tmp_path):
     text = default_learner.summary()
     lines = text.splitlines()
-    assert len(lines) == 2 + len(default_learner.tasks_)
+    n_warnings = len(default_learner.warnings_)
+    assert len(lines) == 4 + len(default_learner.tasks_) + n_warnings
     report = default_learner.capacity_report()
     for t, (line, result) in enumerate(zip(lines[1:], default_learner.prune_results_)):
         assert line.startswith(f"{t} | {default_learner.tasks_[t]} | ")
@@ -235,6 +278,13 @@ def test_summary_states_what_each_task_was_given_and_survives_a_save(default_lea
             assert f"{r['layer']}: {r['kept']} ({r['new']}) / {'-' if budget is None else budget}, +{r['grown']}, " \
                    f"{r['free']} free" in line
         assert f"{result.accuracy:.1%} ({result.base_accuracy:.1%}), {result.measure}" in line
-    assert "detector_space='units'" in lines[-1] and "parameters 1.00x" in lines[-1]
+    budget, detectors, said = lines[1 + len(default_learner.tasks_):4 + len(default_learner.tasks_)]
+    assert budget.startswith("budget: open-ended (n_tasks=None: at most 25% of the free units per task); "
+                             "grow='auto' -> 0.25; parameters ")
+    assert f"parameters {default_learner.parameter_growth():.2f}x" in budget
+    assert "detector_space='auto' -> 'layers'" in detectors
+    assert said == f"warnings: {n_warnings}"
+    for line, (t, kind, message) in zip(lines[-n_warnings:] if n_warnings else [], default_learner.warnings_):
+        assert line == f"  task {t} [{kind}]: {message}"
     loaded = rerelrp.load(default_learner.save(tmp_path / "learner.zip"), digits_mlp(seed=3))
     assert loaded.summary() == text

@@ -158,7 +158,7 @@ def test_exhausted_capacity_warns_and_still_learns_without_touching_frozen_units
     (x0, y0), (x1, y1) = digits[0][0], digits[0][1]
     torch.manual_seed(0)
     tiny = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
-    learner = ReReLRP(tiny, acc_drop=0.0, epochs=10, progress=False).fit_task(loader(x0, y0))
+    learner = ReReLRP(tiny, acc_drop=0.0, epochs=10, grow=0, progress=False).fit_task(loader(x0, y0))
     learner.masks_[0] = [torch.ones_like(k) for k in learner.masks_[0]]  # as if no unit could be pruned
     learner.frozen_.freeze_units(learner.masks_[0])
     hidden = tiny[0].weight.detach().clone()

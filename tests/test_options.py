@@ -30,12 +30,12 @@ ACCEPTED = {
     "retrain_epochs": "None or an int >= 0",
     "reset_free": "a bool",
     "n_tasks": r"None or a positive int \(the tasks the stream will have\)",
-    "grow": r"a number in \[0, 1\) \(the fraction of each layer's initial width",
+    "grow": r"one of 'auto' or a number in \[0, 1\) \(the fraction of each layer's initial width",
     "known_fraction": r"a number in \(0, 1\] \(the share of each task's validation inputs",
     "n_reference": "a positive int",
     "n_features": "a positive int",
     "n_components": "a positive int",
-    "detector_space": "one of 'units', 'head', 'layers'",
+    "detector_space": "one of 'auto', 'units', 'head', 'layers'",
     "recognizer": "one of 'gaussian', 'paper'",
     "val_fraction": r"a number in \(0, 1\)",
     "composite": "None or a zennit Composite",
@@ -226,13 +226,13 @@ def test_set_params_is_validated_on_a_learned_learner_and_leaves_it_as_it_was(fi
     ({"recognizer": "paper"}, r"recognizer cannot change once a task is learned \(the memory of the earlier tasks "
                               r"was kept for the other one\): it is 'gaussian', got 'paper'"),
     ({"detector_space": "head"}, r"detector_space cannot change once a task is learned \(the earlier tasks' "
-                                 r"statistics live in another space\): it is 'units', got 'head'"),
+                                 r"statistics live in another space\): it is 'layers', got 'head'"),
     ({"device": "cpu"}, r"device cannot change once a task is learned \(.*rerelrp\.load it with device=\.\.\.\): "
                         r"it is None, got 'cpu'"),
     ({"model": "other"}, r"model cannot change once a task is learned \(the masks, freeze masks and memory belong "
                          r"to its units.*: it is <Sequential model>, got <Sequential model>"),
     ({"recognizer": "paper", "detector": LogisticRegression()}, "recognizer cannot change once a task is learned"),
-    ({"detector_space": "layers", "lr": 0.5}, "detector_space cannot change once a task is learned"),
+    ({"detector_space": "units", "lr": 0.5}, "detector_space cannot change once a task is learned"),
     ({"composite": EpsilonPlusFlat()}, r"composite cannot change once a task is learned \(the earlier tasks were "
                                        r"pruned"),  # was silently ignored: the first task's composite stayed
 ])
@@ -245,8 +245,10 @@ def test_what_the_first_task_fixes_cannot_change_through_set_params(fitted, chan
 
 
 def test_what_the_first_task_fixed_can_be_set_to_the_same_value(fitted):
-    fitted.set_params(model=fitted.model, device=None, recognizer="gaussian", detector_space="units")
-    assert fitted.recognizer == "gaussian" and fitted.detector_space == "units" and fitted.device is None
+    assert fitted.detector_space_ == "layers"  # "auto" on a plain network
+    fitted.set_params(model=fitted.model, device=None, recognizer="gaussian", detector_space="layers")
+    assert fitted.recognizer == "gaussian" and fitted.detector_space == "layers" and fitted.device is None
+    fitted.set_params(detector_space="auto")  # what it resolves to: the same space
 
 
 @pytest.mark.parametrize("option, value, message", [

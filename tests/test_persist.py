@@ -322,7 +322,7 @@ def same_state(model, state: dict) -> bool:
                                             for k, v in state.items())
 
 
-@pytest.mark.parametrize("option, value", [("detector_space", "head"), ("detector_space", "layers"),
+@pytest.mark.parametrize("option, value", [("detector_space", "head"), ("detector_space", "units"),
                                            ("recognizer", "paper")])
 def test_load_refuses_to_change_what_the_first_task_fixed(two_tasks, option, value):
     """Detectors rebuilt in another space answer otherwise than the saved learner: refused as set_params does."""
@@ -334,8 +334,9 @@ def test_load_refuses_to_change_what_the_first_task_fixed(two_tasks, option, val
         rerelrp.load(path, model, **{option: value})
     assert not isinstance(error.value, UntrustedFileError)
     assert same_state(model, before)
-    loaded = rerelrp.load(path, model, detector_space="units", recognizer="gaussian")  # the saved ones: accepted
-    assert loaded.detector_space_ == "units"
+    for space in ("layers", "auto"):  # the space the memory is in, and the saved option that chose it: accepted
+        loaded = rerelrp.load(path, digits_mlp(seed=3), detector_space=space, recognizer="gaussian")
+        assert loaded.detector_space_ == "layers" and loaded.detector_space == space
 
 
 @pytest.mark.parametrize("given, message", [

@@ -23,7 +23,7 @@ def test_pruning_respects_the_threshold_on_validation_data(digits, acc_drop, mea
     (train, test) = digits
     # one round without retraining: the paper's pruning, whose threshold holds exactly on the validation data
     learner = ReReLRP(digits_mlp(), acc_drop=acc_drop, drop_measure=measure, epochs=10, prune_rounds=1,
-                      retrain_epochs=0, progress=False)
+                      retrain_epochs=0, n_tasks=1, progress=False)  # no budget: every task is the last expected
     for t in range(2):
         x, y = train[t]
         val_x, val_y = test[t]  # given as validation data: the threshold is checked on exactly this

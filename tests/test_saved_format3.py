@@ -43,6 +43,8 @@ def test_a_format3_save_loaded_and_saved_again_holds_the_same_members(tmp_path, 
         assert sorted(before.namelist()) == sorted(after.namelist())
         assert before.read("tensors.safetensors") == after.read("tensors.safetensors")
         meta = json.loads(after.read("meta.json"))
-        # the one addition since: the model's parameter-free modules, recorded from the model it was loaded into
+        # the additions since: the model's parameter-free modules, recorded from the model it was loaded into; the
+        # warnings given (none recorded in a format-3 save); the detector space the saved option chose
         assert meta.pop("modules") == architecture.modules(digits_mlp())
+        assert meta.pop("warnings") == [] and meta.pop("detector_space") == meta["options"]["detector_space"]
         assert json.dumps(meta, indent=1).encode() == before.read("meta.json")
