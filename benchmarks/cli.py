@@ -29,6 +29,11 @@ def grow_value(text: str) -> float | str:
     return text if text == "auto" else float(text)
 
 
+def n_features_value(text: str) -> int | str:
+    """``--n-features``' value: ``"auto"`` or an int."""
+    return text if text == "auto" else int(text)
+
+
 def n_tasks_value(text: str) -> int | str:
     """``--n-tasks``' value: ``"stream"`` or an int."""
     return text if text == "stream" else int(text)
@@ -38,7 +43,8 @@ def n_tasks_value(text: str) -> int | str:
 #: default.
 #: n_tasks is set apart (it may name the stream's length).
 LEARNER_OPTIONS = {
-    "n_features": (int, "units each rerelrp detector reads"),
+    "n_features": (n_features_value, "units or principal components each rerelrp detector reads (auto: 40 for a task "
+                                     "of two classes, 17 for ten)"),
     "n_components": (int, "most Gaussian mixture components per class with --recognizer gaussian (1: one Gaussian "
                           "per class)"),
     "detector_space": (DETECTOR_SPACES, "what rerelrp's Gaussian detectors read: units (the last hidden unit layer's "
@@ -65,7 +71,7 @@ LEARNER_OPTIONS = {
 #: learner's defaults, what ``ReReLRP(model, epochs=E, random_state=s)`` does); ``tuned``: the options every result
 #: before the learner chose its own used (a budget for the stream's length, no growth, the last hidden layer's
 #: units as detector space).
-PRESETS = {"defaults": {}, "tuned": {"n_tasks": "stream", "grow": 0.0, "detector_space": "units"}}
+PRESETS = {"defaults": {}, "tuned": {"n_tasks": "stream", "grow": 0.0, "detector_space": "units", "n_features": 48}}
 
 
 def add_threads_option(p: argparse.ArgumentParser) -> None:
@@ -143,8 +149,8 @@ def parser(script: str, description: str, default_epochs: int, quick_epochs: int
                         "sets it")
     p.add_argument("--preset", default="defaults", choices=list(PRESETS),
                    help="rerelrp's options where not given: defaults (the learner's own: ReReLRP(model, epochs=E, "
-                        "random_state=s) and nothing more) or tuned (--n-tasks stream --grow 0 --detector-space units, "
-                        "the settings of the results measured before the learner chose its own)")
+                        "random_state=s) and nothing more) or tuned (--n-tasks stream --grow 0 --detector-space units "
+                        "--n-features 48, the settings of the results measured before the learner chose its own)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_threads_option(p)
     return p

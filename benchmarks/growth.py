@@ -30,6 +30,10 @@ from benchmarks.reports import environment  # noqa: E402
 from benchmarks.stream import loader  # noqa: E402
 from rerelrp import ReReLRP  # noqa: E402
 
+#: The options the committed growth results were measured with, before the learner chose its own: no task budget
+#: (``n_tasks=1``: every task comes after the one expected, so none is capped), 48 features.
+MEASURED_WITH = {"n_tasks": 1, "n_features": 48}
+
 #: (name, learner options) of every recognizer and detector space measured.
 VARIANTS = [("units", {"detector_space": "units"}), ("head", {"detector_space": "head"}), ("layers", {"detector_space": "layers"}),
             ("paper", {"recognizer": "paper"})]
@@ -39,7 +43,7 @@ def measure(stream, backbone: str, options: dict, seed: int, epochs: int, progre
     """Learn ``stream`` with one learner of ``options`` and measure it on the test inputs."""
     torch.manual_seed(seed)
     model = model_for(stream, backbone)
-    learner = ReReLRP(model, epochs=epochs, n_tasks=None, random_state=seed, progress=progress, **options)
+    learner = ReReLRP(model, epochs=epochs, random_state=seed, progress=progress, **{**MEASURED_WITH, **options})
     start = time.perf_counter()
     for t, (x, y) in enumerate(stream.train):
         learner.fit_task(loader(x, y, seed=seed + t), val_loader=[stream.val[t]])

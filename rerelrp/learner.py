@@ -80,6 +80,8 @@ class ReReLRP(BaseEstimator):
         expectation (:mod:`rerelrp.novelty`); with n validation inputs at most n / (n + 1) is honoured.
     n_reference: reference samples per class for the relevance that ranks units.
     n_features: units or principal components each task detector reads; side memory grows with its square.
+        ``"auto"``: :func:`rerelrp.remember.auto_features` of the task's number of classes (40 for two, 17 for
+        ten), so that a task's Gaussians cost about the same bytes whatever its classes.
     n_components: most Gaussian mixture components per class (``recognizer="gaussian"``).
     detector_space: what the Gaussian detectors read: ``"units"``, ``"head"`` (residual networks), ``"layers"``
         (:mod:`rerelrp.spaces`) or ``"auto"``: ``"head"`` where a residual sum lies between the last hidden unit
@@ -133,7 +135,7 @@ class ReReLRP(BaseEstimator):
         grow: float | str = "auto",
         known_fraction: float = 0.95,
         n_reference: int = 500,
-        n_features: int = 48,
+        n_features: int | str = "auto",
         n_components: int = 4,
         detector_space: str = "auto",
         recognizer: str = "gaussian",
@@ -547,8 +549,13 @@ class ReReLRP(BaseEstimator):
             f"budget: {budget}; grow={self.grow!r} -> {self.grow_}; parameters "
             f"{self.parameter_growth():.2f}x the initial ones",
             f"detectors: recognizer={self.recognizer!r}, detector_space={self.detector_space!r} -> "
-            f"{self.detector_space_!r}, n_features={self.n_features}",
+            f"{self.detector_space_!r}, n_features={self.n_features!r} -> {self._widths()} per detector",
             f"warnings: {len(said)}" + "".join("\n  " + line for line in said)])
+
+    def _widths(self) -> list[int]:
+        """The features each detector reads (the paper's recognizer: ``n_features`` units each)."""
+        memory = self.recognizer_.memory
+        return memory.widths if hasattr(memory, "widths") else [len(f) for f in memory.features]
 
     def parameter_growth(self) -> float:
         """Parameter entries of the model now as a multiple of before the first task (1.0 without ``grow``)."""

@@ -217,7 +217,7 @@ CONSTRAINTS: dict[str, list] = {
     "grow": [Options(("auto",)), Interval(_NUMBER, 0, 1, closed="left")],
     "known_fraction": [Interval(_NUMBER, 0, 1, closed="right")],
     "n_reference": [_POSITIVE],
-    "n_features": [_POSITIVE],
+    "n_features": [Options(("auto",)), _POSITIVE],
     "n_components": [_POSITIVE],
     "detector_space": [Options(DETECTOR_SPACES)],
     "recognizer": [Options(RECOGNIZERS)],
@@ -236,6 +236,7 @@ NOTES: dict[str, str] = {
     "drop_confidence": "0.5: the raw accuracy difference",
     "min_keep": "a fraction of each layer's units",
     "n_tasks": "the tasks the stream will have",
+    "n_features": "'auto': rerelrp.remember.auto_features of each task's classes",
     "grow": "the fraction of each layer's initial width every task finds free; 0: no growth; 'auto': "
             "rerelrp.growth.AUTO_GROW where the model can grow",
     "known_fraction": "the share of each task's validation inputs predict(reject=True) accepts",

@@ -34,7 +34,7 @@ from sklearn.utils.validation import has_fit_parameter
 
 from .network import Units, position_mean, position_spread
 from .novelty import LowLevelStatistics, Measures, confidence, judge
-from .remember import ActivationStatistics, GaussianDensities, RelevanceMemory
+from .remember import AUTO_FEATURES, ActivationStatistics, GaussianDensities, RelevanceMemory, auto_features
 from .spaces import SPACES, DetectorSpace, moved_columns
 from .subnetworks import Subnetworks
 
@@ -133,6 +133,8 @@ class GaussianRecognizer(Recognizer):
     Attributes
     ----------
     space: the detector space.
+    auto: whether each new detector's width is :func:`rerelrp.remember.auto_features` of its task's classes
+        (``n_features="auto"``), else ``n_features``.
     memory: :class:`rerelrp.remember.ActivationStatistics`, one space per detector (0..T-1: the last one, of the
         newest task only, serves :mod:`rerelrp.novelty`).
     low: :class:`rerelrp.novelty.LowLevelStatistics` of the first unit layer.
@@ -141,10 +143,12 @@ class GaussianRecognizer(Recognizer):
 
     supports_unknown = True
 
-    def __init__(self, space: DetectorSpace, n_features: int, n_components: int, random_state: int | None = None):
-        self.space = space
-        self.memory = ActivationStatistics(n_features, n_components, random_state)
-        self.low = LowLevelStatistics(n_features, random_state)
+    def __init__(self, space: DetectorSpace, n_features: int | str, n_components: int,
+                 random_state: int | None = None):
+        self.space, self.auto = space, n_features == "auto"
+        width = AUTO_FEATURES if self.auto else n_features
+        self.memory = ActivationStatistics(width, n_components, random_state)
+        self.low = LowLevelStatistics(width, random_state)
         self.densities = GaussianDensities()
 
     def read(self, view: Subnetworks, x: torch.Tensor, m: int, first_layer: bool = False,
@@ -191,6 +195,8 @@ class GaussianRecognizer(Recognizer):
         t = len(view) - 1
         for m in range(t + 1):
             if m == t:
+                if self.auto:  # the new detector's width, from its task's classes
+                    self.memory.n_features = auto_features(len(view.tasks[t]))
                 spread, outputs, _ = self.read(view, x, t, first_layer=True)
                 union = view.union(t)
                 self.low.add_task(spread, y, view.tasks[t], union[0])
@@ -307,12 +313,14 @@ def _check_tasks(memory: ActivationStatistics | RelevanceMemory, tasks: list[lis
         raise ValueError(f"tensors.safetensors holds memory of {memory.n_tasks} tasks for {len(tasks)} learned tasks")
 
 
-def make_recognizer(recognizer: str, detector_space: str, n_features: int, n_components: int,
+def make_recognizer(recognizer: str, detector_space: str, n_features: int | str, n_components: int,
                     detector: BaseEstimator | None, random_state: int) -> Recognizer:
     """The :class:`Recognizer` of the learner options of the same names (``recognizer`` one of
-    :data:`RECOGNIZERS`)."""
+    :data:`RECOGNIZERS`, ``detector_space`` a space's name); ``n_features="auto"`` is
+    :data:`rerelrp.remember.AUTO_FEATURES` for the paper's recognizer."""
     if recognizer == "paper":
-        return TaskRecognizer(default_detector() if detector is None else detector, n_features, random_state)
+        return TaskRecognizer(default_detector() if detector is None else detector,
+                              AUTO_FEATURES if n_features == "auto" else n_features, random_state)
     return GaussianRecognizer(SPACES[detector_space], n_features, n_components, random_state)
 
 

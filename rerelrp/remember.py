@@ -3,6 +3,8 @@
 Two memories, one per recognizer (see :mod:`rerelrp.recognize`):
 
 :class:`ActivationStatistics` (default) keeps, for every detector m and every
+
+
 class of a task s >= m, a Gaussian mixture (at most ``n_components`` full-covariance
 components, their number chosen by BIC) of the activations that the class's
 training inputs leave in ``n_features`` units of the last hidden unit layer,
@@ -27,6 +29,7 @@ mean relevance on task m's own reference samples).
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -37,12 +40,23 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
-__all__ = ["ActivationStatistics", "ClassStatistics", "GaussianDensities", "RelevanceMemory", "SHRINKAGE"]
+__all__ = ["AUTO_FEATURES", "auto_features", "ActivationStatistics", "ClassStatistics", "GaussianDensities", "RelevanceMemory", "SHRINKAGE"]
 
 #: Share of the mean variance added to every covariance's diagonal (scikit-learn's ``reg_covar``):
 #: this value recognized tasks best on Split MNIST and digits validation data, more shrinkage worse
 #: (README, Recognition).
 SHRINKAGE = 1e-3
+
+#: ``n_features="auto"``: the features a detector of a two-class task reads; see :func:`auto_features`.
+AUTO_FEATURES = 40
+
+
+def auto_features(n_classes: int) -> int:
+    """The features detector m reads with ``n_features="auto"``, for a task m of ``n_classes`` classes:
+    ``AUTO_FEATURES * sqrt(2 / n_classes)``, rounded down (40 for two classes, 17 for ten), at least 8. A class's
+    full covariance costs bytes in the square of the features, so a detector's Gaussians for a task cost about the
+    same whatever its number of classes."""
+    return max(8, int(AUTO_FEATURES * math.sqrt(2 / n_classes)))
 
 
 class ClassStatistics:
@@ -161,6 +175,11 @@ class ActivationStatistics:
             center, axes = self.bases[m]
             features = (features - center.double()) @ axes.double().T
         return features.numpy()
+
+    @property
+    def widths(self) -> list[int]:
+        """``d_m``, the features each detector m reads."""
+        return [len(units) if basis is None else basis[1].shape[0] for units, basis in zip(self.units, self.bases)]
 
     def add_class(self, m: int, c: int, features: np.ndarray) -> None:
         """Remember class ``c``'s ``(n, d_m)`` features in detector m's space."""

@@ -33,7 +33,7 @@ ACCEPTED = {
     "grow": r"one of 'auto' or a number in \[0, 1\) \(the fraction of each layer's initial width",
     "known_fraction": r"a number in \(0, 1\] \(the share of each task's validation inputs",
     "n_reference": "a positive int",
-    "n_features": "a positive int",
+    "n_features": "one of 'auto' or a positive int",
     "n_components": "a positive int",
     "detector_space": "one of 'auto', 'units', 'head', 'layers'",
     "recognizer": "one of 'gaussian', 'paper'",

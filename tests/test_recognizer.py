@@ -10,6 +10,7 @@ from safetensors.torch import load as load_tensors
 from rerelrp import ReReLRP
 from benchmarks.memory import bytes_beyond_weights
 from rerelrp.prune import prune_to_threshold
+from rerelrp.remember import auto_features
 from rerelrp.spaces import DETECTOR_SPACES
 from conftest import digits_mlp, loader, replay_buffer_bytes, task_recognition
 
@@ -55,7 +56,7 @@ def test_each_detector_has_a_gaussian_for_every_class_of_its_task_and_later(defa
 
 def test_each_units_detector_reads_at_most_n_features_units_kept_by_its_subnetworks(digits):
     train, _ = digits
-    learner = ReReLRP(digits_mlp(), epochs=5, detector_space="units", progress=False)
+    learner = ReReLRP(digits_mlp(), epochs=5, detector_space="units", n_features=24, progress=False)
     for x, y in train:
         learner.fit_task(loader(x, y))
     for m in range(len(learner.tasks_)):
@@ -109,7 +110,7 @@ def test_basis_spaces_read_principal_components_of_what_they_name(digits, tmp_pa
         center, axes = learner.memory_.bases[m]
         read = learner.memory_.units[m]  # "layers" leaves out the columns constant on task m's data (masked units)
         width = learner.recognizer_.space.width(learner.units_)
-        assert axes.shape[0] <= learner.n_features and axes.shape[1] == len(read) <= width
+        assert axes.shape[0] <= auto_features(2) and axes.shape[1] == len(read) <= width  # n_features="auto"
         assert width == (128 if space == "head" else 256)
         if space == "layers":
             outputs = learner.recognizer_.read(learner.subnetworks(), train[m][0], m)[1]

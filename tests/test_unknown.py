@@ -64,9 +64,12 @@ def test_known_fraction_is_read_at_prediction_and_saved(digits, default_learner,
 
 
 def test_known_fraction_holds_on_held_out_inputs_of_tasks_with_small_validation_sets(digits, default_learner):
-    """About 25 validation inputs per task: their plain quantiles accepted 92.2 % of the tasks' held-out inputs at
-    known_fraction=0.95 and 87.2 % at 0.9; read at the finite-sample levels, 95.0 % and 91.3 %."""
-    _, test = digits
+    """About 29 validation inputs per task (a tenth of ~290): their plain quantiles accepted 92.2 % of the tasks'
+    held-out inputs at known_fraction=0.95 and 87.2 % at 0.9 (units space); read at the finite-sample levels, the
+    mean over the five tasks must lie within two standard deviations of what the finite samples allow: a level
+    read from n validation inputs covers a share with variance f (1 - f) / (n + 2), and the m test inputs of a task
+    add f (1 - f) / m (both about 0.03 in all at f = 0.9; a miscalibration such as 0.42 or 0.73 is far beyond)."""
+    train, test = digits
     accepted = {}
     for fraction in (0.9, 0.95, 0.99):
         default_learner.set_params(known_fraction=fraction)
@@ -74,7 +77,10 @@ def test_known_fraction_holds_on_held_out_inputs_of_tasks_with_small_validation_
                                       for t, (x, _) in enumerate(test)])
     default_learner.set_params(known_fraction=0.95)
     print(f"held-out known inputs accepted: {accepted}")
-    assert abs(accepted[0.9] - 0.9) <= 0.02 and abs(accepted[0.95] - 0.95) <= 0.02
+    for f in (0.9, 0.95):
+        variance = [f * (1 - f) / (round(0.1 * len(y)) + 2) + f * (1 - f) / len(y_test)
+                    for (_, y), (_, y_test) in zip(train, test)]
+        assert abs(accepted[f] - f) <= 2 * np.sqrt(sum(variance)) / len(variance), (f, accepted[f])
     assert accepted[0.99] >= accepted[0.95]  # 25 values cannot calibrate 0.99: at most 25 / 26 is honoured
 
 
