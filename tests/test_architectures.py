@@ -114,7 +114,9 @@ def test_two_tasks_keep_old_subnetworks_bit_identical(digits, name, tmp_path):
     train, test = images(digits)
     torch.manual_seed(0)
     model = SMALL[name]()
-    learner = ReReLRP(model, epochs=12, random_state=0, progress=False)
+    # a stream of two tasks, told: with the open-ended default (a quarter of the free units per task) these small
+    # networks' tasks reach 0.48-0.79 task-aware accuracy (issue 35's closing note)
+    learner = ReReLRP(model, epochs=12, n_tasks=2, random_state=0, progress=False)
     learner.fit_task(loader(*train[0]))
     before, answers = state(model), learner.predict(test[0][0], task_id=0)
     frozen = {p: m.clone() for p, m in learner.frozen_.masks.items()}
