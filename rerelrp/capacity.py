@@ -127,9 +127,9 @@ def running_out(units: Units, masks: Masks, n_tasks: int,
     if not short:
         return None
     return (f"capacity forecast after {counted(learned, 'task')}: at the rate so far, {'; '.join(short)} will not last "
-            f"the {counted(ahead, 'task')} still expected (n_tasks={n_tasks}), and later tasks would train only the few "
-            "units left. Each task to come keeps at most its budget; a larger acc_drop makes tasks keep fewer units, a "
-            "wider model or grow > 0 leaves more")
+            f"the {counted(ahead, 'task')} still expected (n_tasks={n_tasks}), and later tasks would train only the "
+            "few units left. Each task to come keeps at most its budget; a larger acc_drop makes tasks keep fewer "
+            "units, a wider model or grow > 0 leaves more")
 
 
 def pool_low(units: Units, masks: Masks, initial_sizes: Sequence[int], low: float = 0.1) -> str | None:
@@ -186,8 +186,9 @@ def warnings_after(units: Units, masks: Masks, result, n_tasks: int | None, grow
     if result.over_threshold:
         measured = "validation accuracy" if result.measure == "accuracy" else \
             "mean validation probability of the true class"
-        rule = f"n_tasks={n_tasks}" if n_tasks is not None else \
-            f"n_tasks=None: at most {OPEN_SHARE:.0%} of each layer's free units; set n_tasks if you know the stream's length"
+        rule = f"n_tasks={n_tasks}" if n_tasks is not None else (
+            f"n_tasks=None: at most {OPEN_SHARE:.0%} of each layer's free units; set n_tasks if you know the "
+            "stream's length")
         messages.append((
             "over budget",
             f"task {len(masks) - 1} needed more than its budget of {sum(result.budget)} free units ({result.budget} "

@@ -35,8 +35,8 @@ from .dataflow import is_shape, traced
 from .freeze import FrozenParameters
 from .network import Units
 
-__all__ = ["AUTO_GROW", "AUTO_MAX_PARAMETERS", "GrowthPath", "growth_paths", "resolve", "units_to_add", "grow_free", "grow_layer", "grow_masks", "widen_to",
-           "sync_sizes", "snapshot", "restore", "n_parameters"]
+__all__ = ["AUTO_GROW", "AUTO_MAX_PARAMETERS", "GrowthPath", "growth_paths", "resolve", "units_to_add", "grow_free",
+           "grow_layer", "grow_masks", "widen_to", "sync_sizes", "snapshot", "restore", "n_parameters"]
 
 #: What ``grow="auto"`` grows to where the model can grow: the fraction of each layer's initial width every task
 #: after the first finds free ...
@@ -79,7 +79,8 @@ def growth_paths(model: nn.Module, units: Units) -> dict[str, Union[GrowthPath, 
     return {layer.name: _path(nodes[layer.name], layer.n_units, modules) for layer in units.layers}
 
 
-def resolve(grow: float | str, paths: dict[str, Union[GrowthPath, str]] | None, distributed: bool) -> tuple[float, list[str]]:
+def resolve(grow: float | str, paths: dict[str, Union[GrowthPath, str]] | None,
+            distributed: bool) -> tuple[float, list[str]]:
     """The fraction the learner grows to (its ``grow_``) for the option ``grow`` and, with ``"auto"``, why any unit
     layer cannot grow. A number is taken as it is. ``"auto"``: :data:`AUTO_GROW` where some unit layer of ``paths``
     (:func:`growth_paths`) can grow and the model is not ``distributed`` (DistributedDataParallel's buckets hold

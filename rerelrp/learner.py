@@ -287,8 +287,8 @@ class ReReLRP(BaseEstimator):
         added = [0] * len(self.units_.layers)
         capped = t > 0 and self.grow == "auto" and self.parameter_growth() >= growth.AUTO_MAX_PARAMETERS
         if capped:
-            self._say(t, "growth capped", f"grow='auto' stops growing: the model has {self.parameter_growth():.2f}x its "
-                      f"initial parameters (at most {growth.AUTO_MAX_PARAMETERS:g}x). Each task keeps at most "
+            self._say(t, "growth capped", f"grow='auto' stops growing: the model has {self.parameter_growth():.2f}x "
+                      f"its initial parameters (at most {growth.AUTO_MAX_PARAMETERS:g}x). Each task keeps at most "
                       f"{capacity.OPEN_SHARE:.0%} of the free units from now on; a number for grow goes on growing")
         if t > 0 and self.grow_ > 0 and not capped:
             with seeded(seed, self.device_):
@@ -416,9 +416,10 @@ class ReReLRP(BaseEstimator):
                     own, low, conf, _ = self.recognizer_.measures(view, task.val_x.to(self.device_), t)
                     quantiles = novelty.calibrate(own, low, conf)
                     if self.known_fraction > len(own) / (len(own) + 1):
-                        self._say(t, "known_fraction", f"task {t} has {len(own)} validation inputs: known_fraction={self.known_fraction} cannot "
-                             f"be honoured, about {len(own) / (len(own) + 1):.3f} of its new inputs will be accepted; "
-                             "give more validation data (val_loader, val_fraction)")
+                        self._say(t, "known_fraction", f"task {t} has {len(own)} validation inputs: known_fraction="
+                                  f"{self.known_fraction} cannot be honoured, about {len(own) / (len(own) + 1):.3f} of "
+                                  "its new inputs will be accepted; give more validation data (val_loader, "
+                                  "val_fraction)")
             return self.recognizer_, quantiles
 
         self.recognizer_, quantiles = from_rank0(remember_and_recognize)
@@ -549,13 +550,9 @@ class ReReLRP(BaseEstimator):
             f"budget: {budget}; grow={self.grow!r} -> {self.grow_}; parameters "
             f"{self.parameter_growth():.2f}x the initial ones",
             f"detectors: recognizer={self.recognizer!r}, detector_space={self.detector_space!r} -> "
-            f"{self.detector_space_!r}, n_features={self.n_features!r} -> {self._widths()} per detector",
+            f"{self.detector_space_!r}, n_features={self.n_features!r} -> {self.recognizer_.memory.widths} per "
+            "detector",
             f"warnings: {len(said)}" + "".join("\n  " + line for line in said)])
-
-    def _widths(self) -> list[int]:
-        """The features each detector reads (the paper's recognizer: ``n_features`` units each)."""
-        memory = self.recognizer_.memory
-        return memory.widths if hasattr(memory, "widths") else [len(f) for f in memory.features]
 
     def parameter_growth(self) -> float:
         """Parameter entries of the model now as a multiple of before the first task (1.0 without ``grow``)."""

@@ -287,7 +287,8 @@ def _cross_rules(params: dict) -> None:
     if given("detector", "recognizer") and params["detector"] is not None and params["recognizer"] != "paper":
         raise InvalidParameterError(f"detector applies to recognizer='paper' only (the forests on relevance "
                                     f"vectors); recognizer={params['recognizer']!r} takes no detector")
-    if given("grow", "model") and params["grow"] != "auto" and params["grow"] > 0 and isinstance(params["model"], DistributedDataParallel):
+    if given("grow", "model") and params["grow"] != "auto" and params["grow"] > 0 \
+            and isinstance(params["model"], DistributedDataParallel):
         raise InvalidParameterError(f"grow={params['grow']!r}: grow > 0 is not supported with DistributedDataParallel,"
                                     " whose gradient buckets hold the parameters' shapes: set grow=0, or give the "
                                     "model the width the stream needs")
@@ -302,8 +303,8 @@ def validate(params: dict[str, Any], *, fitted: dict[str, Any] | None = None) ->
     option's constraints; with ``fitted`` (the values the first task fixed, a subset of :data:`FIXED`'s options, as
     the learner knows them), no option in both may differ from its fitted value (``is`` or ``==``); then the rules
     between options, each where ``params`` holds every option it reads: ``detector_space`` other than ``"units"``
-    or ``"auto"`` needs ``recognizer="gaussian"``; a ``detector`` needs ``recognizer="paper"``; a number ``grow > 0`` refuses a
-    ``DistributedDataParallel`` model (``"auto"`` does not grow it).
+    or ``"auto"`` needs ``recognizer="gaussian"``; a ``detector`` needs ``recognizer="paper"``; a number
+    ``grow > 0`` refuses a ``DistributedDataParallel`` model (``"auto"`` does not grow it).
     """
     for name in params:
         if name not in CONSTRAINTS:

@@ -40,7 +40,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
-__all__ = ["AUTO_FEATURES", "auto_features", "ActivationStatistics", "ClassStatistics", "GaussianDensities", "RelevanceMemory", "SHRINKAGE"]
+__all__ = ["AUTO_FEATURES", "auto_features", "ActivationStatistics", "ClassStatistics", "GaussianDensities",
+           "RelevanceMemory", "SHRINKAGE"]
 
 #: Share of the mean variance added to every covariance's diagonal (scikit-learn's ``reg_covar``):
 #: this value recognized tasks best on Split MNIST and digits validation data, more shrinkage worse
@@ -335,6 +336,11 @@ class RelevanceMemory:
         self.vectors.append({})
         for m, rel in enumerate(relevance):
             self.vectors[m][t] = self.select(m, rel)
+
+    @property
+    def widths(self) -> list[int]:
+        """The units each detector m reads."""
+        return [len(features) for features in self.features]
 
     def select(self, m: int, relevance: torch.Tensor) -> np.ndarray:
         """Cut ``(n, total_units)`` relevance through S_m down to detector m's ``(n, k)`` features."""
