@@ -24,27 +24,21 @@ from benchmarks.reports import environment, markdown_table, plot_heatmaps, plot_
 from benchmarks.stream import Stream
 
 
-def grow_value(text: str) -> float | str:
-    """``--grow``'s value: ``"auto"`` or a number."""
-    return text if text == "auto" else float(text)
+def word_or(word: str, kind: type) -> Callable[[str], object]:
+    """An argparse ``type``: the text ``word`` as it is, anything else converted by ``kind`` (``int``, ``float``)."""
+    def parse(text: str):
+        return text if text == word else kind(text)
 
-
-def n_features_value(text: str) -> int | str:
-    """``--n-features``' value: ``"auto"`` or an int."""
-    return text if text == "auto" else int(text)
-
-
-def n_tasks_value(text: str) -> int | str:
-    """``--n-tasks``' value: ``"stream"`` or an int."""
-    return text if text == "stream" else int(text)
+    parse.__name__ = f"'{word}' or {kind.__name__}"  # argparse names it in "invalid ... value"
+    return parse
 
 
 #: rerelrp options the command line sets when given: name -> (type or choices, what it does); unset, the learner's
 #: default.
 #: n_tasks is set apart (it may name the stream's length).
 LEARNER_OPTIONS = {
-    "n_features": (n_features_value, "units or principal components each rerelrp detector reads (auto: 40 for a task "
-                                     "of two classes, 17 for ten)"),
+    "n_features": (word_or("auto", int), "units or principal components each rerelrp detector reads (auto: 40 for a "
+                                         "task of two classes, 17 for ten)"),
     "n_components": (int, "most Gaussian mixture components per class with --recognizer gaussian (1: one Gaussian "
                           "per class)"),
     "detector_space": (DETECTOR_SPACES, "what rerelrp's Gaussian detectors read: units (the last hidden unit layer's "
@@ -62,7 +56,7 @@ LEARNER_OPTIONS = {
     "prune_rounds": (int, "rounds of relevance, pruning and retraining per rerelrp task"),
     "retrain_epochs": (int, "epochs retraining the surviving units after each pruning round (0: no retraining, "
                             "the paper's pruning)"),
-    "grow": (grow_value,
+    "grow": (word_or("auto", float),
              "fraction of each layer's initial width that every rerelrp task after the first finds free, the layer "
              "grown by new units where fewer are (0: the network never grows; auto: 0.25 where the model can grow)"),
 }
@@ -142,7 +136,7 @@ def parser(script: str, description: str, default_epochs: int, quick_epochs: int
         typed = {"type": str, "choices": kind} if isinstance(kind, tuple) else {"type": kind}
         p.add_argument("--" + name.replace("_", "-"), **typed, default=None,
                        help=f"{what} (default: the learner's, {shown})")
-    p.add_argument("--n-tasks", type=n_tasks_value, default=None,
+    p.add_argument("--n-tasks", type=word_or("stream", int), default=None,
                    help="tasks rerelrp expects, for its budget per task (each task keeps at most "
                         "free units // (tasks left + 1)); stream: the stream's number of tasks; 0 or unset: none, "
                         "an open-ended stream (each task keeps at most a quarter of the free units), unless --preset "
