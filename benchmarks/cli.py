@@ -153,7 +153,8 @@ def parser(script: str, description: str, default_epochs: int, quick_epochs: int
 def learner_options(args: argparse.Namespace, stream_length: int) -> dict:
     """The rerelrp options of the command line ``args``: those given, then ``--preset``'s for the others;
     ``n_tasks`` ``"stream"`` is ``stream_length``, 0 is None (an open-ended stream)."""
-    given = {name: getattr(args, name) for name in [*LEARNER_OPTIONS, "n_tasks"] if getattr(args, name) is not None}
+    names = [*LEARNER_OPTIONS, "n_tasks"]
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     options = {**PRESETS[args.preset], **given}
     if "n_tasks" in options:
         options["n_tasks"] = stream_length if options["n_tasks"] == "stream" else options["n_tasks"] or None
