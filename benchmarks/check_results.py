@@ -24,13 +24,26 @@ ROOT = Path(__file__).resolve().parent.parent
 #: the benchmarks whose results.json hold accuracy matrices per method, which this script compares
 STREAM_SCRIPTS = ("mnist.py", "medical.py")
 #: config keys that say where and how to run, not what: set by this script, or left to the environment.
-_NOT_REPLAYED = {"out", "seeds", "methods", "no_progress", "data_root", "download", "device"}
+_NOT_REPLAYED = {"out", "no_progress", "data_root", "download", "device"}
 
 
-def command(config: dict, seed: int, methods: list[str], out: str) -> list[str]:
-    """The benchmark command that reproduces ``config`` for one ``seed`` and ``methods``, writing to ``out``."""
-    script = config.get("script") or ("mnist.py" if "dataset" in config else "medical.py")
-    args = [sys.executable, str(ROOT / "benchmarks" / script), "--seeds", str(seed), "--methods", *methods,
+def script_of(config: dict) -> str:
+    """The benchmark script that wrote a results.json with this ``config`` (older files do not name it)."""
+    if config.get("script"):
+        return config["script"]
+    if "variants" in config:
+        return "growth.py"
+    return "mnist.py" if "dataset" in config else "medical.py"
+
+
+def command(config: dict, out: str, seeds: list[int] | None = None, methods: list[str] | None = None,
+            python: str = sys.executable) -> list[str]:
+    """The benchmark command that reproduces ``config`` (for ``seeds`` and ``methods`` when given, else the config's
+    own), writing to ``out``; ``python``: the interpreter that the command starts with."""
+    script = script_of(config)
+    config = {**config, **({"seeds": seeds} if seeds is not None else {}),
+              **({"methods": methods} if methods is not None else {})}
+    args = [python, f"benchmarks/{script}" if python == "python" else str(ROOT / "benchmarks" / script),
             "--out", out, "--no-progress"]
     for key, value in config.items():
         if key in _NOT_REPLAYED or key == "script" or value is None or value is False:
@@ -44,9 +57,14 @@ def command(config: dict, seed: int, methods: list[str], out: str) -> list[str]:
             args += [flag, *map(str, value)]
         else:
             args += [flag, str(value)]
-    if "preset" not in config:  # measured before --preset existed: with the options of its "tuned"
+    if script in STREAM_SCRIPTS and "preset" not in config:  # measured before --preset: with the options of "tuned"
         args += ["--preset", "tuned"]
     return args
+
+
+def command_line(config: dict) -> str:
+    """The shell command, as a reader types it in the repository root, that wrote a results.json of ``config``."""
+    return " ".join(command(config, config["out"], python="python"))
 
 
 def run_of(results: list[dict], method: str, seed: int) -> dict:
@@ -82,7 +100,7 @@ def main() -> int:
         seed = saved["config"]["seeds"][0]
         methods = [m for m in args.methods if m in saved["config"]["methods"]]
         with tempfile.TemporaryDirectory() as out:
-            cmd = command(saved["config"], seed, methods, out)
+            cmd = command(saved["config"], out, [seed], methods)
             print(f"{path}: {' '.join(cmd[1:])}", flush=True)
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:

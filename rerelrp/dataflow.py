@@ -54,15 +54,22 @@ class Flow:
 
     Attributes
     ----------
-    calls: qualified names of the called modules in forward order; a module called twice appears twice.
-    modules: qualified name -> module, for every called module.
-    reader: qualified name -> the one module that reads its output, for modules whose output goes to exactly
+    calls
+        qualified names of the called modules in forward order; a module called twice appears twice.
+    modules
+        qualified name -> module, for every called module.
+    reader
+        qualified name -> the one module that reads its output, for modules whose output goes to exactly
         one place and that place is a module call.
-    output: qualified name of the module whose output forward returns as it is, or None.
-    returns: what forward returns, in words (``"the output of 'fc'"``, ``"a tuple of 2 (...)"``), for messages.
-    gated: qualified names of the modules whose output reaches forward's result only as the scale of a
+    output
+        qualified name of the module whose output forward returns as it is, or None.
+    returns
+        what forward returns, in words (``"the output of 'fc'"``, ``"a tuple of 2 (...)"``), for messages.
+    gated
+        qualified names of the modules whose output reaches forward's result only as the scale of a
         :class:`rerelrp.canonizers.Gate` (a squeeze-excitation's layers): LRP sends them no relevance.
-    attributes: qualified names of the tensors forward reads as attributes rather than through a module call
+    attributes
+        qualified names of the tensors forward reads as attributes rather than through a module call
         (``self.shift`` in ``x + self.shift``: a parameter or buffer), in order, once each.
     """
 
@@ -121,7 +128,8 @@ def trace(model: nn.Module, canonizers: Sequence = ()) -> Flow:
 
     Raises
     ------
-    TypeError: naming the module, when forward cannot be traced, combines two input-dependent tensors
+    TypeError
+        naming the module, when forward cannot be traced, combines two input-dependent tensors
         arithmetically, or calls an activation as a function.
     """
     graph, modules = traced(model, canonizers)
@@ -184,7 +192,8 @@ def traced(model: nn.Module, canonizers: Sequence = ()) -> tuple[fx.Graph, dict[
 
     Raises
     ------
-    TypeError: when forward cannot be traced.
+    TypeError
+        when forward cannot be traced.
     """
     with TRACE_LOCK.exclusive(), Composite(canonizers=list(canonizers)).context(model):
         modules = dict(model.named_modules())  # with the modules canonizers add

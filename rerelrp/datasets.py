@@ -80,8 +80,10 @@ def prepare_idx(dataset: str, root: str | os.PathLike | None, dest: str | os.Pat
 
     Raises
     ------
-    ValueError: an unknown ``dataset``.
-    FileNotFoundError: naming the files and where to put them.
+    ValueError
+        an unknown ``dataset``.
+    FileNotFoundError
+        naming the files and where to put them.
     """
     if dataset not in IDX_DATASETS:
         raise ValueError(f"dataset must be one of {sorted(IDX_DATASETS)}, got {dataset!r}")

@@ -38,11 +38,13 @@ class FrozenParameters:
 
     Parameters
     ----------
-    units: the model's unit layers and output layer (see :func:`rerelrp.network.find_units`).
+    units
+        the model's unit layers and output layer (see :func:`rerelrp.network.find_units`).
 
     Attributes
     ----------
-    masks: dict mapping each parameter to a bool tensor of its shape, True where frozen.
+    masks
+        dict mapping each parameter to a bool tensor of its shape, True where frozen.
     """
 
     def __init__(self, units: Units):

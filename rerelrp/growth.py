@@ -60,10 +60,13 @@ class GrowthPath:
 
     Attributes
     ----------
-    batchnorms: the BatchNorm modules on the path from the layer to its reader (its ``masked_module``, when a
+    batchnorms
+        the BatchNorm modules on the path from the layer to its reader (its ``masked_module``, when a
         BatchNorm, included).
-    reader: the Linear or Conv2d that reads the layer's units.
-    columns: the reader's input columns per unit: 1 for a Conv2d's channels, ``in_features // n_units`` for a
+    reader
+        the Linear or Conv2d that reads the layer's units.
+    columns
+        the reader's input columns per unit: 1 for a Conv2d's channels, ``in_features // n_units`` for a
         Linear.
     """
 
@@ -229,7 +232,8 @@ def widen_to(model: nn.Module, units: Units, widths: dict[str, int]) -> None:
 
     Raises
     ------
-    ValueError: a width smaller than the layer's, or a layer that cannot grow (naming why).
+    ValueError
+        a width smaller than the layer's, or a layer that cannot grow (naming why).
     """
     paths = growth_paths(model, units)
     for layer in units.layers:

@@ -55,66 +55,102 @@ class ReReLRP(BaseEstimator):
 
     Parameters
     ----------
-    model: classifier of Linear/Conv2d/activation/pooling(/BatchNorm) modules, activations as modules; its last
+    model
+        classifier of Linear/Conv2d/activation/pooling(/BatchNorm) modules, activations as modules; its last
         ``nn.Linear`` is the output layer, one row per global class id. Trained in place.
-    epochs, lr, optimizer: the task's training in :meth:`fit_task`: epochs, learning rate and a factory
+    epochs, lr, optimizer
+        the task's training in :meth:`fit_task`: epochs, learning rate and a factory
         ``(params, lr=...) -> torch.optim.Optimizer`` (default ``torch.optim.Adam``).
-    acc_drop: pruning threshold, percentage points of validation accuracy (method, section Prune).
-    drop_confidence: one-sided confidence in [0.5, 1) at which a pruning must be shown to cost more than
+    acc_drop
+        pruning threshold, percentage points of validation accuracy (method, section Prune).
+    drop_confidence
+        one-sided confidence in [0.5, 1) at which a pruning must be shown to cost more than
         ``acc_drop`` points to be refused (:func:`rerelrp.prune.paired_drop`); 0.5 compares raw accuracies.
-    drop_measure: what the threshold compares per validation image: ``"accuracy"``, ``"probability"`` (of the
+    drop_measure
+        what the threshold compares per validation image: ``"accuracy"``, ``"probability"`` (of the
         true class) or ``"auto"`` (:func:`rerelrp.prune.choose_measure`).
-    min_keep: fraction of every unit layer, its most relevant units, that each task keeps whatever the accuracy.
-    prune_rounds: rounds of relevance, pruning and retraining per task.
-    retrain_epochs: epochs retraining the survivors after each round (None: ``epochs // 10``, at least 1; 0: none).
-    reset_free: re-initialise the free units before each task after the first (:mod:`rerelrp.reinit`).
-    n_tasks: tasks the stream will have, if known: each task keeps at most an even share of each layer's free
+    min_keep
+        fraction of every unit layer, its most relevant units, that each task keeps whatever the accuracy.
+    prune_rounds
+        rounds of relevance, pruning and retraining per task.
+    retrain_epochs
+        epochs retraining the survivors after each round (None: ``epochs // 10``, at least 1; 0: none).
+    reset_free
+        re-initialise the free units before each task after the first (:mod:`rerelrp.reinit`).
+    n_tasks
+        tasks the stream will have, if known: each task keeps at most an even share of each layer's free
         units (:func:`rerelrp.capacity.task_budget`). None (an open-ended stream): each task keeps at most
         :data:`rerelrp.capacity.OPEN_SHARE` of them.
-    grow: fraction of each unit layer's initial width that every task after the first finds free, growing the
+    grow
+        fraction of each unit layer's initial width that every task after the first finds free, growing the
         layer where needed (:mod:`rerelrp.growth`); 0: never grow; ``"auto"``: :data:`rerelrp.growth.AUTO_GROW`
         where the model's layers can grow and it is not DistributedDataParallel, else 0 (``grow_`` says which),
         until the parameters reach :data:`rerelrp.growth.AUTO_MAX_PARAMETERS` times the initial ones.
         A number > 0 is refused with DistributedDataParallel.
-    known_fraction: share of new inputs like each task's validation inputs that ``reject=True`` accepts, in
+    known_fraction
+        share of new inputs like each task's validation inputs that ``reject=True`` accepts, in
         expectation (:mod:`rerelrp.novelty`); with n validation inputs at most n / (n + 1) is honoured.
-    n_reference: reference samples per class for the relevance that ranks units.
-    n_features: units or principal components each task detector reads; side memory grows with its square.
+    n_reference
+        reference samples per class for the relevance that ranks units.
+    n_features
+        units or principal components each task detector reads; side memory grows with its square.
         ``"auto"``: :func:`rerelrp.remember.auto_features` of the task's number of classes (40 for two, 17 for
         ten), so that a task's Gaussians cost about the same bytes whatever its classes.
-    n_components: most Gaussian mixture components per class (``recognizer="gaussian"``).
-    detector_space: what the Gaussian detectors read: ``"units"``, ``"head"`` (residual networks), ``"layers"``
+    n_components
+        most Gaussian mixture components per class (``recognizer="gaussian"``).
+    detector_space
+        what the Gaussian detectors read: ``"units"``, ``"head"`` (residual networks), ``"layers"``
         (:mod:`rerelrp.spaces`) or ``"auto"``: ``"head"`` where a residual sum lies between the last hidden unit
         layer and the output layer, ``"layers"`` otherwise (``"units"`` with ``recognizer="paper"``;
         :func:`rerelrp.spaces.resolve`). ``detector_space_`` is the space chosen.
-    recognizer: ``"gaussian"`` (:class:`rerelrp.recognize.GaussianRecognizer`) or ``"paper"``
+    recognizer
+        ``"gaussian"`` (:class:`rerelrp.recognize.GaussianRecognizer`) or ``"paper"``
         (:class:`rerelrp.recognize.TaskRecognizer`, forests on relevance vectors).
-    val_fraction: share of a task held out for pruning when no ``val_loader`` is given.
-    composite: zennit composite for LRP (default: EpsilonPlusFlat with the model's canonizers).
-    detector: with ``recognizer="paper"``, an unfitted scikit-learn classifier for the detector chain (default:
+    val_fraction
+        share of a task held out for pruning when no ``val_loader`` is given.
+    composite
+        zennit composite for LRP (default: EpsilonPlusFlat with the model's canonizers).
+    detector
+        with ``recognizer="paper"``, an unfitted scikit-learn classifier for the detector chain (default:
         :func:`rerelrp.recognize.default_detector`).
-    batch_size: samples per pass during relevance, pruning and prediction.
-    device: where to train and predict (default: where the model's parameters are).
-    random_state: seed of splits, reference draws, training shuffles and detectors.
-    progress: show tqdm progress bars.
+    batch_size
+        samples per pass during relevance, pruning and prediction.
+    device
+        where to train and predict (default: where the model's parameters are).
+    random_state
+        seed of splits, reference draws, training shuffles and detectors.
+    progress
+        show tqdm progress bars.
 
     Attributes
     ----------
-    tasks_: per task, its sorted class ids.
-    masks_: per task, one bool tensor ``(n_units,)`` per unit layer: the kept units of S_t.
-    prune_results_: per task, the :class:`rerelrp.prune.PruneResult` of its last pruning round.
-    fit_times_: per task, seconds spent in each stage (:data:`STAGES`).
-    growth_: per task, the units added to each unit layer before it; ``grow_``: the fraction ``grow`` resolved to.
-    warnings_: every warning the learner gave or would have repeated, as ``(task, kind, text)``; each kind is
+    tasks_
+        per task, its sorted class ids.
+    masks_
+        per task, one bool tensor ``(n_units,)`` per unit layer: the kept units of S_t.
+    prune_results_
+        per task, the :class:`rerelrp.prune.PruneResult` of its last pruning round.
+    fit_times_
+        per task, seconds spent in each stage (:data:`STAGES`).
+    growth_
+        per task, the units added to each unit layer before it; ``grow_``: the fraction ``grow`` resolved to.
+    warnings_
+        every warning the learner gave or would have repeated, as ``(task, kind, text)``; each kind is
         warned once (:meth:`summary` lists them all).
-    initial_sizes_, initial_parameters_: units per unit layer and parameter entries before the first task.
-    recognizer_: the :class:`rerelrp.recognize.Recognizer`; ``memory_`` its memory; ``novelty_memory_`` its
+    initial_sizes_, initial_parameters_
+        units per unit layer and parameter entries before the first task.
+    recognizer_
+        the :class:`rerelrp.recognize.Recognizer`; ``memory_`` its memory; ``novelty_memory_`` its
         first-layer statistics (:class:`rerelrp.novelty.LowLevelStatistics`; None with ``recognizer="paper"``).
-    novelty_quantiles_: per task, :func:`rerelrp.novelty.calibrate`'s ``(4, 101)`` quantiles (empty with
+    novelty_quantiles_
+        per task, :func:`rerelrp.novelty.calibrate`'s ``(4, 101)`` quantiles (empty with
         ``recognizer="paper"``).
-    detector_space_: the ``detector_space`` the memory was built in.
-    frozen_: the :class:`rerelrp.freeze.FrozenParameters`; ``units_``: the model's :class:`rerelrp.network.Units`.
-    input_shape_: shape of one input; ``input_range_``: ``(low, high)`` of the training inputs so far.
+    detector_space_
+        the ``detector_space`` the memory was built in.
+    frozen_
+        the :class:`rerelrp.freeze.FrozenParameters`; ``units_``: the model's :class:`rerelrp.network.Units`.
+    input_shape_
+        shape of one input; ``input_range_``: ``(low, high)`` of the training inputs so far.
     """
 
     def __init__(

@@ -27,12 +27,16 @@ def load(path: str | os.PathLike, model: nn.Module, trusted: Sequence[str] = (),
 
     Raises
     ------
-    FileNotFoundError: nothing at ``path``.
-    UntrustedFileError: the file is not a rerelrp save, a member is not what rerelrp writes, is too large, its
+    FileNotFoundError
+        nothing at ``path``.
+    UntrustedFileError
+        the file is not a rerelrp save, a member is not what rerelrp writes, is too large, its
         contents do not fit together, or a detector holds untrusted types; the message names the member.
-    InvalidParameterError: a given option is not one, or has a value it does not accept (as at construction), or
+    InvalidParameterError
+        a given option is not one, or has a value it does not accept (as at construction), or
         differs from the saved one where the first task fixed it (``recognizer``, ``detector_space``).
-    ValueError: the save has another format, comes from another architecture, or lacks options given only here.
+    ValueError
+        the save has another format, comes from another architecture, or lacks options given only here.
 
     Everything is checked before ``model`` is grown or its weights overwritten, the growth on a copy of it on the
     meta device: a refused load leaves ``model`` as it was and allocates little beyond the file's tensors.

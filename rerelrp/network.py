@@ -38,9 +38,12 @@ class UnitLayer:
 
     Attributes
     ----------
-    name: qualified module name inside the model.
-    module: the ``nn.Linear`` or ``nn.Conv2d``.
-    masked_module: the module whose output the mask multiplies: the BatchNorm that
+    name
+        qualified module name inside the model.
+    module
+        the ``nn.Linear`` or ``nn.Conv2d``.
+    masked_module
+        the module whose output the mask multiplies: the BatchNorm that
         directly follows ``module``, or ``module`` itself.
     """
 
@@ -92,7 +95,8 @@ def find_units(model: nn.Module) -> Units:
 
     Raises
     ------
-    TypeError: naming the module or operation, if ``model`` has no ``nn.Linear`` output layer, no unit layer
+    TypeError
+        naming the module or operation, if ``model`` has no ``nn.Linear`` output layer, no unit layer
         before it, no activation module, a unit layer called more than once, a module with parameters that are
         not a unit's, the head's or a BatchNorm's (LayerNorm, PReLU, Conv1d, ...: they could not be frozen), or
         an operation LRP cannot be propagated through (see :mod:`rerelrp.dataflow`).

@@ -111,9 +111,12 @@ class LowLevelStatistics:
 
     Attributes
     ----------
-    memory: an :class:`rerelrp.remember.ActivationStatistics` whose space t holds task t's classes only.
-    floors: per task, its :func:`spread_floor` (None where the first unit layer is dense: no statistics kept).
-    densities: the :class:`rerelrp.remember.GaussianDensities` of ``memory`` (rebuilt by :meth:`fit`).
+    memory
+        an :class:`rerelrp.remember.ActivationStatistics` whose space t holds task t's classes only.
+    floors
+        per task, its :func:`spread_floor` (None where the first unit layer is dense: no statistics kept).
+    densities
+        the :class:`rerelrp.remember.GaussianDensities` of ``memory`` (rebuilt by :meth:`fit`).
     """
 
     def __init__(self, n_features: int, random_state: int | None = None):

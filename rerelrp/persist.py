@@ -119,10 +119,13 @@ def read(path: str | os.PathLike, trusted: Sequence[str] = ()) -> tuple[dict, di
 
     Raises
     ------
-    FileNotFoundError: nothing at ``path``.
-    UntrustedFileError: the file is not a rerelrp save, a member is not what :func:`write` writes or is too large,
+    FileNotFoundError
+        nothing at ``path``.
+    UntrustedFileError
+        the file is not a rerelrp save, a member is not what :func:`write` writes or is too large,
         or an estimator holds untrusted types; the message names the member.
-    ValueError: the file has another format than :data:`FORMAT`.
+    ValueError
+        the file has another format than :data:`FORMAT`.
     """
     path = Path(path)
     if not path.exists():

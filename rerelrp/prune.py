@@ -61,15 +61,23 @@ class PruneResult:
 
     Attributes
     ----------
-    keep: one bool tensor ``(n_units,)`` per unit layer, True for survivors.
-    n_pruned: number of units switched off.
-    base_accuracy: validation accuracy (fraction; in the ``measure``) of the unpruned network.
-    accuracy: validation accuracy (fraction; in the ``measure``) with ``keep`` applied.
-    trials: ``(n_pruned, accuracy)`` of every evaluation, in order.
-    budget: per unit layer, the most free units the task could keep (None: no budget).
-    over_threshold: True when the budget forced a pruning beyond the accuracy threshold (for the learner's rounds,
+    keep
+        one bool tensor ``(n_units,)`` per unit layer, True for survivors.
+    n_pruned
+        number of units switched off.
+    base_accuracy
+        validation accuracy (fraction; in the ``measure``) of the unpruned network.
+    accuracy
+        validation accuracy (fraction; in the ``measure``) with ``keep`` applied.
+    trials
+        ``(n_pruned, accuracy)`` of every evaluation, in order.
+    budget
+        per unit layer, the most free units the task could keep (None: no budget).
+    over_threshold
+        True when the budget forced a pruning beyond the accuracy threshold (for the learner's rounds,
         :func:`settle`: when the final subnetwork is beyond it and the budget forced a pruning in any round).
-    measure: what the accuracies are: ``"accuracy"`` (share of images answered right) or ``"probability"``
+    measure
+        what the accuracies are: ``"accuracy"`` (share of images answered right) or ``"probability"``
         (mean probability of the true class); see :func:`choose_measure`.
     """
 
@@ -148,21 +156,32 @@ def prune_to_threshold(
 
     Parameters
     ----------
-    scores: ``(total_units,)`` relevance score per unit, layers concatenated.
-    sizes: units per layer, summing to ``total_units``.
-    correct: maps per-layer keep masks to the per-image correctness ``(n_val,)`` (bool, or the probability of
+    scores
+        ``(total_units,)`` relevance score per unit, layers concatenated.
+    sizes
+        units per layer, summing to ``total_units``.
+    correct
+        maps per-layer keep masks to the per-image correctness ``(n_val,)`` (bool, or the probability of
         the true class) of the subnetwork on validation data, or to its accuracy in [0, 1] (then the threshold is
         the raw difference).
-    acc_drop: allowed drop, in percentage points (e.g. 2.0 for 2 points).
-    min_keep: fraction in [0, 1] of each layer's units, its most relevant ones (rounded up, frozen ones
+    acc_drop
+        allowed drop, in percentage points (e.g. 2.0 for 2 points).
+    min_keep
+        fraction in [0, 1] of each layer's units, its most relevant ones (rounded up, frozen ones
         counted), never pruned unless the budget says so.
-    frozen: one bool mask ``(n_units,)`` per layer of the units frozen by earlier tasks: never pruned.
-    pruned: one bool mask per layer of units that an earlier round already pruned: pruned first, whatever
+    frozen
+        one bool mask ``(n_units,)`` per layer of the units frozen by earlier tasks: never pruned.
+    pruned
+        one bool mask per layer of units that an earlier round already pruned: pruned first, whatever
         their score.
-    budget: per layer, the most free units that may be kept (None: no cap).
-    confidence: one-sided confidence of the paired test (see :func:`paired_drop`), in [0.5, 1).
-    base: the correctness that the drop is measured from (default: ``correct`` of the unpruned network).
-    measure: what ``correct`` returns, ``"accuracy"`` or ``"probability"``; recorded in the result.
+    budget
+        per layer, the most free units that may be kept (None: no cap).
+    confidence
+        one-sided confidence of the paired test (see :func:`paired_drop`), in [0.5, 1).
+    base
+        the correctness that the drop is measured from (default: ``correct`` of the unpruned network).
+    measure
+        what ``correct`` returns, ``"accuracy"`` or ``"probability"``; recorded in the result.
 
     Returns
     -------

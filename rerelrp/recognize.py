@@ -82,8 +82,10 @@ class Recognizer:
 
     Attributes
     ----------
-    memory: what it keeps of past tasks (no inputs).
-    supports_unknown: whether its detectors are densities, which the unknown answer (:mod:`rerelrp.novelty`) needs.
+    memory
+        what it keeps of past tasks (no inputs).
+    supports_unknown
+        whether its detectors are densities, which the unknown answer (:mod:`rerelrp.novelty`) needs.
     """
 
     supports_unknown = False
@@ -132,13 +134,18 @@ class GaussianRecognizer(Recognizer):
 
     Attributes
     ----------
-    space: the detector space.
-    auto: whether each new detector's width is :func:`rerelrp.remember.auto_features` of its task's classes
+    space
+        the detector space.
+    auto
+        whether each new detector's width is :func:`rerelrp.remember.auto_features` of its task's classes
         (``n_features="auto"``), else ``n_features``.
-    memory: :class:`rerelrp.remember.ActivationStatistics`, one space per detector (0..T-1: the last one, of the
+    memory
+        :class:`rerelrp.remember.ActivationStatistics`, one space per detector (0..T-1: the last one, of the
         newest task only, serves :mod:`rerelrp.novelty`).
-    low: :class:`rerelrp.novelty.LowLevelStatistics` of the first unit layer.
-    densities: :class:`rerelrp.remember.GaussianDensities` of :attr:`memory` (rebuilt by :meth:`fit`).
+    low
+        :class:`rerelrp.novelty.LowLevelStatistics` of the first unit layer.
+    densities
+        :class:`rerelrp.remember.GaussianDensities` of :attr:`memory` (rebuilt by :meth:`fit`).
     """
 
     supports_unknown = True
@@ -237,15 +244,20 @@ class TaskRecognizer(Recognizer):
 
     Parameters
     ----------
-    estimator: an unfitted scikit-learn classifier with ``predict_proba`` and ``sample_weight`` in ``fit``;
+    estimator
+        an unfitted scikit-learn classifier with ``predict_proba`` and ``sample_weight`` in ``fit``;
         cloned once per detector.
-    n_features: units each detector reads (see :class:`rerelrp.remember.RelevanceMemory`).
-    random_state: seed set on every clone that has a ``random_state`` parameter.
+    n_features
+        units each detector reads (see :class:`rerelrp.remember.RelevanceMemory`).
+    random_state
+        seed set on every clone that has a ``random_state`` parameter.
 
     Attributes
     ----------
-    memory: :class:`rerelrp.remember.RelevanceMemory`.
-    detectors_: fitted detectors 0..T-2 (the newest task has none).
+    memory
+        :class:`rerelrp.remember.RelevanceMemory`.
+    detectors_
+        fitted detectors 0..T-2 (the newest task has none).
     """
 
     def __init__(self, estimator: BaseEstimator, n_features: int = 40, random_state: int | None = None):

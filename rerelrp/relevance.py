@@ -54,10 +54,13 @@ class Relevance:
 
     Attributes
     ----------
-    target: ``(n,)`` global class ids LRP started from.
-    units: one ``(n, n_units)`` tensor per unit layer: relevance at the layer's
+    target
+        ``(n,)`` global class ids LRP started from.
+    units
+        one ``(n, n_units)`` tensor per unit layer: relevance at the layer's
         (masked) output, summed over spatial positions; not normalised.
-    input: ``(n, *input_shape)`` relevance of the input pixels/features, or
+    input
+        ``(n, *input_shape)`` relevance of the input pixels/features, or
         None when not asked for.
     """
 
@@ -82,17 +85,26 @@ def lrp(
 
     Parameters
     ----------
-    model: the network; it is put in eval mode for the pass and restored afterwards.
-    units: ``find_units(model)``.
-    x: ``(n, *input_shape)`` inputs on the model's device.
-    head: global class ids of the head the subnetwork is read through.
-    target: ``(n,)`` global class ids to explain; None: the subnetwork's
+    model
+        the network; it is put in eval mode for the pass and restored afterwards.
+    units
+        ``find_units(model)``.
+    x
+        ``(n, *input_shape)`` inputs on the model's device.
+    head
+        global class ids of the head the subnetwork is read through.
+    target
+        ``(n,)`` global class ids to explain; None: the subnetwork's
         argmax inside ``head``.
-    keep: one bool mask ``(n_units,)`` per unit layer (None: whole network).
-    composite: zennit composite (None: :func:`rerelrp.rules.unit_composite`, or
+    keep
+        one bool mask ``(n_units,)`` per unit layer (None: whole network).
+    composite
+        zennit composite (None: :func:`rerelrp.rules.unit_composite`, or
         :func:`input_composite` bounded by the smallest and largest value of ``x`` when ``with_input``).
-    batch_size: samples per forward/backward pass.
-    with_input: also return the input relevance.
+    batch_size
+        samples per forward/backward pass.
+    with_input
+        also return the input relevance.
 
     Returns
     -------

@@ -65,10 +65,14 @@ class ClassStatistics:
 
     Attributes
     ----------
-    weights: ``(k,)`` mixing weights, summing to 1.
-    means: ``(k, d)`` component means.
-    covariances: ``(k, d, d)`` component covariances.
-    count: training samples the mixture was estimated from.
+    weights
+        ``(k,)`` mixing weights, summing to 1.
+    means
+        ``(k, d)`` component means.
+    covariances
+        ``(k, d, d)`` component covariances.
+    count
+        training samples the mixture was estimated from.
 
     Values are float32 (as saved), so that a loaded learner answers exactly as the one that was saved.
     """
@@ -104,16 +108,22 @@ class ActivationStatistics:
 
     Parameters
     ----------
-    n_features: units each detector reads (fewer when fewer are kept).
-    n_components: most mixture components per class.
-    random_state: seed of the mixtures' initialisation.
+    n_features
+        units each detector reads (fewer when fewer are kept).
+    n_components
+        most mixture components per class.
+    random_state
+        seed of the mixtures' initialisation.
 
     Attributes
     ----------
-    units: per detector m, a LongTensor of the indices it reads of the layer's ``(n, width)`` outputs.
-    bases: per detector m, None (it reads those units as they are), or ``(center (len(units),), axes (d_m,
+    units
+        per detector m, a LongTensor of the indices it reads of the layer's ``(n, width)`` outputs.
+    bases
+        per detector m, None (it reads those units as they are), or ``(center (len(units),), axes (d_m,
         len(units)))`` float32: it reads the outputs' coordinates ``(x - center) @ axes.T`` (:meth:`choose_basis`).
-    classes: per detector m, ``{class id: ClassStatistics}`` for every class of a task s >= m.
+    classes
+        per detector m, ``{class id: ClassStatistics}`` for every class of a task s >= m.
     """
 
     def __init__(self, n_features: int, n_components: int = 1, random_state: int | None = None):
@@ -262,8 +272,10 @@ class GaussianDensities:
 
     Attributes
     ----------
-    tasks_: class ids of every task, in order.
-    gaussians_: per space m, ``{class id: (log weights (k,), k scipy frozen multivariate_normal)}``.
+    tasks_
+        class ids of every task, in order.
+    gaussians_
+        per space m, ``{class id: (log weights (k,), k scipy frozen multivariate_normal)}``.
     """
 
     def __init__(self):
@@ -299,13 +311,16 @@ class RelevanceMemory:
 
     Parameters
     ----------
-    n_features: units (features) each detector reads.
+    n_features
+        units (features) each detector reads.
 
     Attributes
     ----------
-    features: per detector m, a ``(k,)`` LongTensor of unit indices into the
+    features
+        per detector m, a ``(k,)`` LongTensor of unit indices into the
         concatenated unit vector.
-    vectors: ``vectors[m][s]`` is a float32 array ``(n_ref_s, k)``: task s's
+    vectors
+        ``vectors[m][s]`` is a float32 array ``(n_ref_s, k)``: task s's
         reference samples seen through S_m, for s >= m.
     """
 

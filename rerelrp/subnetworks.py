@@ -26,12 +26,18 @@ class Subnetworks:
 
     Parameters
     ----------
-    net: the network (the module a DistributedDataParallel wraps, not the wrapper).
-    units: its unit layers (:func:`rerelrp.network.find_units`).
-    masks: per task, one bool tensor ``(n_units,)`` per unit layer: the units of S_t.
-    tasks: per task, its global class ids.
-    batch_size: samples per forward pass.
-    composite: zennit composite for :meth:`relevance` (None: rerelrp's default).
+    net
+        the network (the module a DistributedDataParallel wraps, not the wrapper).
+    units
+        its unit layers (:func:`rerelrp.network.find_units`).
+    masks
+        per task, one bool tensor ``(n_units,)`` per unit layer: the units of S_t.
+    tasks
+        per task, its global class ids.
+    batch_size
+        samples per forward pass.
+    composite
+        zennit composite for :meth:`relevance` (None: rerelrp's default).
     """
 
     def __init__(self, net: nn.Module, units: Units, masks: Sequence[Sequence[torch.Tensor]],

@@ -32,11 +32,15 @@ class TaskTraining:
 
     Attributes
     ----------
-    index: the task's position in the learner's sequence (0 for the first task).
-    classes: sorted global class ids of the task: its head.
-    loader: what to train on: the caller's loader as given when a ``val_loader`` was passed, else the loader of
+    index
+        the task's position in the learner's sequence (0 for the first task).
+    classes
+        sorted global class ids of the task: its head.
+    loader
+        what to train on: the caller's loader as given when a ``val_loader`` was passed, else the loader of
         the training share (the held-out validation share left out).
-    seed: the seed rerelrp's own loop trains with (``random_state + 1000 * index``).
+    seed
+        the seed rerelrp's own loop trains with (``random_state + 1000 * index``).
     """
 
     index: int
@@ -118,14 +122,22 @@ def train_task(
 
     Parameters
     ----------
-    model: the classifier; its output has one logit per global class id.
-    loader: yields ``x`` of shape ``(batch, *input_shape)`` and ``y`` of shape ``(batch,)``.
-    classes: the head: global class ids the cross-entropy runs over.
-    epochs: passes over ``loader``.
-    lr: learning rate handed to ``optimizer``.
-    optimizer: factory ``(params, lr=lr) -> torch.optim.Optimizer``.
-    device: where the batches go (the model must already be there).
-    progress: show a tqdm bar over batches.
+    model
+        the classifier; its output has one logit per global class id.
+    loader
+        yields ``x`` of shape ``(batch, *input_shape)`` and ``y`` of shape ``(batch,)``.
+    classes
+        the head: global class ids the cross-entropy runs over.
+    epochs
+        passes over ``loader``.
+    lr
+        learning rate handed to ``optimizer``.
+    optimizer
+        factory ``(params, lr=lr) -> torch.optim.Optimizer``.
+    device
+        where the batches go (the model must already be there).
+    progress
+        show a tqdm bar over batches.
 
     Returns
     -------
