@@ -74,7 +74,7 @@ def add_threads_option(p: argparse.ArgumentParser) -> None:
                    help="torch intra-op threads; 0: one per CPU this process may use (os.sched_getaffinity). 1 is "
                         "the default because these models are small: on 2 idle cores 2 threads fit the small CNN "
                         "1.2x faster and the digits MLP 1.3x slower, while on cores busy with other jobs 2 threads "
-                        "were 1.3x (small CNN) to 24x (digits MLP) slower than 1 (README, Speed and memory)")
+                        "were 1.3x (small CNN) to 24x (digits MLP) slower than 1 (docs: Benchmarks, Speed and memory)")
 
 
 def set_threads(threads: int) -> int:

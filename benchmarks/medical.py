@@ -31,7 +31,7 @@ SCENARIOS = {
 }
 PAPER_TASKS = {"bloodmnist": 4, "pathmnist": 4}
 #: The paper ran its MedMNIST scenarios on VGG-11; the cross-domain stream keeps the small CNN by default, since
-#: ResNet-18 needs about 96 s per epoch of the stream on 2 cores (README, Results).
+#: ResNet-18 needs about 96 s per epoch of the stream on 2 cores (docs: Benchmarks, Results).
 DEFAULT_BACKBONE = {"cross-domain": "small-cnn", "bloodmnist": "vgg11", "pathmnist": "vgg11"}
 DEFAULT_EPOCHS, QUICK_EPOCHS, QUICK_PER_TASK = 20, 2, 150
 

@@ -53,12 +53,28 @@ class _Kept:
 
 
 def fit_task(model: nn.Module, loader: DataLoader, val_loader: Iterable | None = None, **options: Any) -> ReReLRP:
-    """Learn one more task with the learner that holds ``model``; returns that learner.
+    """Learn one more task with the learner that holds ``model``.
 
-    The learner that holds ``model`` (:func:`rerelrp.ownership.holder`: the one that learned its tasks, whether
-    this function started it or you did with :class:`ReReLRP`) goes on, updating any ``options`` given; a model no
-    learner holds gets a new learner with ``options`` (see :class:`ReReLRP` for them), which the model keeps alive.
-    So ``fit_task(A, ...)``, ``fit_task(B, ...)``, ``fit_task(A, ...)`` learns A's second task with A's learner.
+    The learner that holds ``model`` (:func:`rerelrp.ownership.holder`: the one that learned its tasks, whether this
+    function started it or you did with :class:`ReReLRP`) goes on, updating any ``options`` given; a model no learner
+    holds gets a new learner with ``options``, which the model keeps alive. So ``fit_task(A, ...)``,
+    ``fit_task(B, ...)``, ``fit_task(A, ...)`` learns A's second task with A's learner.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The classifier (see :class:`ReReLRP`); trained in place.
+    loader : torch.utils.data.DataLoader
+        The task's batches ``(x, y)``, ``y`` global class ids no earlier task used.
+    val_loader : iterable of (x, y) batches, optional
+        The task's validation data; None holds out a stratified 10 %.
+    **options
+        Options of :class:`ReReLRP`.
+
+    Returns
+    -------
+    ReReLRP
+        The learner, fitted on one more task; ``rerelrp.predict`` asks it from now on.
     """
     global _default
     learner = holder(model)
@@ -72,12 +88,40 @@ def fit_task(model: nn.Module, loader: DataLoader, val_loader: Iterable | None =
 
 
 def predict(x: torch.Tensor) -> torch.Tensor:
-    """Global class ids ``(n,)`` for ``x`` with the default learner, without a task id."""
+    """Global class ids with the default learner (the one of the latest module-level :func:`fit_task`),
+    without a task id.
+
+    Parameters
+    ----------
+    x : torch.Tensor or iterable of batches
+        Inputs ``(n, *input_shape)`` (see :meth:`ReReLRP.predict`).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n,)`` int64 global class ids, on the CPU.
+
+    Raises
+    ------
+    sklearn.exceptions.NotFittedError
+        Before the first :func:`fit_task`.
+    """
     return default_learner().predict(x)
 
 
 def default_learner() -> ReReLRP:
-    """The learner the module-level ``fit_task`` keeps; NotFittedError before the first call."""
+    """The learner the module-level :func:`fit_task` keeps (of its latest call).
+
+    Returns
+    -------
+    ReReLRP
+        That learner.
+
+    Raises
+    ------
+    sklearn.exceptions.NotFittedError
+        Before the first call of :func:`fit_task`.
+    """
     if _default is None:
         raise NotFittedError("rerelrp has learned no task yet: call rerelrp.fit_task(model, loader) first")
     return _default

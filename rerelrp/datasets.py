@@ -25,7 +25,18 @@ MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-image
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path | None:
-    """``root`` if given, else ``$RERELRP_DATA`` if set, else None."""
+    """The folder the full data sets are read from.
+
+    Parameters
+    ----------
+    root : str or os.PathLike, optional
+        A folder given by the caller (``--data-root``).
+
+    Returns
+    -------
+    pathlib.Path or None
+        ``root`` if given, else ``$RERELRP_DATA`` if set, else None.
+    """
     if root is not None:
         return Path(root)
     env = os.environ.get("RERELRP_DATA")
@@ -35,6 +46,20 @@ def data_root(root: str | os.PathLike | None = None) -> Path | None:
 def class_splits(n_classes: int, n_tasks: int) -> list[list[int]]:
     """Classes in label order, split into ``n_tasks`` tasks; the remainder goes to the first tasks.
 
+    Parameters
+    ----------
+    n_classes : int
+        Classes in all, ids ``0 .. n_classes - 1``.
+    n_tasks : int
+        Tasks, in ``[1, n_classes]``.
+
+    Returns
+    -------
+    list of list of int
+        The class ids of each task.
+
+    Examples
+    --------
     >>> class_splits(9, 4)
     [[0, 1, 2], [3, 4], [5, 6], [7, 8]]
     """
@@ -46,15 +71,37 @@ def class_splits(n_classes: int, n_tasks: int) -> list[list[int]]:
 
 
 def task_indices(y: torch.Tensor, tasks: Sequence[Sequence[int]]) -> list[torch.Tensor]:
-    """Per task, the ``(n_t,)`` indices of the samples whose label is one of the task's classes."""
+    """The samples of each task.
+
+    Parameters
+    ----------
+    y : torch.Tensor
+        ``(n,)`` labels (global class ids).
+    tasks : sequence of sequences of int
+        The class ids of each task.
+
+    Returns
+    -------
+    list of torch.Tensor
+        Per task, the ``(n_t,)`` int64 indices into ``y`` of the samples whose label is one of the task's classes.
+    """
     return [torch.isin(y, torch.as_tensor(list(classes))).nonzero()[:, 0] for classes in tasks]
 
 
 def load_digits(test_size: float = 0.3, random_state: int = 0):
-    """scikit-learn's 8x8 digits (shipped with scikit-learn), scaled to [0, 1].
+    """scikit-learn's 8x8 digits (shipped with scikit-learn: no download), scaled to [0, 1], in a stratified split.
 
-    Returns ``x_train (n, 64)``, ``y_train (n,)``, ``x_test (m, 64)``, ``y_test (m,)``;
-    a stratified split.
+    Parameters
+    ----------
+    test_size : float, default 0.3
+        Share of the 1,797 images held out for testing.
+    random_state : int, default 0
+        Seed of the split.
+
+    Returns
+    -------
+    x_train, y_train, x_test, y_test : torch.Tensor
+        ``(n, 64)`` float32 inputs, ``(n,)`` int64 labels 0-9, then the same for the ``m`` test images.
     """
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
@@ -73,17 +120,29 @@ IDX_DATASETS = {"mnist": ("MNIST", ("", "mnist", "MNIST/raw")),
 
 
 def prepare_idx(dataset: str, root: str | os.PathLike | None, dest: str | os.PathLike) -> Path:
-    """Copy the four original IDX files of ``dataset`` (``"mnist"`` or ``"fashion-mnist"``), gzipped or not, found
-    under ``root`` (or ``$RERELRP_DATA``) in one of :data:`IDX_DATASETS`' folders, unzipped into
-    ``dest/<class name>/raw``, where torchvision's ``MNIST`` / ``FashionMNIST`` read them with ``download=False``.
-    Returns ``dest``.
+    """Copy the four original IDX files of a data set, unzipped, to where torchvision's ``MNIST`` /
+    ``FashionMNIST`` read them with ``download=False`` (``dest/<class name>/raw``).
+
+    Parameters
+    ----------
+    dataset : {"mnist", "fashion-mnist"}
+        Which data set.
+    root : str or os.PathLike, optional
+        Folder searched (else ``$RERELRP_DATA``), in the sub-folders :data:`IDX_DATASETS` names; files gzipped or not.
+    dest : str or os.PathLike
+        Folder to copy them into.
+
+    Returns
+    -------
+    pathlib.Path
+        ``dest``.
 
     Raises
     ------
     ValueError
-        an unknown ``dataset``.
+        An unknown ``dataset``.
     FileNotFoundError
-        naming the files and where to put them.
+        Naming the files and where to put them.
     """
     if dataset not in IDX_DATASETS:
         raise ValueError(f"dataset must be one of {sorted(IDX_DATASETS)}, got {dataset!r}")
@@ -108,12 +167,25 @@ def prepare_idx(dataset: str, root: str | os.PathLike | None, dest: str | os.Pat
 
 
 def load_mnist(root: str | os.PathLike | None = None, dataset: str = "mnist"):
-    """The full MNIST, or with ``dataset="fashion-mnist"`` Fashion-MNIST (60,000 train / 10,000 test each), through
-    torchvision, offline: the files are found as :func:`prepare_idx` says.
-    Returns ``x_train (60000, 1, 28, 28)`` in [0, 1], ``y_train (60000,)``,
-    ``x_test (10000, 1, 28, 28)``, ``y_test (10000,)``.
+    """The full MNIST, or Fashion-MNIST, through torchvision, offline (the files found as :func:`prepare_idx`
+    says).
 
-    Raises FileNotFoundError naming the files and where to put them.
+    Parameters
+    ----------
+    root : str or os.PathLike, optional
+        Data folder (else ``$RERELRP_DATA``).
+    dataset : {"mnist", "fashion-mnist"}, default "mnist"
+        Which data set.
+
+    Returns
+    -------
+    x_train, y_train, x_test, y_test : torch.Tensor
+        ``(60000, 1, 28, 28)`` float32 in [0, 1], ``(60000,)`` int64 labels, ``(10000, 1, 28, 28)``, ``(10000,)``.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the files and where to put them.
     """
     import torchvision.datasets
 
@@ -130,15 +202,28 @@ def load_mnist(root: str | os.PathLike | None = None, dataset: str = "mnist"):
 def load_medmnist(flag: str, root: str | os.PathLike | None = None, download: bool = False) -> dict:
     """One official 28x28 MedMNIST subset through the ``medmnist`` package.
 
-    ``flag``: e.g. ``"pneumoniamnist"``, ``"bloodmnist"``. The file
-    ``<flag>.npz`` is looked for in ``root``, ``root/medmnist`` (``root``
-    defaulting to ``$RERELRP_DATA``), else in medmnist's own default folder
-    (``~/.medmnist``). ``download=True`` lets medmnist fetch a missing file.
+    Parameters
+    ----------
+    flag : str
+        The subset, e.g. ``"pneumoniamnist"``, ``"bloodmnist"``. Its file ``<flag>.npz`` is looked for in ``root``,
+        ``root/medmnist``, else in medmnist's own default folder (``~/.medmnist``).
+    root : str or os.PathLike, optional
+        Data folder (else ``$RERELRP_DATA``).
+    download : bool, default False
+        Let medmnist fetch a missing file (where there is internet).
 
-    Returns ``{"train" | "val" | "test": (x, y)}`` with ``x (n, 3, 28, 28)``
-    float in [0, 1] (grey images repeated to 3 channels) and ``y (n,)`` labels.
+    Returns
+    -------
+    dict
+        ``{"train" | "val" | "test": (x, y)}``: ``x`` ``(n, 3, 28, 28)`` float32 in [0, 1] (grey images repeated to 3
+        channels), ``y`` ``(n,)`` int64 labels.
 
-    Raises FileNotFoundError with one line naming the file and the folder.
+    Raises
+    ------
+    ValueError
+        An unknown ``flag``.
+    FileNotFoundError
+        In one line, naming the file and the folder.
     """
     import medmnist
 

@@ -212,11 +212,33 @@ class ReReLRP(BaseEstimator):
 
     # ------------------------------------------------------------------ learning
     def fit_task(self, loader: DataLoader, val_loader: Iterable | None = None) -> "ReReLRP":
-        """Learn one more task from ``loader`` (batches ``(x, y)``, ``y`` global class ids) in rerelrp's own loop:
-        ``epochs`` passes of ``optimizer`` at ``lr`` over the task's head, inside :meth:`training`.
+        """Learn one more task in rerelrp's own loop: ``epochs`` passes of ``optimizer`` at ``lr`` over the task's
+        head, inside :meth:`training`, then the method's other stages.
 
-        ``val_loader``: the task's validation data for the pruning threshold; None holds out a stratified
-        ``val_fraction`` of ``loader``'s dataset. Returns ``self``.
+        Parameters
+        ----------
+        loader : torch.utils.data.DataLoader
+            The task's batches ``(x, y)``: inputs ``(batch, *input_shape)``, ``y`` ``(batch,)`` global class ids that no
+            earlier task used.
+        val_loader : iterable of (x, y) batches, optional
+            The task's validation data for the pruning threshold and the unknown answer's calibration; None holds out a
+            stratified ``val_fraction`` of ``loader``'s dataset.
+
+        Returns
+        -------
+        ReReLRP
+            ``self``, fitted on one more task.
+
+        Raises
+        ------
+        ValueError
+            Data that cannot be learned (classes of an earlier task, a loader that yields no batch, inputs beyond
+            +-1e6, labels that are not integers), naming the fix.
+
+        Examples
+        --------
+        >>> learner = rerelrp.ReReLRP(model, epochs=5, random_state=0)       # doctest: +SKIP
+        >>> learner.fit_task(loader_task0).fit_task(loader_task1)             # doctest: +SKIP
         """
         with self.training(loader, val_loader) as task, seeded(task.seed, self.device_):
             train_task(self.model, task.loader, task.classes, epochs=self.epochs, lr=self.lr,
@@ -228,16 +250,33 @@ class ReReLRP(BaseEstimator):
     def training(self, loader: DataLoader, val_loader: Iterable | None = None) -> Iterator[TaskTraining]:
         """Learn one more task in your own training loop, run inside this context.
 
-        On entry the task's data is read and checked (as by :meth:`fit_task`) and a :class:`TaskTraining` is
-        returned: its ``classes``, the ``loader`` to train on (``loader`` itself, with its own sampler, when a
-        ``val_loader`` is given; else the training share) and ``loss(logits, y)``, the cross-entropy over the
-        task's head. Inside, any optimizer that steps the model's parameters leaves frozen entries bit-identical,
-        and after the first task BatchNorm statistics stay fixed even under ``model.train()``. On leaving the
-        context normally the method's other stages run; the retraining between pruning rounds runs in rerelrp's
-        own loop over the task's ``loader`` (``optimizer``, ``lr``, ``retrain_epochs``): ``retrain_epochs=0`` keeps
-        every optimizer step in yours. If the loop or a stage raises, or is interrupted, the learner and the
-        model's parameters and buffers are put back as they were before the task, and the error propagates. With
-        ``grow``, the model may grow on entry: build the optimizer inside the context.
+        On entry the task's data is read and checked (as by :meth:`fit_task`). Inside, any optimizer that steps the
+        model's parameters leaves frozen entries bit-identical, and after the first task BatchNorm statistics stay fixed
+        even under ``model.train()``. On leaving the context normally the method's other stages run; the retraining
+        between pruning rounds runs in rerelrp's own loop over the task's ``loader`` (``optimizer``, ``lr``,
+        ``retrain_epochs``): ``retrain_epochs=0`` keeps every optimizer step in yours. If the loop or a stage raises, or
+        is interrupted, the learner and the model's parameters and buffers are put back as they were before the task, and
+        the error propagates. With ``grow``, the model may grow on entry: build the optimizer inside the context.
+
+        Parameters
+        ----------
+        loader : torch.utils.data.DataLoader
+            The task's batches ``(x, y)``, ``y`` global class ids (see :meth:`fit_task`).
+        val_loader : iterable of (x, y) batches, optional
+            The task's validation data; None holds out a stratified ``val_fraction`` of ``loader``'s dataset.
+
+        Yields
+        ------
+        rerelrp.train.TaskTraining
+            The task: its ``classes``, the ``loader`` to train on (``loader`` itself, with its own sampler, when a
+            ``val_loader`` is given; else the training share) and ``loss(logits, y)``, the cross-entropy over its head.
+
+        Examples
+        --------
+        >>> with learner.training(loader) as task:                          # doctest: +SKIP
+        ...     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        ...     for x, y in task.loader:
+        ...         optimizer.zero_grad(); task.loss(model(x), y).backward(); optimizer.step()
         """
         self._check_params()
         with model_lock(self._net):  # other threads' calls wait for the task (they would see its hooks)
@@ -483,15 +522,26 @@ class ReReLRP(BaseEstimator):
 
     # ---------------------------------------------------------------- prediction
     def predict(self, x: Batches, task_id: int | None = None, reject: bool = False) -> torch.Tensor:
-        """Global class ids ``(n,)`` for inputs ``x`` of shape ``(n, *input_shape)``.
+        """Global class ids of inputs, with or without the task id.
 
-        ``task_id=None``: task-agnostic (the detector chain picks the task); ``task_id=t``: task-aware, the argmax
-        within task t's classes of subnetwork t. ``reject=True`` (``recognizer="gaussian"``): -1 for inputs of no
-        learned task, those whose typicality under the task they are recognized as (or task ``task_id``; see
-        :meth:`score_samples`) is below the level that accepts a ``known_fraction`` of that task's validation
-        inputs. ``x`` may also be a DataLoader or any iterable of batches (tensors, or tuples whose first element
-        is the input): answered batch by batch, as for the concatenated tensor (scores up to floating-point
-        rounding, which depends on the batch size).
+        Parameters
+        ----------
+        x : torch.Tensor or iterable of batches
+            Inputs ``(n, *input_shape)``; or a DataLoader or any iterable of batches (tensors, or tuples whose first
+            element is the input), answered batch by batch, as for the concatenated tensor (scores up to floating-point
+            rounding, which depends on the batch size).
+        task_id : int, optional
+            None: task-agnostic (the detector chain picks the task); ``t``: task-aware, the argmax within task t's
+            classes of subnetwork t.
+        reject : bool, default False
+            With ``recognizer="gaussian"``: answer -1 for inputs of no learned task, those whose typicality under the
+            task they are recognized as (or task ``task_id``; see :meth:`score_samples`) is below the level that accepts
+            a ``known_fraction`` of that task's validation inputs.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(n,)`` int64 global class ids (-1 where rejected), on the CPU.
         """
         self._check_fitted()
         if task_id is not None:
@@ -505,47 +555,122 @@ class ReReLRP(BaseEstimator):
         return self._per_batch(x, lambda b: self._route(b, reject=reject).predictions)
 
     def predict_task(self, x: Batches, reject: bool = False) -> torch.Tensor:
-        """Recognized task index ``(n,)`` of each input: the argmax of :meth:`predict_proba_task`; with ``reject``,
-        -1 for inputs that are not typical of the task they are recognized as (see :meth:`predict`)."""
+        """The recognized task of each input: the argmax of :meth:`predict_proba_task`.
+
+        Parameters
+        ----------
+        x : torch.Tensor or iterable of batches
+            Inputs ``(n, *input_shape)`` (see :meth:`predict`).
+        reject : bool, default False
+            Answer -1 for inputs that are not typical of the task they are recognized as (see :meth:`predict`).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(n,)`` int64 task indices (positions in ``tasks_``; -1 where rejected), on the CPU.
+        """
         if reject:
             self._check_novelty()
         return self._per_batch(x, lambda b: self._route(b, heads=False, reject=reject).task)
 
     def score_samples(self, x: Batches) -> torch.Tensor:
-        """Novelty scores ``(n,)`` (float64), higher = more typical of the task each input is recognized as
-        (scikit-learn's convention): 0 at the median of that task's validation inputs, -1 at their 5 % quantile
-        (:func:`rerelrp.novelty.typicality`, :func:`rerelrp.novelty.standardize`). No more passes than
-        :meth:`predict`. Needs ``recognizer="gaussian"``."""
+        """Novelty scores: how typical each input is of the task it is recognized as (scikit-learn's convention:
+        higher = more typical). Needs ``recognizer="gaussian"``; no more passes than :meth:`predict`.
+
+        Parameters
+        ----------
+        x : torch.Tensor or iterable of batches
+            Inputs ``(n, *input_shape)`` (see :meth:`predict`).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(n,)`` float64 typicality, 0 at the median of the task's validation inputs and -1 at their 5 % quantile
+            (:func:`rerelrp.novelty.typicality`, :func:`rerelrp.novelty.standardize`), on the CPU.
+        """
         self._check_novelty()
         return self._per_batch(x, lambda b: torch.from_numpy(self._route(b, heads=False, novel=True).score))
 
     def predict_proba_task(self, x: Batches) -> torch.Tensor:
-        """Chain scores ``(n, T)`` (float64, CPU, like every answer of the learner a CPU tensor), one column
-        per learned task; rows sum to 1."""
+        """The detector chain's task scores.
+
+        Parameters
+        ----------
+        x : torch.Tensor or iterable of batches
+            Inputs ``(n, *input_shape)`` (see :meth:`predict`).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(n, T)`` float64 on the CPU, one column per learned task; rows sum to 1.
+        """
         return self._per_batch(
             x, lambda b: torch.from_numpy(chain_scores(self._route(b, stop_early=False, heads=False).p)))
 
     def route(self, x: torch.Tensor, *, stop_early: bool = True, heads: bool = True, novel: bool = False,
               reject: bool = False) -> Route:
-        """The detector chain's :class:`rerelrp.recognize.Route` of inputs ``x`` ``(n, *input_shape)`` (one tensor),
-        on the learner's device: probabilities ``(n, T-1)`` (NaN where the chain stopped early for a row), task
-        ``(n,)``, class ``(n,)`` (with ``heads``), novelty score ``(n,)`` (with ``novel``); ``reject`` answers -1
-        for rows of no learned task (see :func:`rerelrp.recognize.route`)."""
+        """The detector chain's answer for one tensor of inputs, on the learner's device (the verbs above are
+        built on it).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Inputs ``(n, *input_shape)``.
+        stop_early : bool, default True
+            Stop the chain for a row once its task is certain (the same answers, fewer passes).
+        heads : bool, default True
+            Also answer each row's class from its task's head.
+        novel : bool, default False
+            Also answer each row's novelty score (``recognizer="gaussian"``).
+        reject : bool, default False
+            Answer -1 for rows of no learned task (see :func:`rerelrp.recognize.route`).
+
+        Returns
+        -------
+        rerelrp.recognize.Route
+            Probabilities ``(n, T-1)`` (NaN where the chain stopped early for a row), task ``(n,)``, class ``(n,)``
+            (with ``heads``), novelty score ``(n,)`` (with ``novel``).
+        """
         if novel or reject:
             self._check_novelty()
         with self._turn():
             return self._route(self._check_x(x), stop_early=stop_early, heads=heads, novel=novel, reject=reject)
 
     def task_logits(self, x: Batches, task_id: int) -> torch.Tensor:
-        """Logits ``(n, len(tasks_[task_id]))`` of task ``task_id``'s classes through its subnetwork."""
+        """Logits of one task's classes through its subnetwork.
+
+        Parameters
+        ----------
+        x : torch.Tensor or iterable of batches
+            Inputs ``(n, *input_shape)`` (see :meth:`predict`).
+        task_id : int
+            The task, a position in ``tasks_``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(n, len(tasks_[task_id]))`` float logits, columns in the order of ``tasks_[task_id]``, on the CPU.
+        """
         self._check_fitted()
         m = self._check_task_id(task_id)
         return self._per_batch(x, lambda b: self.subnetworks().logits(b, self.tasks_[m], self.masks_[m]))
 
     def explain(self, x: Batches) -> torch.Tensor:
-        """Input relevance, same shape as ``x``, for the predicted class through the recognized task's subnetwork.
-        The first layer's ZBox rule is bounded by ``input_range_``, so an input's heatmap does not depend on the
-        batch it comes in."""
+        """Input relevance (LRP) of each input's predicted class, through the subnetwork of the task it is
+        recognized as. The first layer's ZBox rule is bounded by ``input_range_``, so an input's heatmap does not depend
+        on the batch it comes in.
+
+        Parameters
+        ----------
+        x : torch.Tensor or iterable of batches
+            Inputs ``(n, *input_shape)`` (see :meth:`predict`).
+
+        Returns
+        -------
+        torch.Tensor
+            Relevance, the same shape as ``x`` (``(n, *input_shape)``), on the CPU: positive where the input spoke for
+            the predicted class.
+        """
         return self._per_batch(x, self._explain_batch)
 
     def _explain_batch(self, x: torch.Tensor) -> torch.Tensor:
@@ -562,21 +687,39 @@ class ReReLRP(BaseEstimator):
         return heatmap
 
     def free_capacity(self) -> dict:
-        """Fraction of units kept by no finished task: ``{"overall": float, "per_layer": {name: float}}``."""
+        """Fraction of units kept by no finished task.
+
+        Returns
+        -------
+        dict
+            ``{"overall": float, "per_layer": {layer name: float}}``, fractions in [0, 1].
+        """
         self._check_fitted()
         return capacity.free_capacity(self.units_, self.masks_)
 
     def capacity_report(self) -> list[dict]:
-        """Per task and unit layer, a dict of the layer's width then, the units added before the task, and the units
-        the task kept, took new, reused and left free (:func:`rerelrp.capacity.capacity_report`)."""
+        """What each task kept of each unit layer (:func:`rerelrp.capacity.capacity_report`).
+
+        Returns
+        -------
+        list of dict
+            One dict per task and unit layer: ``task``, ``layer``, ``units`` (the layer's width then), ``grown`` (units
+            added before the task), ``kept``, ``new``, ``reused`` and ``free`` (units).
+        """
         self._check_fitted()
         return capacity.capacity_report(self.units_, self.masks_, self.growth_)
 
     def summary(self) -> str:
-        """What the learner decided for each task, one line each (:func:`rerelrp.capacity.summary`): its classes, per
-        unit layer the units it kept (of them new) against its budget, the units growth added before it and those
-        free after it, and its pruning's validation accuracy against the unpruned network's; then the detector
-        space, the growth and the parameters as a multiple of the initial ones, and every warning (``warnings_``)."""
+        """What the learner decided for each task, one line each (:func:`rerelrp.capacity.summary`).
+
+        Returns
+        -------
+        str
+            Per task: its classes, per unit layer the units it kept (of them new) against its budget, the units growth
+            added before it and those free after it, and its pruning's validation accuracy against the unpruned
+            network's; then the budget, the growth and the parameters as a multiple of the initial ones, the detector
+            space and features, and every warning (``warnings_``).
+        """
         self._check_fitted()
         budget = f"n_tasks={self.n_tasks}" if self.n_tasks is not None else \
             f"open-ended (n_tasks=None: at most {capacity.OPEN_SHARE:.0%} of the free units per task)"
@@ -591,12 +734,24 @@ class ReReLRP(BaseEstimator):
             f"warnings: {len(said)}" + "".join("\n  " + line for line in said)])
 
     def parameter_growth(self) -> float:
-        """Parameter entries of the model now as a multiple of before the first task (1.0 without ``grow``)."""
+        """Parameter entries of the model now as a multiple of before the first task.
+
+        Returns
+        -------
+        float
+            1.0 when the model has not grown.
+        """
         self._check_fitted()
         return growth.n_parameters(self._net) / self.initial_parameters_
 
     def subnetworks(self) -> Subnetworks:
-        """The learned tasks' subnetworks, as a :class:`rerelrp.subnetworks.Subnetworks` bound to the model."""
+        """The learned tasks' subnetworks, bound to the model.
+
+        Returns
+        -------
+        rerelrp.subnetworks.Subnetworks
+            A view of S_0..S_T-1 that runs inputs through any union of them.
+        """
         return Subnetworks(self._net, self.units_, self.masks_, self.tasks_, self.batch_size, self.composite_)
 
     memory_ = property(lambda self: self.recognizer_.memory, doc="What the recognizer keeps of past tasks.")
@@ -605,10 +760,15 @@ class ReReLRP(BaseEstimator):
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
-        """Everything needed to predict and to go on learning, built from the components' own states:
-        ``{"meta": JSON values, "tensors": {name: CPU tensor}, "estimators": {name: scikit-learn object}}``
-        (:mod:`rerelrp.persist` writes it to a file). Options that cannot be stored safely (a custom optimizer
-        factory or zennit composite) are marked :data:`rerelrp.options.UNSAVED`."""
+        """Everything needed to predict and to go on learning, built from the components' own states.
+
+        Returns
+        -------
+        dict
+            ``{"meta": JSON values, "tensors": {name: CPU tensor}, "estimators": {name: scikit-learn object}}``
+            (:mod:`rerelrp.persist` writes it to a file). Options that cannot be stored safely (a custom optimizer
+            factory or zennit composite) are marked :data:`rerelrp.options.UNSAVED`.
+        """
         self._check_fitted()
         recognizer, tensors, estimators = self.recognizer_.state_dict()
         tensors.update({f"model.{k}": v.detach().cpu().contiguous() for k, v in self._net.state_dict().items()})
@@ -633,12 +793,27 @@ class ReReLRP(BaseEstimator):
 
     def load_state_dict(self, state: dict) -> "ReReLRP":
         """Become the learner :meth:`state_dict` described, around ``model`` (same architecture, or the widths it
-        had before it grew; its weights are overwritten). Raises ValueError (or KeyError, IndexError, TypeError for
-        missing or malformed entries) naming what does not fit: tasks that are not disjoint sets of output rows,
-        masks of the wrong type or length, units or head rows of learned tasks left unfrozen, non-finite weights,
-        memory or calibration. The state's description is checked against its tensors before the model is grown
-        (:func:`rerelrp.architecture.check_saved`); a refused state leaves the model's widths and weights as they
-        were."""
+        had before it grew; its weights are overwritten). The state's description is checked against its tensors before
+        the model is grown (:func:`rerelrp.architecture.check_saved`); a refused state leaves the model's widths and
+        weights as they were.
+
+        Parameters
+        ----------
+        state : dict
+            What :meth:`state_dict` returned.
+
+        Returns
+        -------
+        ReReLRP
+            ``self``.
+
+        Raises
+        ------
+        ValueError
+            (or KeyError, IndexError, TypeError for missing or malformed entries) naming what does not fit: tasks that
+            are not disjoint sets of output rows, masks of the wrong type or length, units or head rows of learned tasks
+            left unfrozen, non-finite weights, memory or calibration.
+        """
         ownership.check(self._net, self, "load a state into it (its weights would be overwritten)")
         architecture.check_saved(state["meta"], state["tensors"])
         before = growth.snapshot(self._net)
@@ -679,8 +854,19 @@ class ReReLRP(BaseEstimator):
         return self
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`state_dict` to ``path`` (:func:`rerelrp.persist.write`: one zip file, atomically); returns
-        the path. In a process group, rank 0 writes and every rank waits for it."""
+        """Write :meth:`state_dict` to one zip file, atomically (:func:`rerelrp.persist.write`). In a process
+        group, rank 0 writes and every rank waits for it.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Where to write; an existing file is replaced only once the new one is complete.
+
+        Returns
+        -------
+        pathlib.Path
+            The path written.
+        """
         if getattr(self, "_open_task", None) is not None:
             raise RuntimeError(f"task {self._open_task} is still being trained: save after its training() context")
         if not is_distributed():
@@ -691,11 +877,25 @@ class ReReLRP(BaseEstimator):
         return written
 
     def set_params(self, **params) -> "ReReLRP":
-        """Set options as scikit-learn's ``set_params`` does, validated at once (:func:`rerelrp.options.validate`):
-        an invalid value raises :class:`rerelrp.options.InvalidParameterError` (a ``ValueError`` and a
-        ``TypeError``) naming it and leaves every option as it was. Once a task is learned, ``model``, ``device``,
-        ``recognizer`` and ``detector_space`` cannot change (the masks, freeze masks and memory belong to them):
-        save and ``rerelrp.load`` with ``device=...`` to move a learner."""
+        """Set options as scikit-learn's ``set_params`` does, validated at once (:func:`rerelrp.options.validate`).
+        Once a task is learned, ``model``, ``device``, ``recognizer`` and ``detector_space`` cannot change (the masks,
+        freeze masks and memory belong to them): save and ``rerelrp.load`` with ``device=...`` to move a learner.
+
+        Parameters
+        ----------
+        **params
+            Options of :class:`ReReLRP` by name.
+
+        Returns
+        -------
+        ReReLRP
+            ``self``.
+
+        Raises
+        ------
+        rerelrp.InvalidParameterError
+            (a ``ValueError`` and a ``TypeError``) naming an invalid value; every option is then left as it was.
+        """
         previous = self.get_params(deep=False)
         # the given options alone, model and device against their values before this call (nothing else records
         # them); a nested estimator's own parameters ('detector__C') are scikit-learn's to check

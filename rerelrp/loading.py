@@ -22,8 +22,25 @@ def load(path: str | os.PathLike, model: nn.Module, trusted: Sequence[str] = (),
     """Rebuild the learner saved at ``path`` around ``model`` (same architecture, or the widths it had before it
     grew: it is grown to the saved widths; its weights are overwritten).
 
-    ``trusted``: extra fully qualified type names a saved custom detector may hold. ``given``: learner options to
-    use instead of the saved ones (required for options that were not saved, such as a custom optimizer factory).
+    Everything is checked before ``model`` is grown or its weights overwritten, the growth on a copy of it on the
+    meta device: a refused load leaves ``model`` as it was and allocates little beyond the file's tensors.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file :meth:`rerelrp.ReReLRP.save` wrote.
+    model : torch.nn.Module
+        The architecture the learner was saved with; its weights are overwritten.
+    trusted : sequence of str
+        Extra fully qualified type names a saved custom detector may hold.
+    **given
+        Learner options to use instead of the saved ones (required for options that were not saved, such as a
+        custom optimizer factory).
+
+    Returns
+    -------
+    ReReLRP
+        The learner as it was saved, holding ``model``.
 
     Raises
     ------
@@ -37,9 +54,6 @@ def load(path: str | os.PathLike, model: nn.Module, trusted: Sequence[str] = (),
         differs from the saved one where the first task fixed it (``recognizer``, ``detector_space``).
     ValueError
         the save has another format, comes from another architecture, or lacks options given only here.
-
-    Everything is checked before ``model`` is grown or its weights overwritten, the growth on a copy of it on the
-    meta device: a refused load leaves ``model`` as it was and allocates little beyond the file's tensors.
     """
     options.validate({**given, "model": model})  # the caller's options, before the file is read
     ownership.check(model, doing="load a saved learner into it (its weights would be overwritten)")

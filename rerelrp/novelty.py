@@ -10,11 +10,11 @@ from task m on, so they never change):
   (:func:`low_features`: a convolution's channels' mean and log spread over positions; 0 where the first unit layer
   is dense), kept by :class:`LowLevelStatistics` as ``novelty_memory_``: how much the input looks like the task's
   images. A constant grey image, noise or another modality can pass the last layer (the medical learner took
-  constant images for known ones) but not its first layer's statistics (README, Unknown inputs).
+  constant images for known ones) but not its first layer's statistics (docs: How-to, Unknown inputs).
 - ``conf``: the head's :func:`confidence`, the log-odds of its top class among the task's classes: how sure the
   task's own classifier is. Digits of tasks not learned yet look like digits to both densities, but the head of
   the task they are taken for is less sure of them: with it Split MNIST's next tasks are told apart better than
-  without it or by the maximum softmax probability alone (README, Unknown inputs).
+  without it or by the maximum softmax probability alone (docs: How-to, Unknown inputs).
 
 Measures of different spaces and tasks are not comparable as they are, so each task is calibrated on its own
 validation inputs when it is learned (:func:`calibrate`: the :data:`LEVELS` quantiles of each measure and of their
@@ -105,7 +105,7 @@ class LowLevelStatistics:
     through S_0..S_t, in the columns that vary most on the task's data of those of the kept units: up to
     ``2 n_features`` (mean and spread of ``n_features`` channels). (One Gaussian per task instead of per class
     separated Split MNIST's next tasks less, in a trial that read every channel, the free ones too.) Only where the
-    first unit layer is a convolution, where its statistics say how an image looks and were measured to help (README,
+    first unit layer is a convolution, where its statistics say how an image looks and were measured to help (docs:
     Unknown inputs); a dense first layer (an MLP) keeps nothing, and its ``low`` log-likelihoods are 0, so
     :func:`typicality` is ``z_own`` there.
 
@@ -204,7 +204,7 @@ def finite_sample_levels(n: int) -> np.ndarray:
     :func:`threshold` at ``1 - known_fraction`` accepts, in expectation, a ``known_fraction`` of new inputs like them
     (the split-conformal rule: the k-th smallest of n values is exceeded by a new one with probability
     ``1 - k / (n + 1)``; numpy's quantile at level ``(k - 1) / (n - 1)`` is the k-th smallest). Read as they are,
-    a few dozen validation inputs accept clearly fewer held-out inputs than ``known_fraction`` (README, Unknown
+    a few dozen validation inputs accept clearly fewer held-out inputs than ``known_fraction`` (docs: How-to, Unknown
     inputs). Levels beyond the values are clipped to the smallest or largest: with n values no ``known_fraction`` above
     ``n / (n + 1)`` is honoured (the threshold is then the smallest validation value)."""
     return np.clip((LEVELS * (n + 1) - 1) / max(n - 1, 1), 0.0, 1.0)
@@ -244,7 +244,7 @@ def typicality(own: np.ndarray, low: np.ndarray, conf: np.ndarray, quantiles: np
     inputs: ``z_own`` alone misses the constant images; adding ``z_low`` outright, or taking ``min(z_own, z_low)``,
     catches them but blurs the next tasks far more than the ``min(z_low + 1, 0)`` term does;
     ``z_conf`` at weight 1 separated the next tasks best of the weights tried, better than ``min(z_conf, 0)`` or the
-    energy score in its place, without losing any other set (README, Unknown inputs)."""
+    energy score in its place, without losing any other set (docs: How-to, Unknown inputs)."""
     return (_standardized(own, quantiles[0]) + _standardized(conf, quantiles[2])
             + np.minimum(_standardized(low, quantiles[1]) + 1.0, 0.0))
 

@@ -5,7 +5,7 @@ per sample, times the layer's size, summed over samples: 1 per sample for a unit
 that gets its layer's mean share, whatever the layer's size. The published shares (docs/method.md, section Prune)
 alone rank a unit of a narrow layer above an equally relevant unit of a wide one, in the ratio of their widths:
 on Split MNIST the first task then kept nearly every channel of the small CNN's second convolution, and the last
-task, with almost no free channel left, fell well below the others (README, Recognition).
+task, with almost no free channel left, fell well below the others (docs: Benchmarks, Recognition).
 
 Only units that are still free are pruned: a unit frozen by an earlier task costs the new task nothing, so it
 stays in the new task's subnetwork (it was there while the task trained), and the whole accuracy allowance is
@@ -16,7 +16,7 @@ The threshold can be a paired test instead of a raw difference: with ``confidenc
 validation accuracy is, at one-sided confidence c, more than ``acc_drop`` points below the unpruned network's
 on the same images (the drop's standard error from the per-image differences). On a few dozen validation images
 (BreastMNIST's) one wrong image is more than a point, so a raw threshold of a few points stops the search at noise;
-on a thousand images the test is close to the raw threshold; c = 0.5 is the raw threshold (README, Capacity).
+on a thousand images the test is close to the raw threshold; c = 0.5 is the raw threshold (docs: User guide, Capacity).
 
 What the threshold compares (the learner's ``drop_measure``, resolved by :func:`choose_measure`): per image, either
 whether the subnetwork answers right (``"accuracy"``, the paper's) or the probability its softmax over the task's
@@ -25,7 +25,7 @@ from its softmax). On a few
 hundred validation images, accuracy is noise where a task's images lie near its decision boundaries (RetinaMNIST's:
 few images, five graded classes): a pruning that costs a handful of images is refused, so the task keeps every free
 unit; with probabilities an image that moves a little across a boundary moves the measure a little, and the task
-keeps far fewer units at a small cost in test accuracy (README, Capacity). ``"auto"`` (the learner's default)
+keeps far fewer units at a small cost in test accuracy (docs: User guide, Capacity). ``"auto"`` (the learner's default)
 compares accuracies where ``acc_drop`` points of the validation images are at least ``MIN_IMAGES_PER_DROP`` images
 (as on Split and Permuted MNIST, a thousand validation images per task) and probabilities below.
 

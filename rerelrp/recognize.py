@@ -49,7 +49,7 @@ def default_detector(random_state: int | None = None) -> RandomForestClassifier:
     """A forest of 100 trees of depth 12: leaves of 5, log-loss, log2 features, no bootstrap.
 
     The paper's forest has 300 trees of depth 40; this one recognized tasks as well, smaller and faster to query
-    (README, Speed and memory). Trees are grown on all cores; :class:`TaskRecognizer` predicts with one
+    (docs: Benchmarks, Speed and memory). Trees are grown on all cores; :class:`TaskRecognizer` predicts with one
     thread (see there).
     """
     return RandomForestClassifier(n_estimators=100, max_depth=12, min_samples_leaf=5, criterion="log_loss",

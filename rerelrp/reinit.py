@@ -2,7 +2,7 @@
 
 A unit that an earlier task trained and then pruned keeps weights fitted to that task, and a network of such units
 learned RetinaMNIST, the third task of the medical stream, no better than its majority class, where freshly
-initialised free units learned it (README, Capacity): :func:`reset_free_units` draws their weights anew. Where a
+initialised free units learned it (docs: User guide, Capacity): :func:`reset_free_units` draws their weights anew. Where a
 BatchNorm closes a unit layer, the statistics of its free channels are measured on the new task's inputs
 (:func:`refresh_free_statistics`: BatchNorm is frozen after the first task, and statistics of other weights
 normalised the new units to the wrong scale).

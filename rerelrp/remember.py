@@ -16,7 +16,7 @@ is learned. Only the mixtures' weights, means and covariances are stored: no inp
 With ``ReReLRP(detector_space="head")`` a detector reads instead the ``n_features`` principal components, on task
 m's own data, of the vector the output layer reads (:meth:`ActivationStatistics.choose_basis`): on a residual
 network the last hidden unit layer is a block's convolution before its residual addition, whose outputs can
-vary along very few directions (ResNet-18 on PneumoniaMNIST; README, Results), where the mixtures' regularisation
+vary along very few directions (ResNet-18 on PneumoniaMNIST; docs: Benchmarks, Results), where the mixtures' regularisation
 rather than the data would decide between tasks. With ``detector_space="layers"`` it reads the ``n_features``
 principal components of every unit layer's outputs together, each column scaled to unit variance on task m's data:
 the lower layers' features were not trained to tell task m's classes apart and keep more of what sets other digits
@@ -45,7 +45,7 @@ __all__ = ["AUTO_FEATURES", "auto_features", "ActivationStatistics", "ClassStati
 
 #: Share of the mean variance added to every covariance's diagonal (scikit-learn's ``reg_covar``):
 #: this value recognized tasks best on Split MNIST and digits validation data, more shrinkage worse
-#: (README, Recognition).
+#: (docs: Benchmarks, Recognition).
 SHRINKAGE = 1e-3
 
 #: ``n_features="auto"``: the features a detector of a two-class task reads; see :func:`auto_features`.
@@ -87,11 +87,11 @@ class ClassStatistics:
         """Estimate from ``(n, d)`` features, ``n >= 2``: of the full-covariance mixtures of 1 and of
         ``max_components`` components (scikit-learn's ``GaussianMixture``, :data:`SHRINKAGE` of the mean variance
         added to every diagonal), the one with the lower BIC, so that a small class gets one Gaussian. (BIC over
-        every count in between recognized tasks no better and fitted slower; README, Recognition.)
+        every count in between recognized tasks no better and fitted slower; docs: Benchmarks, Recognition.)
 
         The fits run BLAS and OpenMP on one thread: their matrices are ``d x d`` with ``d`` = ``n_features``, far
         too small for threads to pay, and more threads made the remember stage several times slower, the more so
-        on a busy machine (README, What is ours and what is borrowed)."""
+        on a busy machine (docs: User guide, What is ours and what is borrowed)."""
         reg = SHRINKAGE * max(float(features.var(0).mean()), np.finfo(np.float32).tiny)
         with warnings.catch_warnings(), threadpool_limits(limits=1):
             # EM stopped at max_iter still leaves a valid mixture, at least as likely as its k-means start;

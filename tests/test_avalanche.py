@@ -1,5 +1,5 @@
 """rerelrp as an Avalanche strategy, driven by Avalanche's own benchmark generator, metrics, evaluator and logger on
-scikit-learn's digits; examples/avalanche_split_mnist.py run as printed in the README (digits here, MNIST in CI)."""
+scikit-learn's digits; examples/avalanche_split_mnist.py run as printed in docs/howto/avalanche.md (digits here, MNIST in CI)."""
 import pickle
 import subprocess
 import sys
@@ -71,7 +71,7 @@ def test_scores_argmax_is_predict_and_pickling_points_at_save(trained, tmp_path)
 
 @pytest.mark.slow
 def test_the_example_runs_as_printed_in_the_readme():
-    # the README's --dataset digits line (the MNIST line takes minutes: its figures are in the README)
+    # the how-to's --dataset digits line (the MNIST line takes minutes: its figures are in the how-to)
     done = subprocess.run([sys.executable, str(ROOT / "examples" / "avalanche_split_mnist.py"), "--dataset", "digits",
                            "--epochs", "5"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

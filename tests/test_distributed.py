@@ -1,5 +1,5 @@
 """Distributed training: DistributedDataParallel on 2 CPU processes (gloo), examples/ddp_digits.py run as printed in
-the README; a DistributedSampler's loader, each rank training on its part of the task's training share."""
+docs/howto/ddp.md; a DistributedSampler's loader, each rank training on its part of the task's training share."""
 import importlib.util
 import subprocess
 import sys

@@ -21,6 +21,19 @@ RESULTS = DOCS / "results"
 PAGES = DOCS / "benchmarks" / "results"
 
 
+def wrapped(command: str, width: int = 100) -> str:
+    """A shell command broken into lines of at most ``width`` characters (bar one long word), each continued with
+    a backslash, breaking only before an option."""
+    lines, line = [], ""
+    for word in command.replace(" --", "\0--").split("\0"):
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line + " \\")
+            line = "    " + word
+        else:
+            line = f"{line} {word}" if line else word
+    return "\n".join(lines + [line])
+
+
 def table_of(saved: dict) -> str:
     """The result's markdown table: the one its script saved, else its ``rows`` as a table."""
     if "table" in saved:
@@ -73,9 +86,10 @@ def mean_sd(values: list[float]) -> str:
     return f"{values.mean():.1f}" + (f" ± {values.std():.1f}" if len(values) > 1 else "")
 
 
-def headline_table(link_prefix: str) -> str:
+def headline_table(link: str = "docs/results/{folder}/results.md") -> str:
     """The headline table, one row per :data:`HEADLINE` entry, from the committed results.json files; each row
-    links its page (``link_prefix``: the path from the reading page to ``docs/benchmarks/results/``)."""
+    links ``link`` with its ``folder`` (the default: the results.md beside the results.json, as the README links
+    it)."""
     lines = ["| benchmark | seeds | rerelrp TAg (%) | TAw (%) | task recognition (%) | replay-200 TAg (%) | "
              "joint TAg (%) | kept beyond weights (KiB) |", "|---|---|---|---|---|---|---|---|"]
     for label, folder in HEADLINE:
@@ -83,7 +97,7 @@ def headline_table(link_prefix: str) -> str:
         runs = {m: [r for r in saved["results"] if r["method"] == m] for m in ("rerelrp", "replay", "joint")}
         final = {m: [np.mean(r["tag"][-1]) for r in rs] for m, rs in runs.items()}
         ours = runs["rerelrp"]
-        lines.append(f"| [{label}]({link_prefix}{folder}.md) | {len(ours)} | {mean_sd(final['rerelrp'])} | "
+        lines.append(f"| [{label}]({link.format(folder=folder)}) | {len(ours)} | {mean_sd(final['rerelrp'])} | "
                      f"{mean_sd([np.mean(r['taw'][-1]) for r in ours])} | "
                      f"{mean_sd([r['task_recognition'][-1] for r in ours])} | "
                      + " | ".join(mean_sd(final[m]) if final[m] else "–" for m in ("replay", "joint"))
@@ -103,7 +117,7 @@ def page(path: Path) -> tuple[str, str]:
         seeds = config.get("seeds", [config.get("seed")])
         lines += ["Written by (from the repository root; data from `$RERELRP_DATA`, `--data-root` or `--download`, "
                   "see [Getting started](" + up + "getting-started.md)):", "",
-                  "```bash", command_line(config), "```", "",
+                  "```bash", wrapped(command_line(config)), "```", "",
                   f"Seeds: {', '.join(map(str, seeds))}."
                   + (f" Wall time of the whole run: {saved['wall_seconds']:.0f} s." if "wall_seconds" in saved else "")]
     elif "command" in saved:
@@ -143,7 +157,7 @@ def write_pages(app=None) -> list[Path]:
     for group, folders in sorted(groups.items()):
         index += [f"## {group or 'Benchmarks'}", "", "```{toctree}", ":maxdepth: 1", "", *folders, "```", ""]
     (PAGES / "index.md").write_text("\n".join(index))
-    (PAGES / "headline.md").write_text(headline_table("results/") + "\n")
+    (PAGES / "headline.md").write_text(headline_table("/benchmarks/results/{folder}.md") + "\n")
     return written
 
 
