@@ -64,6 +64,6 @@ sphinx_gallery_conf = {
 
 html_theme = "furo"
 html_title = f"rerelrp {release}"
-html_static_path = []
+html_static_path = ["_static"]
 html_theme_options = {"source_repository": "", "navigation_with_keys": True}
 nitpicky = False
