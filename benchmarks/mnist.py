@@ -138,8 +138,8 @@ def split_stream(name, x_tr, y_tr, x_te, y_te, note, order=None) -> Stream:
     """Five tasks of two classes, in label order or two by two from ``order`` (a permutation of 0..9); 10% of each
     task's training data held out for validation."""
     tasks = class_splits(10, 5) if order is None else [sorted(order[i:i + 2]) for i in range(0, 10, 2)]
-    if order is not None:  # named by its tasks, each sorted: two orders of the same tasks are one stream
-        name = f"{name} in order {''.join(str(c) for task in tasks for c in task)}"
+    if order is not None:
+        name = f"{name} in order {''.join(map(str, order))}"
     g = torch.Generator().manual_seed(0)
     train, val = [], []
     for idx in task_indices(y_tr, tasks):
