@@ -58,9 +58,12 @@ class ReReLRP(BaseEstimator):
     model
         classifier of Linear/Conv2d/activation/pooling(/BatchNorm) modules, activations as modules; its last
         ``nn.Linear`` is the output layer, one row per global class id. Trained in place.
-    epochs, lr, optimizer
-        the task's training in :meth:`fit_task`: epochs, learning rate and a factory
-        ``(params, lr=...) -> torch.optim.Optimizer`` (default ``torch.optim.Adam``).
+    epochs
+        passes over the task's data in :meth:`fit_task`'s own loop.
+    lr
+        learning rate of that loop and of the retraining between pruning rounds.
+    optimizer
+        a factory ``(params, lr=...) -> torch.optim.Optimizer`` for those loops (default ``torch.optim.Adam``).
     acc_drop
         pruning threshold, percentage points of validation accuracy (method, section Prune).
     drop_confidence
