@@ -154,6 +154,14 @@ class ReReLRP(BaseEstimator):
         the :class:`rerelrp.freeze.FrozenParameters`; ``units_``: the model's :class:`rerelrp.network.Units`.
     input_shape_
         shape of one input; ``input_range_``: ``(low, high)`` of the training inputs so far.
+
+    Examples
+    --------
+    >>> learner = ReReLRP(model, epochs=5, random_state=0)        # doctest: +SKIP
+    >>> for loader in task_loaders:                               # doctest: +SKIP
+    ...     learner.fit_task(loader)
+    >>> learner.predict(x)                # class ids, no task id  # doctest: +SKIP
+    >>> print(learner.summary())          # what it decided        # doctest: +SKIP
     """
 
     def __init__(
