@@ -75,7 +75,7 @@ def per_task(saved: dict) -> str:
 HEADLINE = [("MedMNIST: Pneumonia → Breast → Retina, small CNN", "defaults/medmnist"),
             ("MedMNIST, ResNet-18 (3 epochs)", "defaults/medmnist-resnet18"),
             ("Split MNIST, 5 x 2", "defaults/split-mnist"),
-            ("Split Fashion-MNIST, 5 x 2 (tuned options)", "split-fashion-mnist"),
+            ("Split Fashion-MNIST, 5 x 2", "defaults/split-fashion-mnist"),
             ("Permuted MNIST, 10 tasks", "defaults/permuted-mnist"),
             ("Permuted MNIST, 20 tasks", "defaults/permuted-mnist-20")]
 
