@@ -21,6 +21,18 @@ RESULTS = DOCS / "results"
 PAGES = DOCS / "benchmarks" / "results"
 
 
+#: Headings of the results index, by the first folder under docs/results/ ("" for results directly in it).
+GROUPS = {"": "Benchmarks (the options of their time; before the defaults chose their own: --preset tuned)",
+          "defaults": "With the learner's defaults (--preset defaults)",
+          "recognition": "Recognizer ablations on the digits and MedMNIST",
+          "split-fashion-orders": "Split Fashion-MNIST in other class orders (tuned, last hidden layer)",
+          "split-fashion-orders-layers": "Split Fashion-MNIST in other class orders (tuned, every unit layer)",
+          "split-mnist-orders": "Split MNIST in other class orders (tuned, last hidden layer)",
+          "split-mnist-orders-layers": "Split MNIST in other class orders (tuned, every unit layer)",
+          "split-mnist-transformed": "Split MNIST, inverted and rotated digits (tuned, last hidden layer)",
+          "split-mnist-transformed-layers": "Split MNIST, inverted and rotated digits (tuned, every unit layer)"}
+
+
 def wrapped(command: str, width: int = 100) -> str:
     """A shell command broken into lines of at most ``width`` characters (bar one long word), each continued with
     a backslash, breaking only before an option."""
@@ -154,8 +166,8 @@ def write_pages(app=None) -> list[Path]:
         groups.setdefault(folder.parts[0] if len(folder.parts) > 1 else "", []).append(folder.as_posix())
     index = ["# Every committed result", "",
              "One page per `results.json` under `docs/results/`, written from it at each docs build.", ""]
-    for group, folders in sorted(groups.items()):
-        index += [f"## {group or 'Benchmarks'}", "", "```{toctree}", ":maxdepth: 1", "", *folders, "```", ""]
+    for group, folders in sorted(groups.items(), key=lambda item: (item[0] != "defaults", item[0])):
+        index += [f"## {GROUPS.get(group, group)}", "", "```{toctree}", ":maxdepth: 1", "", *folders, "```", ""]
     (PAGES / "index.md").write_text("\n".join(index))
     (PAGES / "headline.md").write_text(headline_table("/benchmarks/results/{folder}.md") + "\n")
     return written
