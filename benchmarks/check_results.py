@@ -37,14 +37,15 @@ def script_of(config: dict) -> str:
 
 
 def command(config: dict, out: str, seeds: list[int] | None = None, methods: list[str] | None = None,
-            python: str = sys.executable) -> list[str]:
+            shown: bool = False) -> list[str]:
     """The benchmark command that reproduces ``config`` (for ``seeds`` and ``methods`` when given, else the config's
-    own), writing to ``out``; ``python``: the interpreter that the command starts with."""
+    own), writing to ``out``: run by this interpreter by absolute path, or, ``shown``, as a reader types it in the
+    repository root (``python benchmarks/<script>``)."""
     script = script_of(config)
     config = {**config, **({"seeds": seeds} if seeds is not None else {}),
               **({"methods": methods} if methods is not None else {})}
-    args = [python, f"benchmarks/{script}" if python == "python" else str(ROOT / "benchmarks" / script),
-            "--out", out, "--no-progress"]
+    start = ["python", f"benchmarks/{script}"] if shown else [sys.executable, str(ROOT / "benchmarks" / script)]
+    args = [*start, "--out", out, "--no-progress"]
     for key, value in config.items():
         if key in _NOT_REPLAYED or key == "script" or value is None or value is False:
             continue
@@ -64,7 +65,7 @@ def command(config: dict, out: str, seeds: list[int] | None = None, methods: lis
 
 def command_line(config: dict) -> str:
     """The shell command, as a reader types it in the repository root, that wrote a results.json of ``config``."""
-    return " ".join(command(config, config["out"], python="python"))
+    return " ".join(command(config, config["out"], shown=True))
 
 
 def run_of(results: list[dict], method: str, seed: int) -> dict:

@@ -15,7 +15,8 @@ from benchmarks.protocol import StreamResult
 from benchmarks.stream import Stream
 
 
-def _mean_std(values: Sequence[float], scale: float = 100.0) -> str:
+def mean_std(values: Sequence[float], scale: float = 100.0) -> str:
+    """``"mean ± std"`` of ``values`` times ``scale``, one decimal (the mean alone for one value): a table cell."""
     values = np.asarray(values, dtype=float) * scale
     return f"{values.mean():.1f} ± {values.std():.1f}" if len(values) > 1 else f"{values.mean():.1f}"
 
@@ -34,18 +35,18 @@ def markdown_table(results: Sequence[StreamResult], methods: Sequence[str]) -> s
         rs = [r for r in results if r.method == name]
         if not rs:
             continue
-        rec = _mean_std([r.task_recognition[-1] for r in rs]) if rs[0].task_recognition else "–"
+        rec = mean_std([r.task_recognition[-1] for r in rs]) if rs[0].task_recognition else "–"
         if rs[0].task_recognition_by_task:  # the task recognized worst, after the last task (lowest over seeds)
             rec += f"; weakest task {100 * min(min(r.task_recognition_by_task[-1]) for r in rs):.1f}"
-        free = _mean_std([r.free_capacity[-1] for r in rs]) if rs[0].free_capacity else "–"
-        forget = {m: _mean_std([(r.forgetting(getattr(r, m)) or [0.0])[-1] for r in rs]) for m in ("tag", "taw")}
+        free = mean_std([r.free_capacity[-1] for r in rs]) if rs[0].free_capacity else "–"
+        forget = {m: mean_std([(r.forgetting(getattr(r, m)) or [0.0])[-1] for r in rs]) for m in ("tag", "taw")}
         lines.append(
-            f"| {name} | {_mean_std([r.average(r.tag)[-1] for r in rs])} | {_mean_std([r.average(r.taw)[-1] for r in rs])} "
-            + (f"| {_mean_std([r.average(r.tag_label)[-1] for r in rs])} " if label else "")
+            f"| {name} | {mean_std([r.average(r.tag)[-1] for r in rs])} | {mean_std([r.average(r.taw)[-1] for r in rs])} "
+            + (f"| {mean_std([r.average(r.tag_label)[-1] for r in rs])} " if label else "")
             + f"| {forget['tag']} | {forget['taw']} | {rec} | {free} "
             + (_parameters(rs) if grown else "")
-            + f"| {np.mean([r.bytes_kept for r in rs]) / 1024:.1f} | {_mean_std([r.train_seconds for r in rs], 1)} "
-            f"| {_mean_std([r.predict_seconds for r in rs], 1)} |")
+            + f"| {np.mean([r.bytes_kept for r in rs]) / 1024:.1f} | {mean_std([r.train_seconds for r in rs], 1)} "
+            f"| {mean_std([r.predict_seconds for r in rs], 1)} |")
     return "\n".join(lines)
 
 

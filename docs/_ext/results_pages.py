@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.check_results import command_line
+from benchmarks.reports import mean_std
 
 DOCS = Path(__file__).resolve().parent.parent
 RESULTS = DOCS / "results"
@@ -92,12 +93,6 @@ HEADLINE = [("MedMNIST: Pneumonia → Breast → Retina, small CNN", "defaults/m
             ("Permuted MNIST, 20 tasks", "defaults/permuted-mnist-20")]
 
 
-def mean_sd(values: list[float]) -> str:
-    """``"m ± sd"`` in percent of fractions ``values`` (``"m"`` for one value)."""
-    values = 100 * np.asarray(values, dtype=float)
-    return f"{values.mean():.1f}" + (f" ± {values.std():.1f}" if len(values) > 1 else "")
-
-
 def headline_table(link: str = "docs/results/{folder}/results.md") -> str:
     """The headline table, one row per :data:`HEADLINE` entry, from the committed results.json files; each row
     links ``link`` with its ``folder`` (the default: the results.md beside the results.json, as the README links
@@ -109,10 +104,10 @@ def headline_table(link: str = "docs/results/{folder}/results.md") -> str:
         runs = {m: [r for r in saved["results"] if r["method"] == m] for m in ("rerelrp", "replay", "joint")}
         final = {m: [np.mean(r["tag"][-1]) for r in rs] for m, rs in runs.items()}
         ours = runs["rerelrp"]
-        lines.append(f"| [{label}]({link.format(folder=folder)}) | {len(ours)} | {mean_sd(final['rerelrp'])} | "
-                     f"{mean_sd([np.mean(r['taw'][-1]) for r in ours])} | "
-                     f"{mean_sd([r['task_recognition'][-1] for r in ours])} | "
-                     + " | ".join(mean_sd(final[m]) if final[m] else "–" for m in ("replay", "joint"))
+        lines.append(f"| [{label}]({link.format(folder=folder)}) | {len(ours)} | {mean_std(final['rerelrp'])} | "
+                     f"{mean_std([np.mean(r['taw'][-1]) for r in ours])} | "
+                     f"{mean_std([r['task_recognition'][-1] for r in ours])} | "
+                     + " | ".join(mean_std(final[m]) if final[m] else "–" for m in ("replay", "joint"))
                      + f" | {np.mean([r['bytes_kept'] for r in ours]) / 1024:,.1f} |")
     return "\n".join(lines)
 
