@@ -109,8 +109,8 @@ def parser(script: str, description: str, default_epochs: int, quick_epochs: int
     p.add_argument("--backbone", default=None, choices=list(BACKBONES),
                    help="the network every method trains (the same initial weights for all): small-cnn (two "
                         "convolutions and a dense layer, 176 units), resnet18 (torchvision's ResNet-18 in MedMNIST's "
-                        "28x28 variant, 4,800 units), vgg11 (torchvision's VGG-11 for 28x28 inputs, 3,776 units), mlp-400 "
-                        "(RNF's MLP: the image flattened, two dense layers of 400 units, 800 units); default: "
+                        "28x28 variant, 4,800 units), vgg11 (torchvision's VGG-11 for 28x28 inputs, 3,776 units), "
+                        "mlp-400 (RNF's MLP: the image flattened, two dense layers of 400 units, 800 units); default: "
                         + default_backbone)
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds; each runs every method once")
     p.add_argument("--epochs", type=int, default=None,

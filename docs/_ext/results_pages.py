@@ -141,7 +141,8 @@ def page(path: Path) -> tuple[str, str]:
     images = sorted(path.parent.glob("*.png"))
     if images:
         lines += ["## Plots", ""]
-        lines += [f"![{image.stem.replace('_', ' ')}]({up}results/{folder.as_posix()}/{image.name})" for image in images]
+        lines += [f"![{image.stem.replace('_', ' ')}]({up}results/{folder.as_posix()}/{image.name})"
+                  for image in images]
     lines += ["", f"Raw files: `docs/results/{folder.as_posix()}/` in the repository."]
     return title, "\n".join(lines) + "\n"
 
