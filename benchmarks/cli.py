@@ -45,6 +45,8 @@ LEARNER_OPTIONS = {
                                         "units that vary most), head (principal components of the output layer's "
                                         "input; use it for --backbone resnet18) or layers (principal components of "
                                         "every unit layer's standardized outputs; small networks)"),
+    "input_weight": (float, "weight of rerelrp's input-space recognizer (class mixtures of the inputs through one "
+                            "fixed random map) added to its detector chain; 0: none (docs: Benchmarks, Recognition)"),
     "min_keep": (float, "fraction of each layer every rerelrp task keeps (0: the paper's pruning)"),
     "acc_drop": (float, "rerelrp's pruning threshold, in points of validation accuracy"),
     "drop_confidence": (float, "confidence of rerelrp's paired test that a pruning costs more than --acc-drop (0.5: "

@@ -35,7 +35,8 @@ from .distributed import agree, from_rank0, is_distributed, is_rank0
 from .freeze import FrozenParameters
 from .network import find_units, masked
 from .prune import PruneResult, choose_measure, prune_to_threshold, settle, unit_scores
-from .recognize import GaussianRecognizer, Route, chain_scores, make_recognizer, route
+from .input_space import InputRecognizer
+from .recognize import GaussianRecognizer, Route, make_recognizer, route, task_posterior
 from .relevance import input_composite, lrp
 from .subnetworks import Subnetworks
 from .train import OptimizerFactory, TaskTraining, batchnorm_frozen, train_task
@@ -109,6 +110,12 @@ class ReReLRP(BaseEstimator):
     recognizer
         ``"gaussian"`` (:class:`rerelrp.recognize.GaussianRecognizer`) or ``"paper"``
         (:class:`rerelrp.recognize.TaskRecognizer`, forests on relevance vectors).
+    input_weight
+        weight of the input-space recognizer (:class:`rerelrp.input_space.InputRecognizer`: class mixtures of the
+        inputs through one fixed random map): its log task posterior, times ``input_weight``, is added to the
+        detector chain's log task scores. 0: not kept at all. Where tasks look alike (Split Fashion-MNIST) 1.0
+        recognized tasks better than the chain alone (docs: Benchmarks, Recognition). A learner that kept none at
+        its first task cannot start later; one that did can change the weight.
     val_fraction
         share of a task held out for pruning when no ``val_loader`` is given.
     composite
@@ -186,6 +193,7 @@ class ReReLRP(BaseEstimator):
         n_components: int = 4,
         detector_space: str = "auto",
         recognizer: str = "gaussian",
+        input_weight: float = 0.0,
         val_fraction: float = 0.1,
         composite: Composite | None = None,
         detector: BaseEstimator | None = None,
@@ -213,6 +221,7 @@ class ReReLRP(BaseEstimator):
         self.n_components = n_components
         self.detector_space = detector_space
         self.recognizer = recognizer
+        self.input_weight = input_weight
         self.val_fraction = val_fraction
         self.composite = composite
         self.detector = detector
@@ -494,8 +503,12 @@ class ReReLRP(BaseEstimator):
         def remember_and_recognize():
             with _timed(times, "remember"):
                 self.recognizer_.remember(view, x, y, ref_x)
+                if self.input_recognizer_ is not None:
+                    self.input_recognizer_.remember(x, y, self.tasks_[t])
             with _timed(times, "recognize"):
                 self.recognizer_.fit(self.tasks_)
+                if self.input_recognizer_ is not None:
+                    self.input_recognizer_.fit(self.tasks_)
             with _timed(times, "calibrate"):
                 quantiles = None
                 if self.recognizer_.supports_unknown:
@@ -506,9 +519,9 @@ class ReReLRP(BaseEstimator):
                                   f"{self.known_fraction} cannot be honoured, about {len(own) / (len(own) + 1):.3f} of "
                                   "its new inputs will be accepted; give more validation data (val_loader, "
                                   "val_fraction)")
-            return self.recognizer_, quantiles
+            return self.recognizer_, self.input_recognizer_, quantiles
 
-        self.recognizer_, quantiles = from_rank0(remember_and_recognize)
+        self.recognizer_, self.input_recognizer_, quantiles = from_rank0(remember_and_recognize)
         if quantiles is not None:
             self.novelty_quantiles_ = self.novelty_quantiles_ + [quantiles]
 
@@ -603,7 +616,8 @@ class ReReLRP(BaseEstimator):
         return self._per_batch(x, lambda b: torch.from_numpy(self._route(b, heads=False, novel=True).score))
 
     def predict_proba_task(self, x: Batches) -> torch.Tensor:
-        """The detector chain's task scores.
+        """The task scores: the detector chain's, times the input recognizer's posterior to the power
+        ``input_weight`` (:func:`rerelrp.recognize.task_posterior`), normalised.
 
         Parameters
         ----------
@@ -615,8 +629,11 @@ class ReReLRP(BaseEstimator):
         torch.Tensor
             ``(n, T)`` float64 on the CPU, one column per learned task; rows sum to 1.
         """
-        return self._per_batch(
-            x, lambda b: torch.from_numpy(chain_scores(self._route(b, stop_early=False, heads=False).p)))
+        def scores(batch: torch.Tensor) -> torch.Tensor:
+            p = route(self.recognizer_, self.subnetworks(), batch, stop_early=False, heads=False).p
+            return torch.from_numpy(task_posterior(p, self._prior(batch)))
+
+        return self._per_batch(x, scores)
 
     def route(self, x: torch.Tensor, *, stop_early: bool = True, heads: bool = True, novel: bool = False,
               reject: bool = False) -> Route:
@@ -782,6 +799,10 @@ class ReReLRP(BaseEstimator):
         """
         self._check_fitted()
         recognizer, tensors, estimators = self.recognizer_.state_dict()
+        input_memory = None
+        if self.input_recognizer_ is not None:
+            input_memory, input_tensors = self.input_recognizer_.state_dict()
+            tensors.update(input_tensors)
         tensors.update({f"model.{k}": v.detach().cpu().contiguous() for k, v in self._net.state_dict().items()})
         tensors.update({f"mask.{t}.{i}": mask.cpu().contiguous()
                         for t, keep in enumerate(self.masks_) for i, mask in enumerate(keep)})
@@ -798,7 +819,7 @@ class ReReLRP(BaseEstimator):
                 "widths": {layer.name: layer.n_units for layer in self.units_.layers}, "growth": self.growth_,
                 "warnings": [list(w) for w in self.warnings_], "detector_space": self.detector_space_,
                 "initial_sizes": self.initial_sizes_, "initial_parameters": self.initial_parameters_,
-                "prune_results": [r.to_dict() for r in self.prune_results_], **recognizer,
+                "prune_results": [r.to_dict() for r in self.prune_results_], **recognizer, "input_memory": input_memory,
                 "modules": architecture.modules(self._net)}
         return {"meta": meta, "tensors": tensors, "estimators": estimators}
 
@@ -852,9 +873,15 @@ class ReReLRP(BaseEstimator):
             if value.is_floating_point() and not torch.isfinite(value).all():
                 raise ValueError(f"tensors.safetensors holds NaN or Inf in model.{name}")
         self.recognizer_.load_state_dict(meta, tensors, state["estimators"], self.tasks_, self.units_)
+        self.input_shape_ = tuple(meta["input_shape"])
+        if meta.get("input_memory") is not None:  # kept with input_weight > 0 at the first task
+            self.input_recognizer_ = InputRecognizer(self.random_state)
+            self.input_recognizer_.load_state_dict(meta["input_memory"], tensors, self.tasks_, self.input_shape_)
+        elif self.input_weight > 0:
+            raise ValueError(f"input_weight={self.input_weight}, but meta.json holds no input statistics (the learner "
+                             "was saved with input_weight=0): load it with input_weight=0")
         self.novelty_quantiles_ = novelty.check_quantiles(
             [tensors[f"novelty.{t}"].numpy() for t in range(len(self.tasks_))] if meta.get("novelty_memory") else [])
-        self.input_shape_ = tuple(meta["input_shape"])
         self.input_range_ = tuple(meta["input_range"]) if meta.get("input_range") else None  # saved before it was kept
         self.prune_results_ = [PruneResult.from_dict(r, keep) for r, keep in zip(meta["prune_results"], self.masks_)]
         self.fit_times_ = meta["fit_times"]
@@ -927,6 +954,8 @@ class ReReLRP(BaseEstimator):
         if hasattr(self, "recognizer_"):
             fitted = {"recognizer": "gaussian" if isinstance(self.recognizer_, GaussianRecognizer) else "paper",
                       "detector_space": self.detector_space_, "composite": self.composite_}
+            if self.input_recognizer_ is None:
+                fitted["input_weight"] = 0.0
             options.validate(params)  # "auto" is compared as what it resolves to, once it is a valid option
             params["detector_space"] = self._resolved_space(params["detector_space"])
         options.validate(params, fitted=fitted)
@@ -959,6 +988,7 @@ class ReReLRP(BaseEstimator):
         self.frozen_ = FrozenParameters(self.units_)
         self.recognizer_ = make_recognizer(self.recognizer, self.detector_space_, self.n_features, self.n_components,
                                            self.detector, self.random_state)
+        self.input_recognizer_ = InputRecognizer(self.random_state) if self.input_weight > 0 else None
         self.tasks_: list[list[int]] = []
         self.masks_: list[list[torch.Tensor]] = []
         self.prune_results_: list[PruneResult] = []
@@ -1029,7 +1059,13 @@ class ReReLRP(BaseEstimator):
                reject: bool = False) -> Route:
         return route(self.recognizer_, self.subnetworks(), x, stop_early=stop_early, heads=heads,
                      novel=novel or reject, quantiles=self.novelty_quantiles_,
-                     known_fraction=self.known_fraction if reject else None)
+                     known_fraction=self.known_fraction if reject else None, prior=self._prior(x))
+
+    def _prior(self, x: torch.Tensor) -> np.ndarray | None:
+        """The log prior ``(n, T)`` the input recognizer adds to the chain's log task scores (None without it)."""
+        if self.input_recognizer_ is None or not self.input_weight:
+            return None
+        return self.input_weight * self.input_recognizer_.log_posterior(x)
 
 
 def _batch_input(batch) -> torch.Tensor:

@@ -221,6 +221,7 @@ CONSTRAINTS: dict[str, list] = {
     "n_components": [_POSITIVE],
     "detector_space": [Options(DETECTOR_SPACES)],
     "recognizer": [Options(RECOGNIZERS)],
+    "input_weight": [Interval(_NUMBER, 0, None)],
     "val_fraction": [Interval(_NUMBER, 0, 1, closed="neither")],
     "composite": [None, Types(Composite, "a zennit Composite")],
     "detector": [None, HasMethods("fit", "predict_proba", name="a scikit-learn classifier with fit and predict_proba")],
@@ -240,6 +241,7 @@ NOTES: dict[str, str] = {
     "grow": "the fraction of each layer's initial width every task finds free; 0: no growth; 'auto': "
             "rerelrp.growth.AUTO_GROW where the model can grow",
     "known_fraction": "the share of each task's validation inputs predict(reject=True) accepts",
+    "input_weight": "the power of the input recognizer's task posterior; 0: not kept",
     "val_fraction": "the share of a task held out for pruning",
     "random_state": "rerelrp's runs are reproducible by design: every split, draw and shuffle derives from it",
 }
@@ -251,6 +253,8 @@ FIXED: dict[str, str] = {
     "device": "the masks, freeze masks and memory live there; save the learner and rerelrp.load it with device=...",
     "recognizer": "the memory of the earlier tasks was kept for the other one",
     "detector_space": "the earlier tasks' statistics live in another space",
+    "input_weight": "it was 0 at the first task, so no input statistics were kept: learn the tasks again with "
+                    "input_weight > 0",
     "composite": "the earlier tasks were pruned, and with recognizer='paper' are recognized, by its relevance; a "
                  "new composite for explanations: pass it to zennit with learner.subnetworks()",
 }

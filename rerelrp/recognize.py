@@ -39,7 +39,7 @@ from .spaces import SPACES, DetectorSpace, moved_columns
 from .subnetworks import Subnetworks
 
 __all__ = ["RECOGNIZERS", "Recognizer", "GaussianRecognizer", "TaskRecognizer", "make_recognizer",
-           "default_detector", "chain_scores", "decided", "Route", "route"]
+           "default_detector", "chain_scores", "bounded", "decided", "task_posterior", "Route", "route"]
 
 #: Accepted values of ``ReReLRP(recognizer=...)``.
 RECOGNIZERS = ("gaussian", "paper")
@@ -67,14 +67,36 @@ def chain_scores(p: np.ndarray) -> np.ndarray:
     return np.concatenate([p, np.ones((n, 1))], axis=1) * not_yet
 
 
-def decided(scores: np.ndarray) -> np.ndarray:
-    """Rows ``(n,)`` bool whose best task is known from ``chain_scores`` of the first detectors alone.
+def bounded(scores: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
+    """Log task scores ``(n, k + 1)`` from :func:`chain_scores` of the first k detectors ``(n, k + 1)`` and a log
+    ``prior`` ``(n, T)`` added to them (None: nothing added): the first k columns exact, the last one an upper bound
+    of every later task's (its remaining chain score, which bounds each later chain score, plus the largest prior
+    among the later tasks). On the whole chain (``k + 1 = T``) every column is exact."""
+    with np.errstate(divide="ignore"):
+        logs = np.log(scores)
+    if prior is None:
+        return logs
+    k = scores.shape[1] - 1
+    return np.concatenate([logs[:, :k] + prior[:, :k], logs[:, k:] + prior[:, k:].max(1, keepdims=True)], axis=1)
 
-    A row is decided when one of its first scores exceeds the score left for all later tasks, which bounds
+
+def decided(scores: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``(n,)`` bool whose best task is known from ``chain_scores`` of the first detectors alone (and the log
+    ``prior`` ``(n, T)`` of every task, see :func:`bounded`).
+
+    A row is decided when one of its first scores exceeds the bound left for all later tasks, which bounds
     every later score (products of numbers in [0, 1] only shrink, in floating point too): its argmax over
     the first scores is then its argmax over all T scores.
     """
-    return scores[:, :-1].max(1) > scores[:, -1]
+    logs = bounded(scores, prior)
+    return logs[:, :-1].max(1) > logs[:, -1]
+
+
+def task_posterior(p: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
+    """The task scores ``(n, T)`` (rows summing to 1) of the detectors' whole-chain probabilities ``p`` ``(n, T-1)``:
+    :func:`chain_scores`, times ``exp(prior)`` (a log prior ``(n, T)``; None: 1) and normalised."""
+    logs = bounded(chain_scores(p), prior)
+    return np.exp(logs - logsumexp(logs, axis=1, keepdims=True))
 
 
 class Recognizer:
@@ -346,10 +368,12 @@ class Route(NamedTuple):
 
 
 def route(recognizer: Recognizer, view: Subnetworks, x: torch.Tensor, stop_early: bool = True, heads: bool = True,
-          novel: bool = False, quantiles: Sequence[np.ndarray] = (), known_fraction: float | None = None) -> Route:
+          novel: bool = False, quantiles: Sequence[np.ndarray] = (), known_fraction: float | None = None,
+          prior: np.ndarray | None = None) -> Route:
     """Run the detector chain of ``recognizer`` over inputs ``x`` ``(n, *input_shape)`` through ``view``.
 
-    Answers the detectors' probabilities ``(n, T-1)``, the argmax task ``(n,)``, its predicted class ``(n,)`` (with
+    Answers the detectors' probabilities ``(n, T-1)``, the task ``(n,)`` of the highest chain score (plus the
+    log ``prior`` ``(n, T)`` of each task, when given: see :func:`bounded`), its predicted class ``(n,)`` (with
     ``heads``: the argmax inside head m of subnetwork m, for the task m the row is recognized as) and, with
     ``novel``, each row's :func:`rerelrp.novelty.standardize` score ``(n,)`` under its recognized task, calibrated
     by that task's ``quantiles`` (:func:`rerelrp.novelty.calibrate`). With ``known_fraction`` (which needs
@@ -372,10 +396,10 @@ def route(recognizer: Recognizer, view: Subnetworks, x: torch.Tensor, stop_early
             measured[m] = (rows, measures)
         else:
             p[rows, m] = recognizer.proba(view, x[rows], m)
-        scores = chain_scores(p[rows, :m + 1])
+        scores, known = chain_scores(p[rows, :m + 1]), None if prior is None else prior[rows]
         last = m == T - 2  # the whole chain is known: every row is done
-        done = decided(scores) if stop_early and not last else np.full(len(rows), last)
-        task[rows[done]] = torch.as_tensor(scores[done].argmax(1))
+        done = decided(scores, known) if stop_early and not last else np.full(len(rows), last)
+        task[rows[done]] = torch.as_tensor(bounded(scores[done], None if known is None else known[done]).argmax(1))
         rows = rows[~done]
         if not len(rows):
             break

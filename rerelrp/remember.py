@@ -283,14 +283,14 @@ class GaussianDensities:
         self.gaussians_: list[dict[int, object]] = []
 
     def fit(self, statistics: ActivationStatistics, tasks: list[list[int]]) -> "GaussianDensities":
-        """Build the densities of spaces 0..T-1 from ``statistics`` of the classes of ``tasks``."""
+        """Build the densities of every space of ``statistics`` (of the classes of ``tasks``, in order)."""
         self.tasks_ = [list(classes) for classes in tasks]
         self.gaussians_ = [
             {c: (np.log(s.weights.astype(np.float64)),
                  [multivariate_normal(mean.astype(np.float64), covariance.astype(np.float64))
                   for mean, covariance in zip(s.means, s.covariances)])
-             for c, s in statistics.classes[m].items()}
-            for m in range(len(tasks))]
+             for c, s in per.items()}
+            for per in statistics.classes]
         return self
 
     def class_loglik(self, m: int, c: int, features: np.ndarray) -> np.ndarray:

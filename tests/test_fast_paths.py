@@ -10,7 +10,7 @@ from hypothesis.extra.numpy import arrays
 from torch import nn
 
 from rerelrp.network import find_units
-from rerelrp.recognize import chain_scores, decided
+from rerelrp.recognize import bounded, chain_scores, decided
 from rerelrp.relevance import default_composite, lrp
 from rerelrp.train import train_task
 from conftest import digits_mlp, loader
@@ -89,6 +89,17 @@ def test_a_decided_row_has_the_same_argmax_on_the_whole_chain(p):
         np.testing.assert_array_equal(prefix[:, :-1], chain_scores(p)[:, :k])
         rows = decided(prefix)
         np.testing.assert_array_equal(prefix[rows].argmax(1), full[rows])
+
+
+@settings(derandomize=True, max_examples=300, deadline=None)
+@given(arrays(np.float64, st.tuples(st.integers(1, 6), st.integers(2, 7)), elements=probabilities), st.data())
+def test_with_a_prior_a_decided_row_has_the_same_argmax_on_the_whole_chain(p, data):
+    n, T = p.shape[0], p.shape[1] + 1
+    prior = data.draw(arrays(np.float64, (n, T), elements=st.floats(-30, 0) | st.sampled_from([0.0, -1.0, -np.log(2)])))
+    full = bounded(chain_scores(p), prior).argmax(1)
+    for k in range(1, p.shape[1]):
+        rows = decided(chain_scores(p[:, :k]), prior)
+        np.testing.assert_array_equal(bounded(chain_scores(p[:, :k]), prior)[rows].argmax(1), full[rows])
 
 
 def test_parameters_without_gradient_change_no_relevance(digits):

@@ -1,0 +1,136 @@
+"""The input space: a second task recognizer that reads the inputs themselves, through one fixed map that every task
+shares (``ReReLRP(input_weight=...)``).
+
+The detector chain (:mod:`rerelrp.recognize`) reads each task's subnetwork, trained to tell that task's classes
+apart and nothing else; where tasks look alike (a top and a shoe in one task, another top and another shoe in the
+next) the subnetworks keep little that tells one task's data from another's. This recognizer keeps what the data
+look like instead, in a space no training changes:
+
+1. the map: ``FILTERS`` random 5 x 5 filters (seeded normal weights, scaled by the fan-in, no bias) over images
+   ``(n, C, H, W)``, ReLU, averaged over a ``GRID`` x ``GRID`` grid of regions: ``(n, FILTERS * GRID**2)``; inputs of
+   any other shape are flattened as they are;
+2. the axes: the first task's ``FEATURES`` principal components of that map, each column scaled to unit variance
+   (:meth:`rerelrp.remember.ActivationStatistics.choose_basis`), fixed from then on;
+3. per class of every task, a Gaussian mixture of at most ``COMPONENTS`` components there
+   (:class:`rerelrp.remember.ClassStatistics`; statistics only, no input is kept).
+
+Its answer for an input is the posterior of each task (equal priors, each task the mean of its classes' densities).
+:func:`rerelrp.recognize.route` adds ``input_weight`` times its log to the chain's log task scores (a product of the
+two recognizers' posteriors, the input's raised to ``input_weight``); the chain still stops early, exactly.
+
+Why these numbers: on cached default learners of Split Fashion-MNIST and Split MNIST (small CNN, seed 0),
+validation recognition was best, among 12 maps of 16-64 filters, 2-7 grid cells a side and 16-64 components, with
+eight mixture components rather than four or one; 20 features kept the bytes of a 5-task stream under a 200-image
+buffer (docs: Benchmarks, Recognition).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.special import logsumexp
+from torch.nn import functional
+
+from .remember import ActivationStatistics, GaussianDensities
+
+__all__ = ["InputRecognizer", "FILTERS", "GRID", "FEATURES", "COMPONENTS"]
+
+#: Random filters of the map over images.
+FILTERS = 64
+#: Regions a side the map averages each filter's response over.
+GRID = 3
+#: Principal components of the map the class mixtures live in.
+FEATURES = 20
+#: Most Gaussian mixture components per class.
+COMPONENTS = 8
+#: Inputs mapped at once (bounds the memory of the filter responses: ``CHUNK * FILTERS * H * W`` floats).
+CHUNK = 512
+
+
+class InputRecognizer:
+    """Task posteriors from class mixtures in one fixed space of the inputs (see the module docstring).
+
+    Parameters
+    ----------
+    random_state
+        seed of the filters and of the mixtures' initialisation.
+
+    Attributes
+    ----------
+    filters
+        ``(FILTERS, C, 5, 5)`` float32 filters, fixed by the first task's inputs (None before it, and for inputs that
+        are not images).
+    memory
+        :class:`rerelrp.remember.ActivationStatistics` with one space (index 0) holding every class of every task.
+    densities
+        :class:`rerelrp.remember.GaussianDensities` of :attr:`memory` (rebuilt by :meth:`fit`).
+    """
+
+    def __init__(self, random_state: int | None = None):
+        self.random_state = random_state
+        self.filters: torch.Tensor | None = None
+        self.memory = ActivationStatistics(FEATURES, COMPONENTS, random_state)
+        self.densities = GaussianDensities()
+
+    def map(self, x: torch.Tensor) -> torch.Tensor:
+        """The fixed map of inputs ``x`` ``(n, *input_shape)``: ``(n, FILTERS * GRID**2)`` for images (with
+        :attr:`filters`), else ``(n, prod(input_shape))``; float32, on ``x``'s device."""
+        if self.filters is None:
+            return x.detach().flatten(1).float()
+        filters = self.filters.to(x.device)
+        pad = filters.shape[-1] // 2
+        with torch.no_grad():
+            return torch.cat([functional.adaptive_avg_pool2d(functional.conv2d(part.float(), filters, padding=pad).relu_(),
+                                                             GRID).flatten(1) for part in x.split(CHUNK)])
+
+    def remember(self, x: torch.Tensor, y: torch.Tensor, classes: list[int]) -> None:
+        """Add a task from its training inputs ``x`` ``(n, *input_shape)`` with labels ``y`` ``(n,)`` of its
+        ``classes``; the first task also fixes the filters (images) and the axes."""
+        if not self.memory.n_tasks:
+            if x.dim() == 4:
+                generator = torch.Generator().manual_seed(self.random_state or 0)
+                fan_in = x.shape[1] * 25
+                self.filters = torch.randn(FILTERS, x.shape[1], 5, 5, generator=generator) / math.sqrt(fan_in)
+            self.memory.choose_basis(self.map(x), standardize=True)
+        features = self.memory.select(0, self.map(x))
+        labels = y.cpu().numpy()
+        for c in classes:
+            self.memory.add_class(0, c, features[labels == c])
+
+    def fit(self, tasks: list[list[int]]) -> "InputRecognizer":
+        """Rebuild the densities of the classes of ``tasks`` (class ids of each)."""
+        self.densities.fit(self.memory, tasks)
+        return self
+
+    def log_posterior(self, x: torch.Tensor) -> np.ndarray:
+        """Log posterior ``(n, T)`` float64 of each learned task for inputs ``x`` ``(n, *input_shape)`` (rows
+        log-sum-exp to 0)."""
+        loglik = self.densities.task_loglik(0, self.memory.select(0, self.map(x)))
+        return loglik - logsumexp(loglik, axis=1, keepdims=True)
+
+    def state_dict(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """``(index, tensors)``: the memory's index (JSON) and tensors named ``input.*`` (the filters as
+        ``input.filters``)."""
+        index, tensors = self.memory.state_dict(prefix="input.")
+        if self.filters is not None:
+            tensors["input.filters"] = self.filters.contiguous()
+        return index, tensors
+
+    def load_state_dict(self, index: dict, tensors: dict[str, torch.Tensor], tasks: list[list[int]],
+                        input_shape: tuple[int, ...]) -> None:
+        """Restore from :meth:`state_dict`'s ``(index, tensors)`` for ``tasks`` (class ids of each) and inputs of
+        ``input_shape``; raises ValueError naming the entry that does not fit (KeyError for a missing one)."""
+        self.memory.load_state_dict(index, tensors, prefix="input.")
+        self.filters = tensors.get("input.filters")
+        if self.memory.n_tasks != 1:
+            raise ValueError(f"meta.json holds {self.memory.n_tasks} input spaces, not one")
+        image = len(input_shape) == 3
+        if image != (self.filters is not None) or image and (
+                list(self.filters.shape) != [FILTERS, input_shape[0], 5, 5] or not self.filters.isfinite().all()):
+            raise ValueError(f"tensors.safetensors holds input.filters {None if self.filters is None else list(self.filters.shape)}"
+                             f", not {FILTERS} finite filters {[FILTERS, input_shape[0], 5, 5] if image else None} for "
+                             f"inputs of shape {list(input_shape)}")
+        width = FILTERS * GRID ** 2 if image else math.prod(input_shape)
+        self.memory.check(tasks, width, "input")
+        self.fit(tasks)

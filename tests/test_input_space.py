@@ -1,0 +1,117 @@
+"""The input-space recognizer (ReReLRP(input_weight=...)): it recognizes tasks from the inputs alone, the chain
+still stops early exactly with its prior, it is saved and refused like the rest of the memory, and it keeps no input."""
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load as load_tensors
+from scipy.special import logsumexp
+
+import rerelrp
+from rerelrp import InvalidParameterError, ReReLRP
+from rerelrp.input_space import FILTERS, InputRecognizer
+from rerelrp.recognize import chain_scores, route
+from conftest import TASKS, loader
+
+
+def digits_cnn() -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                               torch.nn.Flatten(), torch.nn.Linear(128, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+
+
+def images(split):
+    return [(x.view(-1, 1, 8, 8), y) for x, y in split]
+
+
+def truth_of(test) -> np.ndarray:
+    return np.concatenate([np.full(len(y), t) for t, (_, y) in enumerate(test)])
+
+
+@pytest.fixture(scope="module")
+def weighted(digits):
+    """A learner with input_weight=1 on the 5 digit tasks as 8 x 8 images."""
+    learner = ReReLRP(digits_cnn(), epochs=5, input_weight=1.0, n_tasks=5, progress=False)
+    for x, y in images(digits[0]):
+        learner.fit_task(loader(x, y))
+    return learner
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (64,)], ids=["images", "vectors"])
+def test_recognizes_held_out_digit_tasks_from_the_inputs_alone(digits, shape):
+    train, test = digits
+    recognizer = InputRecognizer(random_state=0)
+    for t, (x, y) in enumerate(train):
+        recognizer.remember(x.view(-1, *shape), y, TASKS[t])
+        recognizer.fit(TASKS[:t + 1])
+    log_posterior = recognizer.log_posterior(torch.cat([x for x, _ in test]).view(-1, *shape))
+    accuracy = float((log_posterior.argmax(1) == truth_of(test)).mean())
+    print(f"input recognizer alone, digits as {shape}: {accuracy:.3f} of held-out inputs' tasks (chance 0.2)")
+    assert log_posterior.shape == (sum(len(y) for _, y in test), 5)
+    np.testing.assert_allclose(logsumexp(log_posterior, axis=1), 0, atol=1e-9)
+    assert accuracy > 0.9
+    assert (recognizer.filters is None) == (len(shape) == 1)
+
+
+def test_the_chain_stops_early_exactly_with_the_input_prior(digits, weighted):
+    x = torch.cat([x for x, _ in images(digits[1])])
+    early = weighted.route(x, heads=False).task
+    whole = weighted.predict_proba_task(x).argmax(1)
+    assert torch.equal(early, whole)
+    assert torch.equal(weighted.predict_task(x), whole)
+
+
+def test_the_weight_moves_recognition_and_zero_leaves_the_chain_alone(digits, weighted):
+    test = images(digits[1])
+    x, truth = torch.cat([x for x, _ in test]), truth_of(test)
+    with_input = weighted.predict_proba_task(x).numpy()
+    weighted.set_params(input_weight=0.0)
+    try:
+        chain_only = weighted.predict_proba_task(x).numpy()
+        p = route(weighted.recognizer_, weighted.subnetworks(), x, stop_early=False, heads=False).p
+        np.testing.assert_allclose(chain_only, chain_scores(p), rtol=1e-12, atol=0)
+    finally:
+        weighted.set_params(input_weight=1.0)
+    recognized = {name: float((scores.argmax(1) == truth).mean())
+                  for name, scores in (("chain", chain_only), ("chain + input", with_input))}
+    print(f"held-out digits' task recognition: {recognized}")
+    assert not np.allclose(with_input, chain_only)
+    assert recognized["chain + input"] >= recognized["chain"] - 0.01
+
+
+def test_a_save_answers_the_same_and_keeps_no_input(digits, weighted, tmp_path):
+    x = torch.cat([x for x, _ in images(digits[1])])
+    path = weighted.save(tmp_path / "learner.zip")
+    loaded = rerelrp.load(path, digits_cnn())
+    assert torch.equal(loaded.predict(x), weighted.predict(x))
+    assert torch.equal(loaded.predict_proba_task(x), weighted.predict_proba_task(x))
+    with zipfile.ZipFile(path) as archive:
+        tensors = load_tensors(archive.read("tensors.safetensors"))
+    assert tensors["input.filters"].shape == (FILTERS, 1, 5, 5)
+    inputs = torch.cat([x.flatten(1) for x, _ in images(digits[0])]).double()
+    for name, tensor in tensors.items():
+        flat = tensor.double().flatten()
+        if name.startswith("input.") and len(flat) >= inputs.shape[1]:
+            windows = flat.unfold(0, inputs.shape[1], 1)
+            assert torch.cdist(windows, inputs).min() > 1e-3, f"{name} holds a training input"
+
+
+def test_a_learner_that_kept_no_input_statistics_refuses_a_weight(digits, tmp_path):
+    x, y = images(digits[0])[0]
+    learner = ReReLRP(digits_cnn(), epochs=1, progress=False).fit_task(loader(x, y))
+    with pytest.raises(InvalidParameterError, match="input_weight cannot change once a task is learned"):
+        learner.set_params(input_weight=1.0)
+    assert learner.input_weight == 0.0
+    path = learner.save(tmp_path / "plain.zip")
+    with pytest.raises(ValueError, match="holds no input statistics"):
+        rerelrp.load(path, digits_cnn(), input_weight=1.0)
+    with pytest.raises(InvalidParameterError, match="input_weight"):
+        ReReLRP(digits_cnn(), epochs=1, input_weight=-1.0, progress=False).fit_task(loader(x, y))
+
+
+def test_a_state_whose_filters_do_not_fit_the_inputs_is_refused(weighted):
+    state = weighted.state_dict()
+    state["tensors"]["input.filters"] = state["tensors"]["input.filters"][:, :, :3]
+    with pytest.raises(ValueError, match="input.filters"):
+        ReReLRP(digits_cnn(), input_weight=1.0).load_state_dict(state)
