@@ -18,10 +18,10 @@ Its answer for an input is the posterior of each task (equal priors, each task t
 :func:`rerelrp.recognize.route` adds ``input_weight`` times its log to the chain's log task scores (a product of the
 two recognizers' posteriors, the input's raised to ``input_weight``); the chain still stops early, exactly.
 
-Why these numbers: on cached default learners of Split Fashion-MNIST and Split MNIST (small CNN, seed 0),
-validation recognition was best, among 12 maps of 16-64 filters, 2-7 grid cells a side and 16-64 components, with
-eight mixture components rather than four or one; 20 features kept the bytes of a 5-task stream under a 200-image
-buffer (docs: Benchmarks, Recognition).
+Why these numbers: on default learners of Split Fashion-MNIST and Split MNIST (small CNN, seed 0), validation
+recognition was best, among 19 variants of 16-64 filters, grids of 2-7 cells a side, 16-64 features and 1-16
+components, with eight mixture components rather than four or one and a coarse grid; 20 features keep the bytes
+within those of a 200-image buffer on a 5-task stream (docs: Benchmarks, Recognition).
 """
 from __future__ import annotations
 

@@ -746,7 +746,7 @@ class ReReLRP(BaseEstimator):
             Per task: its classes, per unit layer the units it kept (of them new) against its budget, the units growth
             added before it and those free after it, and its pruning's validation accuracy against the unpruned
             network's; then the budget, the growth and the parameters as a multiple of the initial ones, the detector
-            space and features, and every warning (``warnings_``).
+            space and features, the input space (``input_weight``), and every warning (``warnings_``).
         """
         self._check_fitted()
         budget = f"n_tasks={self.n_tasks}" if self.n_tasks is not None else \
@@ -759,6 +759,8 @@ class ReReLRP(BaseEstimator):
             f"detectors: recognizer={self.recognizer!r}, detector_space={self.detector_space!r} -> "
             f"{self.detector_space_!r}, n_features={self.n_features!r} -> {self.recognizer_.memory.widths} per "
             "detector",
+            "input space: " + ("none (input_weight=0 at the first task)" if self.input_recognizer_ is None else
+                               f"{self.input_recognizer_.memory.widths[0]} features, weight {self.input_weight}"),
             f"warnings: {len(said)}" + "".join("\n  " + line for line in said)])
 
     def parameter_growth(self) -> float:

@@ -68,14 +68,14 @@ def chain_scores(p: np.ndarray) -> np.ndarray:
 
 
 def bounded(scores: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
-    """Log task scores ``(n, k + 1)`` from :func:`chain_scores` of the first k detectors ``(n, k + 1)`` and a log
-    ``prior`` ``(n, T)`` added to them (None: nothing added): the first k columns exact, the last one an upper bound
-    of every later task's (its remaining chain score, which bounds each later chain score, plus the largest prior
-    among the later tasks). On the whole chain (``k + 1 = T``) every column is exact."""
+    """Task scores ``(n, k + 1)`` to compare, from :func:`chain_scores` of the first k detectors ``(n, k + 1)``: the
+    scores themselves, or, with a log ``prior`` ``(n, T)``, their logs plus it. The first k columns are exact, the
+    last one an upper bound of every later task's (the remaining chain score, which bounds each later chain score,
+    plus the largest prior among the later tasks). On the whole chain (``k + 1 = T``) every column is exact."""
+    if prior is None:
+        return scores
     with np.errstate(divide="ignore"):
         logs = np.log(scores)
-    if prior is None:
-        return logs
     k = scores.shape[1] - 1
     return np.concatenate([logs[:, :k] + prior[:, :k], logs[:, k:] + prior[:, k:].max(1, keepdims=True)], axis=1)
 
@@ -88,13 +88,15 @@ def decided(scores: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
     every later score (products of numbers in [0, 1] only shrink, in floating point too): its argmax over
     the first scores is then its argmax over all T scores.
     """
-    logs = bounded(scores, prior)
-    return logs[:, :-1].max(1) > logs[:, -1]
+    compared = bounded(scores, prior)
+    return compared[:, :-1].max(1) > compared[:, -1]
 
 
 def task_posterior(p: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
     """The task scores ``(n, T)`` (rows summing to 1) of the detectors' whole-chain probabilities ``p`` ``(n, T-1)``:
     :func:`chain_scores`, times ``exp(prior)`` (a log prior ``(n, T)``; None: 1) and normalised."""
+    if prior is None:
+        return chain_scores(p)
     logs = bounded(chain_scores(p), prior)
     return np.exp(logs - logsumexp(logs, axis=1, keepdims=True))
 

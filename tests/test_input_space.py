@@ -115,3 +115,10 @@ def test_a_state_whose_filters_do_not_fit_the_inputs_is_refused(weighted):
     state["tensors"]["input.filters"] = state["tensors"]["input.filters"][:, :, :3]
     with pytest.raises(ValueError, match="input.filters"):
         ReReLRP(digits_cnn(), input_weight=1.0).load_state_dict(state)
+
+
+def test_the_summary_says_whether_an_input_space_is_kept(digits, weighted):
+    assert f"input space: {weighted.input_recognizer_.memory.widths[0]} features, weight 1.0" in weighted.summary()
+    x, y = images(digits[0])[0]
+    plain = ReReLRP(digits_cnn(), epochs=1, progress=False).fit_task(loader(x, y))
+    assert "input space: none (input_weight=0 at the first task)" in plain.summary()
