@@ -270,7 +270,7 @@ def test_summary_states_what_each_task_was_given_and_survives_a_save(default_lea
     text = default_learner.summary()
     lines = text.splitlines()
     n_warnings = len(default_learner.warnings_)
-    assert len(lines) == 4 + len(default_learner.tasks_) + n_warnings
+    assert len(lines) == 5 + len(default_learner.tasks_) + n_warnings
     report = default_learner.capacity_report()
     for t, (line, result) in enumerate(zip(lines[1:], default_learner.prune_results_)):
         assert line.startswith(f"{t} | {default_learner.tasks_[t]} | ")
@@ -278,11 +278,12 @@ def test_summary_states_what_each_task_was_given_and_survives_a_save(default_lea
             assert f"{r['layer']}: {r['kept']} ({r['new']}) / {'-' if budget is None else budget}, +{r['grown']}, " \
                    f"{r['free']} free" in line
         assert f"{result.accuracy:.1%} ({result.base_accuracy:.1%}), {result.measure}" in line
-    budget, detectors, said = lines[1 + len(default_learner.tasks_):4 + len(default_learner.tasks_)]
+    budget, detectors, inputs, said = lines[1 + len(default_learner.tasks_):5 + len(default_learner.tasks_)]
     assert budget.startswith("budget: open-ended (n_tasks=None: at most 25% of the free units per task); "
                              "grow='auto' -> 0.25; parameters ")
     assert f"parameters {default_learner.parameter_growth():.2f}x" in budget
     assert "detector_space='auto' -> 'layers'" in detectors
+    assert inputs == "input space: none (input_weight=0 at the first task)"
     assert said == f"warnings: {n_warnings}"
     for line, (t, kind, message) in zip(lines[-n_warnings:] if n_warnings else [], default_learner.warnings_):
         assert line == f"  task {t} [{kind}]: {message}"
