@@ -34,7 +34,7 @@ from torch.nn import functional
 
 from .remember import ActivationStatistics, GaussianDensities
 
-__all__ = ["InputRecognizer", "FILTERS", "GRID", "FEATURES", "COMPONENTS"]
+__all__ = ["InputRecognizer", "FILTERS", "SIZE", "GRID", "FEATURES", "COMPONENTS", "CHUNK_FLOATS"]
 
 #: Random filters of the map over images.
 FILTERS = 64
@@ -44,8 +44,10 @@ GRID = 3
 FEATURES = 20
 #: Most Gaussian mixture components per class.
 COMPONENTS = 8
-#: Inputs mapped at once (bounds the memory of the filter responses: ``CHUNK * FILTERS * H * W`` floats).
-CHUNK = 512
+#: Side of the square filters.
+SIZE = 5
+#: Filter responses held at once, in floats (128 MiB): inputs are mapped in chunks of at most this many.
+CHUNK_FLOATS = 2 ** 25
 
 
 class InputRecognizer:
@@ -59,7 +61,7 @@ class InputRecognizer:
     Attributes
     ----------
     filters
-        ``(FILTERS, C, 5, 5)`` float32 filters, fixed by the first task's inputs (None before it, and for inputs that
+        ``(FILTERS, C, SIZE, SIZE)`` float32 filters, fixed by the first task's inputs (None before it, and for inputs that
         are not images).
     memory
         :class:`rerelrp.remember.ActivationStatistics` with one space (index 0) holding every class of every task.
@@ -79,21 +81,23 @@ class InputRecognizer:
         if self.filters is None:
             return x.detach().flatten(1).float()
         filters = self.filters.to(x.device)
-        pad = filters.shape[-1] // 2
+        chunk = max(1, CHUNK_FLOATS // (FILTERS * x.shape[2] * x.shape[3]))
         with torch.no_grad():
-            return torch.cat([functional.adaptive_avg_pool2d(functional.conv2d(part.float(), filters, padding=pad).relu_(),
-                                                             GRID).flatten(1) for part in x.split(CHUNK)])
+            responses = (functional.conv2d(part.float(), filters, padding=SIZE // 2).relu_() for part in x.split(chunk))
+            return torch.cat([functional.adaptive_avg_pool2d(r, GRID).flatten(1) for r in responses])
 
     def remember(self, x: torch.Tensor, y: torch.Tensor, classes: list[int]) -> None:
         """Add a task from its training inputs ``x`` ``(n, *input_shape)`` with labels ``y`` ``(n,)`` of its
         ``classes``; the first task also fixes the filters (images) and the axes."""
-        if not self.memory.n_tasks:
-            if x.dim() == 4:
-                generator = torch.Generator().manual_seed(self.random_state or 0)
-                fan_in = x.shape[1] * 25
-                self.filters = torch.randn(FILTERS, x.shape[1], 5, 5, generator=generator) / math.sqrt(fan_in)
-            self.memory.choose_basis(self.map(x), standardize=True)
-        features = self.memory.select(0, self.map(x))
+        first = not self.memory.n_tasks
+        if first and x.dim() == 4:
+            generator = torch.Generator().manual_seed(self.random_state or 0)
+            self.filters = torch.randn(FILTERS, x.shape[1], SIZE, SIZE, generator=generator) / math.sqrt(
+                x.shape[1] * SIZE * SIZE)
+        mapped = self.map(x)
+        if first:
+            self.memory.choose_basis(mapped, standardize=True)
+        features = self.memory.select(0, mapped)
         labels = y.cpu().numpy()
         for c in classes:
             self.memory.add_class(0, c, features[labels == c])
@@ -127,10 +131,11 @@ class InputRecognizer:
             raise ValueError(f"meta.json holds {self.memory.n_tasks} input spaces, not one")
         image = len(input_shape) == 3
         if image != (self.filters is not None) or image and (
-                list(self.filters.shape) != [FILTERS, input_shape[0], 5, 5] or not self.filters.isfinite().all()):
-            raise ValueError(f"tensors.safetensors holds input.filters {None if self.filters is None else list(self.filters.shape)}"
-                             f", not {FILTERS} finite filters {[FILTERS, input_shape[0], 5, 5] if image else None} for "
-                             f"inputs of shape {list(input_shape)}")
+                list(self.filters.shape) != [FILTERS, input_shape[0], SIZE, SIZE] or not self.filters.isfinite().all()):
+            held = None if self.filters is None else list(self.filters.shape)
+            raise ValueError(f"tensors.safetensors holds input.filters {held}, not {FILTERS} finite filters "
+                             f"{[FILTERS, input_shape[0], SIZE, SIZE] if image else None} for inputs of shape "
+                             f"{list(input_shape)}")
         width = FILTERS * GRID ** 2 if image else math.prod(input_shape)
         self.memory.check(tasks, width, "input")
         self.fit(tasks)
