@@ -821,8 +821,10 @@ class ReReLRP(BaseEstimator):
                 "widths": {layer.name: layer.n_units for layer in self.units_.layers}, "growth": self.growth_,
                 "warnings": [list(w) for w in self.warnings_], "detector_space": self.detector_space_,
                 "initial_sizes": self.initial_sizes_, "initial_parameters": self.initial_parameters_,
-                "prune_results": [r.to_dict() for r in self.prune_results_], **recognizer, "input_memory": input_memory,
+                "prune_results": [r.to_dict() for r in self.prune_results_], **recognizer,
                 "modules": architecture.modules(self._net)}
+        if input_memory is not None:
+            meta["input_memory"] = input_memory
         return {"meta": meta, "tensors": tensors, "estimators": estimators}
 
     def load_state_dict(self, state: dict) -> "ReReLRP":

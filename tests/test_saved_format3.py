@@ -44,9 +44,9 @@ def test_a_format3_save_loaded_and_saved_again_holds_the_same_members(tmp_path, 
         assert before.read("tensors.safetensors") == after.read("tensors.safetensors")
         meta = json.loads(after.read("meta.json"))
         # the additions since: the model's parameter-free modules, recorded from the model it was loaded into; the
-        # warnings given (none recorded in a format-3 save); the detector space the saved option chose; no input
-        # statistics, and the option that would have kept them at its default, 0
+        # warnings given (none recorded in a format-3 save); the detector space the saved option chose; the option
+        # that would have kept input statistics, at its default, 0 (and so no input_memory)
         assert meta.pop("modules") == architecture.modules(digits_mlp())
         assert meta.pop("warnings") == [] and meta.pop("detector_space") == meta["options"]["detector_space"]
-        assert meta.pop("input_memory") is None and meta["options"].pop("input_weight") == 0.0
+        assert "input_memory" not in meta and meta["options"].pop("input_weight") == 0.0
         assert json.dumps(meta, indent=1).encode() == before.read("meta.json")
