@@ -922,6 +922,7 @@ class ReReLRP(BaseEstimator):
         """Set options as scikit-learn's ``set_params`` does, validated at once (:func:`rerelrp.options.validate`).
         Once a task is learned, ``model``, ``device``, ``recognizer`` and ``detector_space`` cannot change (the masks,
         freeze masks and memory belong to them): save and ``rerelrp.load`` with ``device=...`` to move a learner.
+        ``input_weight`` can change only where the first task kept input statistics (it was above 0 then).
 
         Parameters
         ----------
@@ -953,7 +954,8 @@ class ReReLRP(BaseEstimator):
 
     def _check_params(self) -> None:
         """Validate every option (:func:`rerelrp.options.validate`); once a task is learned, ``recognizer``,
-        ``detector_space`` and ``composite`` against those the memory and the masks were built with."""
+        ``detector_space`` and ``composite`` against those the memory and the masks were built with, and
+        ``input_weight`` stays 0 where no input statistics were kept."""
         fitted, params = None, self.get_params(deep=False)
         if hasattr(self, "recognizer_"):
             fitted = {"recognizer": "gaussian" if isinstance(self.recognizer_, GaussianRecognizer) else "paper",
@@ -1066,8 +1068,9 @@ class ReReLRP(BaseEstimator):
                      known_fraction=self.known_fraction if reject else None, prior=self._prior(x))
 
     def _prior(self, x: torch.Tensor) -> np.ndarray | None:
-        """The log prior ``(n, T)`` the input recognizer adds to the chain's log task scores (None without it)."""
-        if self.input_recognizer_ is None or not self.input_weight:
+        """The log prior ``(n, T)`` the input recognizer adds to the chain's log task scores (None without it, and
+        with one task, where there is nothing to recognize)."""
+        if self.input_recognizer_ is None or not self.input_weight or len(self.tasks_) < 2:
             return None
         return self.input_weight * self.input_recognizer_.log_posterior(x)
 
