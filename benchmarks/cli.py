@@ -45,6 +45,10 @@ LEARNER_OPTIONS = {
                                         "units that vary most), head (principal components of the output layer's "
                                         "input; use it for --backbone resnet18) or layers (principal components of "
                                         "every unit layer's standardized outputs; small networks)"),
+    "later_tasks": (word_or("all", int),
+                    "tasks after its own whose classes each rerelrp detector keeps, a mixture each; the tasks after "
+                    "those fold into one mixture of at most 8 components per detector, so side memory grows "
+                    "linearly with the tasks (all: every task's classes, memory grows with the square of the tasks)"),
     "input_weight": (float, "weight of rerelrp's input-space recognizer (class mixtures of the inputs through one "
                             "fixed random map) added to its detector chain; 0: none (docs: Benchmarks, Recognition)"),
     "min_keep": (float, "fraction of each layer every rerelrp task keeps (0: the paper's pruning)"),
@@ -67,7 +71,8 @@ LEARNER_OPTIONS = {
 #: learner's defaults, what ``ReReLRP(model, epochs=E, random_state=s)`` does); ``tuned``: the options every result
 #: before the learner chose its own used (a budget for the stream's length, no growth, the last hidden layer's
 #: units as detector space).
-PRESETS = {"defaults": {}, "tuned": {"n_tasks": "stream", "grow": 0.0, "detector_space": "units", "n_features": 48}}
+PRESETS = {"defaults": {}, "tuned": {"n_tasks": "stream", "grow": 0.0, "detector_space": "units", "n_features": 48,
+                                     "later_tasks": "all"}}
 
 
 def add_threads_option(p: argparse.ArgumentParser) -> None:
@@ -150,7 +155,8 @@ def parser(script: str, description: str, default_epochs: int, quick_epochs: int
     p.add_argument("--preset", default="defaults", choices=list(PRESETS),
                    help="rerelrp's options where not given: defaults (the learner's own: ReReLRP(model, epochs=E, "
                         "random_state=s) and nothing more) or tuned (--n-tasks stream --grow 0 --detector-space units "
-                        "--n-features 48, the settings of the results measured before the learner chose its own)")
+                        "--n-features 48 --later-tasks all, the settings of the results measured before the learner "
+                        "chose its own)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_threads_option(p)
     return p
@@ -158,12 +164,15 @@ def parser(script: str, description: str, default_epochs: int, quick_epochs: int
 
 def learner_options(args: argparse.Namespace, stream_length: int) -> dict:
     """The rerelrp options of the command line ``args``: those given, then ``--preset``'s for the others;
-    ``n_tasks`` ``"stream"`` is ``stream_length``, 0 is None (an open-ended stream)."""
+    ``n_tasks`` ``"stream"`` is ``stream_length``, 0 is None (an open-ended stream); ``later_tasks`` ``"all"`` is
+    None."""
     names = [*LEARNER_OPTIONS, "n_tasks"]
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     options = {**PRESETS[args.preset], **given}
     if "n_tasks" in options:
         options["n_tasks"] = stream_length if options["n_tasks"] == "stream" else options["n_tasks"] or None
+    if options.get("later_tasks") == "all":
+        options["later_tasks"] = None
     return options
 
 

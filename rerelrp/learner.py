@@ -102,6 +102,12 @@ class ReReLRP(BaseEstimator):
         ten), so that a task's Gaussians cost about the same bytes whatever its classes.
     n_components
         most Gaussian mixture components per class (``recognizer="gaussian"``).
+    later_tasks
+        with ``recognizer="gaussian"``, detector m keeps a mixture per class of the tasks up to ``later_tasks`` after
+        its own and folds every task after those into one mixture of at most
+        :data:`rerelrp.remember.REST_COMPONENTS` components (:meth:`rerelrp.remember.ActivationStatistics.fold`), so
+        that side memory and prediction grow linearly with the number of tasks, not with its square. None: keep
+        every task's classes. The default, 4, folds nothing on streams of up to 5 tasks.
     detector_space
         what the Gaussian detectors read: ``"units"``, ``"head"`` (residual networks), ``"layers"``
         (:mod:`rerelrp.spaces`) or ``"auto"``: ``"head"`` where a residual sum lies between the last hidden unit
@@ -191,6 +197,7 @@ class ReReLRP(BaseEstimator):
         n_reference: int = 500,
         n_features: int | str = "auto",
         n_components: int = 4,
+        later_tasks: int | None = 4,
         detector_space: str = "auto",
         recognizer: str = "gaussian",
         input_weight: float = 0.0,
@@ -219,6 +226,7 @@ class ReReLRP(BaseEstimator):
         self.n_reference = n_reference
         self.n_features = n_features
         self.n_components = n_components
+        self.later_tasks = later_tasks
         self.detector_space = detector_space
         self.recognizer = recognizer
         self.input_weight = input_weight
@@ -502,7 +510,7 @@ class ReReLRP(BaseEstimator):
 
         def remember_and_recognize():
             with _timed(times, "remember"):
-                self.recognizer_.remember(view, x, y, ref_x)
+                self.recognizer_.remember(view, x, y, ref_x, self.later_tasks)
                 if self.input_recognizer_ is not None:
                     self.input_recognizer_.remember(x, y, self.tasks_[t])
             with _timed(times, "recognize"):
@@ -746,7 +754,8 @@ class ReReLRP(BaseEstimator):
             Per task: its classes, per unit layer the units it kept (of them new) against its budget, the units growth
             added before it and those free after it, and its pruning's validation accuracy against the unpruned
             network's; then the budget, the growth and the parameters as a multiple of the initial ones, the detector
-            space and features, the input space (``input_weight``), and every warning (``warnings_``).
+            space, features and folded tasks (``later_tasks``), the input space (``input_weight``), and every warning
+            (``warnings_``).
         """
         self._check_fitted()
         budget = f"n_tasks={self.n_tasks}" if self.n_tasks is not None else \
@@ -758,7 +767,8 @@ class ReReLRP(BaseEstimator):
             f"{self.parameter_growth():.2f}x the initial ones",
             f"detectors: recognizer={self.recognizer!r}, detector_space={self.detector_space!r} -> "
             f"{self.detector_space_!r}, n_features={self.n_features!r} -> {self.recognizer_.memory.widths} per "
-            "detector",
+            "detector" + ("" if self.recognizer != "gaussian" else f"; later_tasks={self.later_tasks!r}: tasks "
+                          f"folded per detector {self.recognizer_.memory.folded}"),
             "input space: " + ("none (input_weight=0 at the first task)" if self.input_recognizer_ is None else
                                f"{self.input_recognizer_.memory.widths[0]} features, weight {self.input_weight}"),
             f"warnings: {len(said)}" + "".join("\n  " + line for line in said)])

@@ -219,6 +219,7 @@ CONSTRAINTS: dict[str, list] = {
     "n_reference": [_POSITIVE],
     "n_features": [Options(("auto",)), _POSITIVE],
     "n_components": [_POSITIVE],
+    "later_tasks": [None, Interval(_INT, 0, None)],
     "detector_space": [Options(DETECTOR_SPACES)],
     "recognizer": [Options(RECOGNIZERS)],
     "input_weight": [Interval(_NUMBER, 0, None)],
@@ -240,6 +241,7 @@ NOTES: dict[str, str] = {
     "n_features": "'auto': rerelrp.remember.auto_features of each task's classes",
     "grow": "the fraction of each layer's initial width every task finds free; 0: no growth; 'auto': "
             "rerelrp.growth.AUTO_GROW where the model can grow",
+    "later_tasks": "tasks after its own whose classes each detector keeps; None: all",
     "known_fraction": "the share of each task's validation inputs predict(reject=True) accepts",
     "input_weight": "the power of the input recognizer's task posterior; 0: not kept",
     "val_fraction": "the share of a task held out for pruning",

@@ -115,9 +115,12 @@ class Recognizer:
     supports_unknown = False
     memory: ActivationStatistics | RelevanceMemory
 
-    def remember(self, view: Subnetworks, x: torch.Tensor, y: torch.Tensor, ref_x: torch.Tensor) -> None:
+    def remember(self, view: Subnetworks, x: torch.Tensor, y: torch.Tensor, ref_x: torch.Tensor,
+                 later_tasks: int | None = None) -> None:
         """Add the newest task of ``view`` to the memory, as seen by detectors 0..t, from its training inputs ``x``
-        ``(n, *input_shape)`` with labels ``y`` ``(n,)`` and its reference inputs ``ref_x``."""
+        ``(n, *input_shape)`` with labels ``y`` ``(n,)`` and its reference inputs ``ref_x``. Detectors that keep
+        statistics per class keep them for at most ``later_tasks`` tasks after their own (None: every task) and
+        fold the others; the others ignore it."""
         raise NotImplementedError
 
     def fit(self, tasks: list[list[int]]) -> "Recognizer":
@@ -222,7 +225,8 @@ class GaussianRecognizer(Recognizer):
         """Task m's share ``(n,)`` of the likelihoods ``(n, T-m)`` of the tasks m..T-1."""
         return np.exp(task_loglik[:, 0] - logsumexp(task_loglik, axis=1))
 
-    def remember(self, view: Subnetworks, x: torch.Tensor, y: torch.Tensor, ref_x: torch.Tensor) -> None:
+    def remember(self, view: Subnetworks, x: torch.Tensor, y: torch.Tensor, ref_x: torch.Tensor,
+                 later_tasks: int | None = None) -> None:
         t = len(view) - 1
         for m in range(t + 1):
             if m == t:
@@ -234,8 +238,12 @@ class GaussianRecognizer(Recognizer):
                 self.space.choose(self.memory, outputs, union, [layer.name for layer in view.units.layers])
             else:
                 outputs = self.read(view, x, m)[1]
-            for c in view.tasks[t]:
-                self.memory.add_class(m, c, self.memory.select(m, outputs[y == c]))
+            per_class = {c: self.memory.select(m, outputs[y == c]) for c in view.tasks[t]}
+            if self.memory.keeps(m, t, later_tasks):
+                for c, features in per_class.items():
+                    self.memory.add_class(m, c, features)
+            else:
+                self.memory.fold(m, list(per_class.values()))
 
     def fit(self, tasks: list[list[int]]) -> "GaussianRecognizer":
         self.densities.fit(self.memory, tasks)
@@ -302,7 +310,8 @@ class TaskRecognizer(Recognizer):
         other.memory = self.memory
         return other
 
-    def remember(self, view: Subnetworks, x: torch.Tensor, y: torch.Tensor, ref_x: torch.Tensor) -> None:
+    def remember(self, view: Subnetworks, x: torch.Tensor, y: torch.Tensor, ref_x: torch.Tensor,
+                 later_tasks: int | None = None) -> None:
         self.memory.add_task([view.relevance(ref_x, m) for m in range(len(view))])
 
     def fit(self, tasks: list[list[int]]) -> "TaskRecognizer":

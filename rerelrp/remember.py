@@ -3,14 +3,14 @@
 Two memories, one per recognizer (see :mod:`rerelrp.recognize`):
 
 :class:`ActivationStatistics` (default) keeps, for every detector m and every
-
-
 class of a task s >= m, a Gaussian mixture (at most ``n_components`` full-covariance
 components, their number chosen by BIC) of the activations that the class's
 training inputs leave in ``n_features`` units of the last hidden unit layer,
 read through the union of the subnetworks S_0..S_m. Those units are
 frozen from task m on and everything else is masked, so the statistics of a
 later task, computed when it arrives, live in the same space as task m's.
+Tasks more than ``later_tasks`` after m are folded into one bounded mixture per detector
+(:meth:`ActivationStatistics.fold`), so that memory grows linearly with the tasks, not with their square.
 The units are the ones that vary most on task m's own data, fixed once task m
 is learned. Only the mixtures' weights, means and covariances are stored: no inputs, no vectors.
 With ``ReReLRP(detector_space="head")`` a detector reads instead the ``n_features`` principal components, on task
@@ -41,7 +41,7 @@ from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
 __all__ = ["AUTO_FEATURES", "auto_features", "ActivationStatistics", "ClassStatistics", "GaussianDensities",
-           "RelevanceMemory", "SHRINKAGE"]
+           "reduce_mixture", "RelevanceMemory", "REST_COMPONENTS", "SHRINKAGE"]
 
 #: Share of the mean variance added to every covariance's diagonal (scikit-learn's ``reg_covar``):
 #: this value recognized tasks best on Split MNIST and digits validation data, more shrinkage worse
@@ -50,6 +50,44 @@ SHRINKAGE = 1e-3
 
 #: ``n_features="auto"``: the features a detector of a two-class task reads; see :func:`auto_features`.
 AUTO_FEATURES = 40
+
+#: Most components of the mixture into which a detector folds the tasks after its ``later_tasks``
+#: (:meth:`ActivationStatistics.fold`).
+REST_COMPONENTS = 16
+
+
+
+def reduce_mixture(weights: np.ndarray, means: np.ndarray, covariances: np.ndarray,
+                   k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reduce a Gaussian mixture of ``(n,)`` weights, ``(n, d)`` means and ``(n, d, d)`` covariances to at most
+    ``k`` components by Runnalls' greedy merging (IEEE Trans. Aerospace and Electronic Systems 43(3), 2007): merge
+    the pair whose moment-preserving merge raises an upper bound of the KL divergence least, until ``k`` are left.
+    A merge keeps the pair's weight, mean and covariance (the spread of their means included), so the mixture's
+    mean and covariance never change. float64 in and out; ``k >= n`` returns the inputs."""
+    w, mu, cov = list(weights), list(means), list(covariances)
+    logdet = [np.linalg.slogdet(c)[1] for c in cov]
+
+    def merged(i: int, j: int) -> tuple[float, np.ndarray, np.ndarray]:
+        total = w[i] + w[j]
+        mean = (w[i] * mu[i] + w[j] * mu[j]) / total
+        gap = mu[i] - mu[j]
+        return total, mean, (w[i] * cov[i] + w[j] * cov[j]) / total + (w[i] * w[j] / total ** 2) * np.outer(gap, gap)
+
+    def cost(i: int, j: int) -> float:
+        total, _, c = merged(i, j)
+        return 0.5 * (total * np.linalg.slogdet(c)[1] - w[i] * logdet[i] - w[j] * logdet[j])
+
+    costs = {(i, j): cost(i, j) for i in range(len(w)) for j in range(i + 1, len(w))}
+    alive = set(range(len(w)))
+    while len(alive) > k:
+        i, j = min(costs, key=costs.get)
+        w[i], mu[i], cov[i] = merged(i, j)
+        logdet[i] = np.linalg.slogdet(cov[i])[1]
+        alive.discard(j)
+        costs = {pair: c for pair, c in costs.items() if i not in pair and j not in pair}
+        costs.update({(min(i, o), max(i, o)): cost(i, o) for o in alive if o != i})
+    keep = sorted(alive)
+    return np.array([w[i] for i in keep]), np.stack([mu[i] for i in keep]), np.stack([cov[i] for i in keep])
 
 
 def auto_features(n_classes: int) -> int:
@@ -123,7 +161,11 @@ class ActivationStatistics:
         per detector m, None (it reads those units as they are), or ``(center (len(units),), axes (d_m,
         len(units)))`` float32: it reads the outputs' coordinates ``(x - center) @ axes.T`` (:meth:`choose_basis`).
     classes
-        per detector m, ``{class id: ClassStatistics}`` for every class of a task s >= m.
+        per detector m, ``{class id: ClassStatistics}`` for every class of the tasks m..T-1 not folded.
+    rests
+        per detector m, None, or the :class:`ClassStatistics` of the tasks folded into one mixture (:meth:`fold`).
+    folded
+        per detector m, the number of tasks folded into ``rests[m]``: the last ones, T-folded..T-1.
     """
 
     def __init__(self, n_features: int, n_components: int = 1, random_state: int | None = None):
@@ -135,6 +177,8 @@ class ActivationStatistics:
         self.units: list[torch.Tensor] = []
         self.bases: list[tuple[torch.Tensor, torch.Tensor] | None] = []
         self.classes: list[dict[int, ClassStatistics]] = []
+        self.rests: list[ClassStatistics | None] = []
+        self.folded: list[int] = []
 
     @property
     def n_tasks(self) -> int:
@@ -146,9 +190,7 @@ class ActivationStatistics:
         ``n_features`` whose ``(n, layer units)`` activations on the new task's data vary most."""
         variance = activations[:, candidates].double().var(0)
         top = torch.topk(variance, min(self.n_features, len(candidates))).indices
-        self.units.append(candidates[top].sort().values.cpu())
-        self.bases.append(None)
-        self.classes.append({})
+        self._add_detector(candidates[top].sort().values.cpu(), None)
 
     def choose_basis(self, activations: torch.Tensor, standardize: bool = False) -> None:
         """Fix the newest detector's space as the ``n_features`` principal components of the new task's ``(n, D)``
@@ -171,9 +213,14 @@ class ActivationStatistics:
         center = a.mean(0)
         _, singular, axes = torch.linalg.svd((a - center) * weight, full_matrices=False)
         d = max(1, min(self.n_features, int((singular > 1e-6 * singular[0]).sum())))
-        self.units.append(columns)
-        self.bases.append((center.float(), (axes[:d] * weight).float().contiguous()))  # float32, as saved
+        self._add_detector(columns, (center.float(), (axes[:d] * weight).float().contiguous()))  # float32, as saved
+
+    def _add_detector(self, units: torch.Tensor, basis: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        self.units.append(units)
+        self.bases.append(basis)
         self.classes.append({})
+        self.rests.append(None)
+        self.folded.append(0)
 
     def dims(self, m: int) -> int:
         """``d_m``, the number of features detector m reads."""
@@ -198,26 +245,56 @@ class ActivationStatistics:
             raise ValueError(f"class {c} has {len(features)} training sample(s); its statistics need at least 2")
         self.classes[m][c] = ClassStatistics.of(features, self.n_components, self.random_state)
 
+    def keeps(self, m: int, t: int, later_tasks: int | None) -> bool:
+        """Whether detector m keeps task t's classes each in its own mixture (:meth:`add_class`), rather than
+        folding the task (:meth:`fold`): t is at most ``later_tasks`` after m (None: any) and no task is folded yet,
+        so that the folded tasks are always the last ones."""
+        return self.folded[m] == 0 and (later_tasks is None or t - m <= later_tasks)
+
+    def fold(self, m: int, per_class: list[np.ndarray]) -> None:
+        """Fold one task, given as its classes' ``(n_c, d_m)`` features in detector m's space, into the detector's
+        rest mixture: each class's mixture is estimated as :meth:`add_class` does, the task weighs as much as every
+        task folded before (its classes alike within it), and the union is reduced to at most
+        :data:`REST_COMPONENTS` components by :func:`reduce_mixture`. Until then the rest scores exactly what the
+        folded tasks' own mixtures would; memory per detector stays bounded however long the stream."""
+        mixtures = [ClassStatistics.of(features, self.n_components, self.random_state) for features in per_class]
+        r = self.folded[m]
+        parts = [(self.rests[m], r / (r + 1))] if r else []
+        parts += [(mixture, 1 / ((r + 1) * len(mixtures))) for mixture in mixtures]
+        weights = np.concatenate([p.weights.astype(np.float64) * share for p, share in parts])
+        means = np.concatenate([p.means for p, _ in parts]).astype(np.float64)
+        covariances = np.concatenate([p.covariances for p, _ in parts]).astype(np.float64)
+        weights, means, covariances = reduce_mixture(weights, means, covariances, REST_COMPONENTS)
+        self.rests[m] = ClassStatistics(weights / weights.sum(), means, covariances,
+                                        sum(p.count for p, _ in parts))
+        self.folded[m] = r + 1
+
     def move_columns(self, moved: torch.Tensor) -> None:
         """Follow the outputs' columns to their new places ``moved`` ``(n_columns_before,)`` (after growth: see
         :func:`rerelrp.spaces.moved_columns`); what each detector reads stays the same."""
         self.units = [moved[units] for units in self.units]
 
     def state_dict(self, prefix: str = "") -> tuple[dict, dict[str, torch.Tensor]]:
-        """``(index, tensors)``: the class sample counts per detector (JSON), and the tensors named after ``prefix``:
-        ``units.m``, ``center.m`` and ``axes.m`` (with a basis), and per class ``weights.m.c``, ``means.m.c`` and
-        ``covariances.m.c`` (upper triangles ``(k, d (d + 1) / 2)``)."""
+        """``(index, tensors)``: the class sample counts per detector and, once a task is folded, ``folded``
+        (JSON); the tensors named after ``prefix``: ``units.m``, ``center.m`` and ``axes.m`` (with a basis), and
+        per class ``weights.m.c``, ``means.m.c`` and ``covariances.m.c`` (upper triangles ``(k, d (d + 1) / 2)``),
+        per rest mixture the same named ``.m.rest``."""
         tensors = {}
         for m, units in enumerate(self.units):
             tensors[f"{prefix}units.{m}"] = units.contiguous()
             if self.bases[m] is not None:
                 tensors[f"{prefix}center.{m}"], tensors[f"{prefix}axes.{m}"] = self.bases[m]
+            mixtures = {**self.classes[m], **({"rest": self.rests[m]} if self.folded[m] else {})}
             rows, cols = np.triu_indices(self.dims(m))
-            for c, stats in self.classes[m].items():
+            for c, stats in mixtures.items():
                 tensors[f"{prefix}weights.{m}.{c}"] = torch.from_numpy(stats.weights.copy())
                 tensors[f"{prefix}means.{m}.{c}"] = torch.from_numpy(stats.means.copy())
                 tensors[f"{prefix}covariances.{m}.{c}"] = torch.from_numpy(stats.covariances[:, rows, cols].copy())
-        return {"counts": [{str(c): s.count for c, s in per.items()} for per in self.classes]}, tensors
+        index = {"counts": [{str(c): s.count for c, s in per.items()} for per in self.classes]}
+        if any(self.folded):  # written only then, so that saves without folding are as before
+            index["folded"] = list(self.folded)
+            index["rest_counts"] = [rest.count if rest is not None else 0 for rest in self.rests]
+        return index, tensors
 
     def load_state_dict(self, index: dict, tensors: dict[str, torch.Tensor], prefix: str = "") -> None:
         """Restore from :meth:`state_dict`'s ``(index, tensors)`` (raises KeyError for a missing tensor)."""
@@ -225,24 +302,29 @@ class ActivationStatistics:
         self.units = [tensors[f"{prefix}units.{m}"] for m in range(n)]
         self.bases = [(tensors[f"{prefix}center.{m}"], tensors[f"{prefix}axes.{m}"])
                       if f"{prefix}axes.{m}" in tensors else None for m in range(n)]
-        self.classes = []
-        for m, counts in enumerate(index["counts"]):
+        self.folded = [int(r) for r in index.get("folded", [0] * n)]
+        if len(self.folded) != n:
+            raise ValueError(f"meta.json gives folded tasks for {len(self.folded)} detectors, not {n}")
+
+        def mixture(m: int, c: str, count: int) -> ClassStatistics:
             d = self.dims(m)
             rows, cols = np.triu_indices(d)
-            per = {}
-            for c, count in counts.items():
-                triangles = tensors[f"{prefix}covariances.{m}.{c}"].numpy()
-                covariances = np.zeros((len(triangles), d, d), np.float32)
-                covariances[:, rows, cols] = triangles
-                covariances[:, cols, rows] = triangles
-                per[int(c)] = ClassStatistics(tensors[f"{prefix}weights.{m}.{c}"].numpy(),
-                                              tensors[f"{prefix}means.{m}.{c}"].numpy(), covariances, count)
-            self.classes.append(per)
+            triangles = tensors[f"{prefix}covariances.{m}.{c}"].numpy()
+            covariances = np.zeros((len(triangles), d, d), np.float32)
+            covariances[:, rows, cols] = triangles
+            covariances[:, cols, rows] = triangles
+            return ClassStatistics(tensors[f"{prefix}weights.{m}.{c}"].numpy(),
+                                   tensors[f"{prefix}means.{m}.{c}"].numpy(), covariances, count)
+
+        self.classes = [{int(c): mixture(m, c, count) for c, count in counts.items()}
+                        for m, counts in enumerate(index["counts"])]
+        self.rests = [mixture(m, "rest", count) if r else None
+                      for m, (r, count) in enumerate(zip(self.folded, index.get("rest_counts", [0] * n)))]
 
     def check(self, tasks: list[list[int]], width: int, space: str) -> None:
         """Raise ValueError, naming the entry, unless detector m reads distinct columns of ``(n, width)`` outputs
         (in ``space``) through a finite basis and holds a finite mixture, its weights summing to 1, of every class
-        of the tasks m.. of ``tasks``."""
+        of the tasks m.. of ``tasks`` that it did not fold, and one of the folded ones."""
         for m, per in enumerate(self.classes):
             idx, basis = self.units[m], self.bases[m]
             read = "unit indices of the last hidden layer" if basis is None else \
@@ -253,13 +335,18 @@ class ActivationStatistics:
                                       or basis[1].shape[1] != len(idx) or not all(b.isfinite().all() for b in basis)):
                 raise ValueError(f"tensors.safetensors holds center.{m} or axes.{m} that are not a finite center and "
                                  f"axes over detector {m}'s {len(idx)} inputs")
-            expected = {c for classes in tasks[m:] for c in classes}
+            kept = len(tasks) - self.folded[m]
+            if not m < kept <= len(tasks):
+                raise ValueError(f"meta.json folds {self.folded[m]} tasks into detector {m} of {len(tasks)} tasks")
+            expected = {c for classes in tasks[m:kept] for c in classes}
             if set(per) != expected:
-                raise ValueError(f"meta.json gives detector {m} the classes {sorted(per)}, not those of tasks {m} on")
-            for c, stats in per.items():
+                raise ValueError(f"meta.json gives detector {m} the classes {sorted(per)}, not those of tasks {m} to "
+                                 f"{kept - 1}")
+            for c, stats in [*per.items(), *([("rest", self.rests[m])] if self.folded[m] else [])]:
                 values = (stats.weights, stats.means, stats.covariances)
                 if not all(np.isfinite(v).all() for v in values) or abs(float(stats.weights.sum()) - 1) > 1e-3:
-                    raise ValueError(f"tensors.safetensors holds a mixture of class {c} (detector {m}) that is not "
+                    what = "the folded tasks" if c == "rest" else f"class {c}"
+                    raise ValueError(f"tensors.safetensors holds a mixture of {what} (detector {m}) that is not "
                                      "finite or whose weights do not sum to 1")
 
 
@@ -268,7 +355,8 @@ class GaussianDensities:
 
     In space m, every class c the statistics hold scores an input's ``(n, d_m)`` features as
     ``log sum_j w_cj N(f; mu_cj, Sigma_cj)``; a task's log-likelihood is the log of the mean of its classes'
-    densities (equal priors over its classes).
+    densities (equal priors over its classes). The tasks folded into the space's rest mixture score together, as
+    that mixture's density times their number (equal priors over tasks).
 
     Attributes
     ----------
@@ -276,34 +364,49 @@ class GaussianDensities:
         class ids of every task, in order.
     gaussians_
         per space m, ``{class id: (log weights (k,), k scipy frozen multivariate_normal)}``.
+    rests_
+        per space m, None or ``(rest mixture as in gaussians_, number of tasks folded into it)``.
     """
 
     def __init__(self):
         self.tasks_: list[list[int]] = []
         self.gaussians_: list[dict[int, object]] = []
+        self.rests_: list[tuple[object, int] | None] = []
+
+    @staticmethod
+    def _frozen(stats: ClassStatistics) -> tuple[np.ndarray, list]:
+        return (np.log(stats.weights.astype(np.float64)),
+                [multivariate_normal(mean.astype(np.float64), covariance.astype(np.float64))
+                 for mean, covariance in zip(stats.means, stats.covariances)])
+
+    @staticmethod
+    def _loglik(mixture: tuple[np.ndarray, list], features: np.ndarray) -> np.ndarray:
+        log_weights, components = mixture
+        return logsumexp(np.stack([np.atleast_1d(g.logpdf(features)) for g in components], 1) + log_weights, axis=1)
 
     def fit(self, statistics: ActivationStatistics, tasks: list[list[int]]) -> "GaussianDensities":
         """Build the densities of every space of ``statistics`` (of the classes of ``tasks``, in order)."""
         self.tasks_ = [list(classes) for classes in tasks]
-        self.gaussians_ = [
-            {c: (np.log(s.weights.astype(np.float64)),
-                 [multivariate_normal(mean.astype(np.float64), covariance.astype(np.float64))
-                  for mean, covariance in zip(s.means, s.covariances)])
-             for c, s in per.items()}
-            for per in statistics.classes]
+        self.gaussians_ = [{c: self._frozen(s) for c, s in per.items()} for per in statistics.classes]
+        self.rests_ = [(self._frozen(rest), r) if r else None for rest, r in zip(statistics.rests, statistics.folded)]
         return self
 
     def class_loglik(self, m: int, c: int, features: np.ndarray) -> np.ndarray:
         """Log density ``(n,)`` of ``(n, d_m)`` features under class c's mixture in space m."""
-        log_weights, components = self.gaussians_[m][c]
-        return logsumexp(np.stack([np.atleast_1d(g.logpdf(features)) for g in components], 1) + log_weights, axis=1)
+        return self._loglik(self.gaussians_[m][c], features)
 
     def task_loglik(self, m: int, features: np.ndarray, tasks: slice | None = None) -> np.ndarray:
-        """Log-likelihoods ``(n, k)`` of ``(n, d_m)`` features in space m under each of the tasks ``tasks``
-        (default: m..T-1, the tasks space m has classes of)."""
-        chosen = self.tasks_[m:] if tasks is None else self.tasks_[tasks]
-        return np.stack([logsumexp(np.stack([self.class_loglik(m, c, features) for c in classes], 1), axis=1)
-                         - np.log(len(classes)) for classes in chosen], axis=1)
+        """Log-likelihoods ``(n, k)`` of ``(n, d_m)`` features in space m under each of the tasks ``tasks`` (their
+        classes must be kept in space m), or by default under each task m..T-1 kept in space m and, when tasks are
+        folded, last, under the folded ones together (their rest mixture's log density plus the log of their
+        number)."""
+        rest = self.rests_[m]
+        chosen = self.tasks_[m:len(self.tasks_) - (rest[1] if rest else 0)] if tasks is None else self.tasks_[tasks]
+        columns = [logsumexp(np.stack([self.class_loglik(m, c, features) for c in classes], 1), axis=1)
+                   - np.log(len(classes)) for classes in chosen]
+        if tasks is None and rest is not None:
+            columns.append(self._loglik(rest[0], features) + np.log(rest[1]))
+        return np.stack(columns, axis=1)
 
 
 class RelevanceMemory:

@@ -3,6 +3,7 @@
 (plus the record of the model's modules added since)."""
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import torch
 import rerelrp
 from rerelrp import architecture
 from conftest import digits_mlp
+
+LATER_TASKS_DEFAULT = inspect.signature(rerelrp.ReReLRP).parameters["later_tasks"].default
 
 DATA = Path(__file__).parent / "data"
 
@@ -45,8 +48,10 @@ def test_a_format3_save_loaded_and_saved_again_holds_the_same_members(tmp_path, 
         meta = json.loads(after.read("meta.json"))
         # the additions since: the model's parameter-free modules, recorded from the model it was loaded into; the
         # warnings given (none recorded in a format-3 save); the detector space the saved option chose; the option
-        # that would have kept input statistics, at its default, 0 (and so no input_memory)
+        # that would have kept input statistics, at its default, 0 (and so no input_memory); the number of later tasks
+        # each detector keeps before folding, at its default (nothing folded: no "folded" entry in the memory)
         assert meta.pop("modules") == architecture.modules(digits_mlp())
         assert meta.pop("warnings") == [] and meta.pop("detector_space") == meta["options"]["detector_space"]
         assert "input_memory" not in meta and meta["options"].pop("input_weight") == 0.0
+        assert meta["options"].pop("later_tasks") == LATER_TASKS_DEFAULT and "folded" not in meta["memory"]
         assert json.dumps(meta, indent=1).encode() == before.read("meta.json")
