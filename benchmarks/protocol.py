@@ -37,7 +37,11 @@ class StreamResult:
     stage_seconds: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0
     predict_seconds: float = 0.0
+    #: after each task t, the seconds ``predict`` took on the test data of tasks 0..t
+    predict_seconds_by_task: list[float] = field(default_factory=list)
     bytes_kept: int = 0
+    #: rerelrp: after each task, the bytes ``save`` writes beyond the weights
+    bytes_kept_by_task: list[int] = field(default_factory=list)
 
     @staticmethod
     def average(acc: list[list[float]]) -> list[float]:
@@ -62,6 +66,7 @@ def run_stream(method, stream: Stream, seed: int, split: str = "test") -> Stream
         start = time.perf_counter()
         pred = method.predict(x_all)
         result.predict_seconds = time.perf_counter() - start
+        result.predict_seconds_by_task.append(result.predict_seconds)
         bounds = np.cumsum([0] + [len(evaluation[u][1]) for u in range(t + 1)])
         result.tag.append([float((pred[bounds[u]:bounds[u + 1]] == evaluation[u][1]).float().mean())
                            for u in range(t + 1)])
@@ -81,6 +86,7 @@ def run_stream(method, stream: Stream, seed: int, split: str = "test") -> Stream
             result.free_capacity.append(learner.free_capacity()["overall"])
             result.parameters.append(learner.parameter_growth())
             result.stage_seconds.append(dict(learner.fit_times_[-1]))
+            result.bytes_kept_by_task.append(method.bytes_kept())
     result.bytes_kept = method.bytes_kept()
     return result
 
