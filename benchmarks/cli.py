@@ -15,6 +15,7 @@ from torch import nn
 
 from rerelrp.prune import MEASURES
 from rerelrp.recognize import RECOGNIZERS
+from rerelrp.remember import REST_COMPONENTS
 from rerelrp.spaces import DETECTOR_SPACES
 
 from benchmarks.backbones import BACKBONES
@@ -47,8 +48,9 @@ LEARNER_OPTIONS = {
                                         "every unit layer's standardized outputs; small networks)"),
     "later_tasks": (word_or("all", int),
                     "tasks after its own whose classes each rerelrp detector keeps, a mixture each; the tasks after "
-                    "those fold into one mixture of at most 8 components per detector, so side memory grows "
-                    "linearly with the tasks (all: every task's classes, memory grows with the square of the tasks)"),
+                    f"those fold into one mixture of at most {REST_COMPONENTS} components per detector, so side memory "
+                    "grows linearly with the tasks (all: every task's classes, memory grows with the square of the "
+                    "tasks)"),
     "input_weight": (float, "weight of rerelrp's input-space recognizer (class mixtures of the inputs through one "
                             "fixed random map) added to its detector chain; 0: none (docs: Benchmarks, Recognition)"),
     "min_keep": (float, "fraction of each layer every rerelrp task keeps (0: the paper's pruning)"),

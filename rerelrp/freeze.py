@@ -166,6 +166,9 @@ class FrozenParameters:
         change made outside ``optimizer.step()`` (a manual update, weight averaging) raises ``RuntimeError``.
         """
         frozen = {p: m for p, m in self.masks.items() if m.any()}
+        # flat indices of the frozen entries, found once: indexing by a boolean mask finds them again at every
+        # call, which made the restore several times slower than the step itself once most entries were frozen
+        flat = {p: m.reshape(-1).nonzero()[:, 0] for p, m in frozen.items()}
         names = {id(p): name for name, p in model.named_parameters()}
         owned = set(names)
         at_entry = {p: p.detach()[m].clone() for p, m in frozen.items()}
@@ -182,12 +185,12 @@ class FrozenParameters:
             if id(optimizer) not in checked:
                 _check_state_shapes(optimizer, params, names)
                 checked.add(id(optimizer))
-            saved[id(optimizer)] = [(p, frozen[p], p.detach()[frozen[p]].clone()) for p in params if p in frozen]
+            saved[id(optimizer)] = [(p, _frozen_values(p, frozen[p], flat[p])) for p in params if p in frozen]
 
         def after(optimizer) -> None:
             with torch.no_grad():
-                for p, m, values in saved.pop(id(optimizer), []):
-                    p[m] = values
+                for p, values in saved.pop(id(optimizer), []):
+                    _restore(p, frozen[p], flat[p], values)
 
         enforcers = _THIS_THREAD.__dict__.setdefault("enforcers", [])
         enforcers.append((before, after))
@@ -200,6 +203,19 @@ class FrozenParameters:
             raise RuntimeError(f"frozen entries of {', '.join(moved)} changed during the task's training outside "
                                "optimizer.step() (rerelrp restores them only after optimizer steps); the task is not "
                                "learned and the learner is left as it was before it")
+
+
+def _frozen_values(p: torch.Tensor, mask: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """A copy of the entries of ``p`` where ``mask``, in row-major order; ``flat`` holds their flat indices."""
+    return p.detach().reshape(-1).index_select(0, flat) if p.is_contiguous() else p.detach()[mask].clone()
+
+
+def _restore(p: torch.Tensor, mask: torch.Tensor, flat: torch.Tensor, values: torch.Tensor) -> None:
+    """Write back what :func:`_frozen_values` copied (under ``torch.no_grad``)."""
+    if p.is_contiguous():
+        p.view(-1).index_copy_(0, flat, values)
+    else:  # channels_last and other strided layouts: the boolean mask follows the logical order as the copy did
+        p[mask] = values
 
 
 def _check_state_shapes(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], names: dict) -> None:

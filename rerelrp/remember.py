@@ -253,11 +253,12 @@ class ActivationStatistics:
 
     def fold(self, m: int, per_class: list[np.ndarray]) -> None:
         """Fold one task, given as its classes' ``(n_c, d_m)`` features in detector m's space, into the detector's
-        rest mixture: each class's mixture is estimated as :meth:`add_class` does, the task weighs as much as every
+        rest mixture: each class is one Gaussian (:meth:`ClassStatistics.of` with one component: no choice by BIC,
+        which made the remember stage grow with the number of earlier detectors), the task weighs as much as every
         task folded before (its classes alike within it), and the union is reduced to at most
-        :data:`REST_COMPONENTS` components by :func:`reduce_mixture`. Until then the rest scores exactly what the
-        folded tasks' own mixtures would; memory per detector stays bounded however long the stream."""
-        mixtures = [ClassStatistics.of(features, self.n_components, self.random_state) for features in per_class]
+        :data:`REST_COMPONENTS` components by :func:`reduce_mixture`. Memory and time per detector stay bounded
+        however long the stream."""
+        mixtures = [ClassStatistics.of(features, 1, self.random_state) for features in per_class]
         r = self.folded[m]
         parts = [(self.rests[m], r / (r + 1))] if r else []
         parts += [(mixture, 1 / ((r + 1) * len(mixtures))) for mixture in mixtures]
