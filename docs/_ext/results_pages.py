@@ -68,6 +68,10 @@ def table_of(saved: dict) -> str:
                      + ["| " + " | ".join(cell(r.get(k, "")) for k in keys) + " |" for r in rows])
 
 
+#: Streams of more tasks than this get their per-task table one row per task.
+WIDE = 12
+
+
 def per_task(saved: dict) -> str:
     """rerelrp's TAg, TAw and task recognition per task after the last task (mean over seeds), as a table."""
     runs = [r for r in saved.get("results", []) if isinstance(r, dict) and r.get("method") == "rerelrp"
@@ -78,10 +82,42 @@ def per_task(saved: dict) -> str:
     if all(r.get("task_recognition_by_task") for r in runs):
         rows["task recognition (%)"] = [r["task_recognition_by_task"][-1] for r in runs]
     names = saved["task_names"]
+    means = {label: 100 * np.mean(np.asarray(values, dtype=float), axis=0) for label, values in rows.items()}
+    if len(names) > WIDE:  # one row per task
+        lines = ["| task | " + " | ".join(means) + " |", "|---|" + "---|" * len(means)]
+        lines += [f"| {name} | " + " | ".join(f"{mean[u]:.1f}" for mean in means.values()) + " |"
+                  for u, name in enumerate(names)]
+        return "\n".join(lines)
     lines = ["| rerelrp, after the last task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for label, values in rows.items():
-        mean = 100 * np.mean(np.asarray(values, dtype=float), axis=0)
+    for label, mean in means.items():
         lines.append(f"| {label} | " + " | ".join(f"{v:.1f}" for v in mean) + " |")
+    return "\n".join(lines)
+
+
+def as_it_grows(saved: dict) -> str:
+    """rerelrp's side memory, parameters, fit time (every stage, and the remember stage) and predict time after
+    selected tasks (mean over seeds), as a table; empty for results measured before the benchmarks recorded the
+    side memory after each task."""
+    runs = [r for r in saved.get("results", []) if isinstance(r, dict) and r.get("method") == "rerelrp"
+            and r.get("bytes_kept_by_task")]
+    if not runs:
+        return ""
+    n = len(runs[0]["bytes_kept_by_task"])
+    step = 5 if n <= 20 else 10
+    chosen = sorted({1, n, *range(step, n + 1, step)})
+
+    def mean(values) -> float:
+        return float(np.mean(values))
+
+    lines = ["| after task | kept beyond weights (KiB) | parameters (x initial) | free (%) | fit of that task (s) | "
+             "of it, remember (s) | predict, test data of the tasks so far (s) |", "|---|---|---|---|---|---|---|"]
+    for t in chosen:
+        lines.append(f"| {t} | {mean([r['bytes_kept_by_task'][t - 1] for r in runs]) / 1024:,.1f} | "
+                     f"{mean([r['parameters'][t - 1] for r in runs]):.2f} | "
+                     f"{100 * mean([r['free_capacity'][t - 1] for r in runs]):.1f} | "
+                     f"{mean([sum(r['stage_seconds'][t - 1].values()) for r in runs]):.1f} | "
+                     f"{mean([r['stage_seconds'][t - 1].get('remember', 0.0) for r in runs]):.1f} | "
+                     f"{mean([r['predict_seconds_by_task'][t - 1] for r in runs]):.1f} |")
     return "\n".join(lines)
 
 
@@ -140,6 +176,10 @@ def page(path: Path) -> tuple[str, str]:
     matrix = per_task(saved)
     if matrix:
         lines += ["## Per task", "", matrix, ""]
+    growing = as_it_grows(saved)
+    if growing:
+        lines += ["## As the stream grows", "", "rerelrp after the first task, every 5th (every 10th on streams of more "
+                  "than 20 tasks) and the last:", "", growing, ""]
     images = sorted(path.parent.glob("*.png"))
     if images:
         lines += ["## Plots", ""]
