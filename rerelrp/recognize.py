@@ -156,7 +156,8 @@ class GaussianRecognizer(Recognizer):
     """Detectors of class-conditional Gaussian mixtures in one :class:`rerelrp.spaces.DetectorSpace`.
 
     Detector m scores an input's ``(n, d_m)`` features under every class c of the tasks m..T-1 (its
-    :attr:`densities`); p_m is task m's share of the tasks m..T-1 (equal priors). It keeps, for the unknown answer,
+    :attr:`densities`; the tasks it folded score together, see :meth:`rerelrp.remember.ActivationStatistics.fold`);
+    p_m is task m's share of the tasks m..T-1 (equal priors). It keeps, for the unknown answer,
     each task's first-layer statistics (:attr:`low`).
 
     Attributes
@@ -222,7 +223,8 @@ class GaussianRecognizer(Recognizer):
 
     @staticmethod
     def _share(task_loglik: np.ndarray) -> np.ndarray:
-        """Task m's share ``(n,)`` of the likelihoods ``(n, T-m)`` of the tasks m..T-1."""
+        """Task m's share ``(n,)`` of the likelihoods ``(n, k)`` of the tasks m..T-1 (those detector m keeps, then
+        the folded ones together)."""
         return np.exp(task_loglik[:, 0] - logsumexp(task_loglik, axis=1))
 
     def remember(self, view: Subnetworks, x: torch.Tensor, y: torch.Tensor, ref_x: torch.Tensor,

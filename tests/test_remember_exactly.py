@@ -35,3 +35,22 @@ def test_frozen_parameters_and_old_tasks_stay_bit_identical(digits, name, batchn
     # the free entries did train: the last task changed something that was free before it
     last_free = [(p, ~m) for p, (m, _) in snapshots[-2].items()]
     assert any(not torch.equal(p.detach()[free], snapshots[-2][p][1][free]) for p, free in last_free)
+
+
+def test_frozen_entries_of_channels_last_weights_stay_bit_identical(digits):
+    """Frozen entries are restored through flat indices where a weight is contiguous, and through its boolean mask
+    where it is not: a CNN in channels_last memory format (4-D weights that are not contiguous) keeps them too."""
+    train, _ = digits
+    images = [(x.view(-1, 1, 8, 8), y) for x, y in train[:2]]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(16 * 64, 10)).to(memory_format=torch.channels_last)
+    assert not model[2].weight.is_contiguous()
+    learner = ReReLRP(model, epochs=3, grow=0, progress=False)
+    learner.fit_task(loader(*images[0]))
+    snapshot = {p: (m.clone(), p.detach().clone()) for p, m in learner.frozen_.masks.items()}
+    learner.fit_task(loader(*images[1]))
+    assert not model[2].weight.is_contiguous() and snapshot[model[2].weight][0].any()
+    for param, (mask, value) in snapshot.items():
+        assert torch.equal(param.detach()[mask], value[mask])
