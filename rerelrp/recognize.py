@@ -34,7 +34,8 @@ from sklearn.utils.validation import has_fit_parameter
 
 from .network import Units, position_mean, position_spread
 from .novelty import LowLevelStatistics, Measures, confidence, judge
-from .remember import AUTO_FEATURES, ActivationStatistics, GaussianDensities, RelevanceMemory, auto_features
+from .remember import (AUTO_FEATURES, ActivationStatistics, GaussianDensities, RelevanceMemory, auto_features,
+                       fold_sample)
 from .spaces import SPACES, DetectorSpace, moved_columns
 from .subnetworks import Subnetworks
 
@@ -230,7 +231,10 @@ class GaussianRecognizer(Recognizer):
     def remember(self, view: Subnetworks, x: torch.Tensor, y: torch.Tensor, ref_x: torch.Tensor,
                  later_tasks: int | None = None) -> None:
         t = len(view) - 1
+        sample = None  # the rows the detectors that fold this task read (fold_sample), drawn once
         for m in range(t + 1):
+            keeps = m == t or self.memory.keeps(m, t, later_tasks)
+            labels = y
             if m == t:
                 if self.auto:  # the new detector's width, from its task's classes
                     self.memory.n_features = auto_features(len(view.tasks[t]))
@@ -238,10 +242,13 @@ class GaussianRecognizer(Recognizer):
                 union = view.union(t)
                 self.low.add_task(spread, y, view.tasks[t], union[0])
                 self.space.choose(self.memory, outputs, union, [layer.name for layer in view.units.layers])
-            else:
+            elif keeps:
                 outputs = self.read(view, x, m)[1]
-            per_class = {c: self.memory.select(m, outputs[y == c]) for c in view.tasks[t]}
-            if self.memory.keeps(m, t, later_tasks):
+            else:
+                sample = fold_sample(y, (self.memory.random_state or 0) + t) if sample is None else sample
+                outputs, labels = self.read(view, x[sample], m)[1], y[sample]
+            per_class = {c: self.memory.select(m, outputs[labels == c]) for c in view.tasks[t]}
+            if keeps:
                 for c, features in per_class.items():
                     self.memory.add_class(m, c, features)
             else:

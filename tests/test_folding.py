@@ -11,7 +11,7 @@ import torch
 import rerelrp
 from rerelrp import ReReLRP
 from rerelrp.persist import UntrustedFileError
-from rerelrp.remember import REST_COMPONENTS, reduce_mixture
+from rerelrp.remember import FOLD_SAMPLES, REST_COMPONENTS, ClassStatistics, fold_sample, reduce_mixture
 from conftest import digits_mlp, loader, task_recognition
 
 
@@ -49,6 +49,23 @@ def test_reducing_a_mixture_keeps_its_mean_and_covariance_and_its_component_boun
         for before, after in zip(mixture_moments(weights, means, covariances), mixture_moments(w, mu, cov)):
             np.testing.assert_allclose(after, before, atol=1e-9)
         assert all(np.linalg.eigvalsh(c).min() > 0 for c in cov)
+
+
+def test_a_folded_class_is_the_gaussian_a_one_component_mixture_fits(digits):
+    train, _ = digits
+    x, y = train[0]
+    features = x[y == y[0]].double().numpy()[:, 20:30]  # one digit class, 10 pixel columns
+    closed, fitted = ClassStatistics.gaussian(features), ClassStatistics.of(features, 1, random_state=0)
+    np.testing.assert_allclose(closed.means, fitted.means, atol=1e-5)
+    np.testing.assert_allclose(closed.covariances, fitted.covariances, atol=1e-5)
+
+
+def test_a_folded_task_is_read_from_at_most_fold_samples_of_each_class():
+    y = torch.repeat_interleave(torch.arange(3), torch.tensor([50, FOLD_SAMPLES + 30, 3 * FOLD_SAMPLES]))
+    rows = fold_sample(y, seed=0)
+    assert torch.equal(rows, rows.unique()) and torch.equal(rows, fold_sample(y, seed=0))
+    assert torch.bincount(y[rows]).tolist() == [50, FOLD_SAMPLES, FOLD_SAMPLES]
+    assert not torch.equal(rows, fold_sample(y, seed=1))
 
 
 def test_each_detector_keeps_the_classes_of_its_task_and_folds_the_later_ones(digits, pair):
