@@ -128,7 +128,8 @@ HEADLINE = [("MedMNIST: Pneumonia → Breast → Retina, small CNN", "defaults/m
             ("Split Fashion-MNIST, 5 x 2", "defaults/split-fashion-mnist"),
             ("Split Fashion-MNIST, 5 x 2, input_weight=1", "input-weight/split-fashion-mnist"),
             ("Permuted MNIST, 10 tasks", "defaults/permuted-mnist"),
-            ("Permuted MNIST, 20 tasks", "defaults/permuted-mnist-20")]
+            ("Permuted MNIST, 20 tasks", "defaults/permuted-mnist-20"),
+            ("Permuted MNIST, 50 tasks (500 test images each)", "defaults/permuted-mnist-50")]
 
 
 def headline_table(link: str = "docs/results/{folder}/results.md") -> str:
