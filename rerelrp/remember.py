@@ -60,7 +60,6 @@ REST_COMPONENTS = 16
 FOLD_SAMPLES = 200
 
 
-
 def fold_sample(y: torch.Tensor, seed: int) -> torch.Tensor:
     """Indices ``(k,)`` into the labels ``y`` ``(n,)``: at most :data:`FOLD_SAMPLES` rows of each class, drawn
     without replacement by a generator seeded with ``seed``, in ascending order. A folded class is one Gaussian, which
