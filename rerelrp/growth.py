@@ -36,12 +36,14 @@ from .freeze import FrozenParameters
 from .network import Units
 
 __all__ = ["AUTO_GROW", "AUTO_MAX_PARAMETERS", "GrowthPath", "growth_paths", "resolve", "units_to_add", "grow_free",
+           "new_parameters", "within_budget",
            "grow_layer", "grow_masks", "widen_to", "sync_sizes", "snapshot", "restore", "n_parameters"]
 
 #: What ``grow="auto"`` grows to where the model can grow: the fraction of each layer's initial width every task
 #: after the first finds free ...
 AUTO_GROW = 0.25
-#: ... while the model's parameters are fewer than this multiple of their number before the first task.
+#: ... up to this multiple of the model's parameters before the first task: a growth that would pass it is cut
+#: to fit (:func:`within_budget`), and none follows.
 AUTO_MAX_PARAMETERS = 2.0
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -144,23 +146,70 @@ def units_to_add(free_units: Sequence[int], initial_sizes: Sequence[int], grow: 
 
 
 def grow_free(units: Units, masks: Sequence[Sequence[torch.Tensor]], initial_sizes: Sequence[int], grow: float,
-              paths: dict[str, Union[GrowthPath, str]], frozen: FrozenParameters) -> tuple[list[int], list[str]]:
+              paths: dict[str, Union[GrowthPath, str]], frozen: FrozenParameters,
+              max_new_parameters: int | None = None) -> tuple[list[int], list[str], bool]:
     """Grow every unit layer of ``units`` whose free units (kept by no task of ``masks``) are fewer than
     ``ceil(grow * initial size)`` (:func:`units_to_add`) along its :func:`growth_paths` entry of ``paths``, new rows
-    from torch's global RNG. Returns the units added per layer and, for each layer that cannot grow, a warning's
-    text naming it and why."""
+    from torch's global RNG. With ``max_new_parameters``, the growth adds at most that many parameter entries: every
+    layer's new units are cut by one common factor, as few as needed (:func:`within_budget`).
+
+    Returns the units added per layer; for each layer that cannot grow, a warning's text naming it and why; and
+    whether ``max_new_parameters`` cut the growth short."""
     kept = kept_by(masks, units.sizes)
     needed = units_to_add([len(k) - int(k.sum()) for k in kept], initial_sizes, grow)
-    added, refusals = [0] * len(units.layers), []
-    for i, (layer, n) in enumerate(zip(units.layers, needed)):
+    refusals = []
+    for i, layer in enumerate(units.layers):
         path = paths.get(layer.name)
         if isinstance(path, str):
             refusals.append(f"unit layer '{layer.name}' cannot grow: {path}. It keeps its width and its free units "
                             "only")
-        elif n:
-            grow_layer(layer.module, path, n, frozen)
-            added[i] = n
-    return added, refusals
+            needed[i] = 0
+    fitted = needed if max_new_parameters is None else within_budget(units, paths, needed, max_new_parameters)
+    for layer, n in zip(units.layers, fitted):
+        if n:
+            grow_layer(layer.module, paths[layer.name], n, frozen)
+    return fitted, refusals, fitted != needed
+
+
+def new_parameters(units: Units, paths: dict[str, Union[GrowthPath, str]], added: Sequence[int]) -> int:
+    """Parameter entries that growing the unit layers of ``units`` by ``added`` units each adds, as
+    :func:`grow_free` grows them (:func:`grow_layer`, in layer order): each new unit's row (as wide as its layer's
+    input is by then) and BatchNorm entries, and its columns in its reader (as many rows as the reader has by then).
+    Computed from the shapes; nothing grows."""
+    shapes: dict[int, list[int]] = {}  # per module, [rows, columns] of its weight as the growth goes
+
+    def shape(module: nn.Module) -> list[int]:
+        return shapes.setdefault(id(module), list(module.weight.shape[:2]))
+
+    total = 0
+    for layer, n in zip(units.layers, added):
+        if not n:
+            continue
+        path, module = paths[layer.name], layer.module
+        total += n * (shape(module)[1] * math.prod(module.weight.shape[2:]) + (module.bias is not None))
+        shape(module)[0] += n
+        total += n * sum(len(list(norm.parameters(recurse=False))) for norm in path.batchnorms)
+        reader = shape(path.reader)
+        total += n * path.columns * reader[0] * math.prod(path.reader.weight.shape[2:])
+        reader[1] += n * path.columns
+    return total
+
+
+def within_budget(units: Units, paths: dict[str, Union[GrowthPath, str]], needed: Sequence[int],
+                  max_new_parameters: int) -> list[int]:
+    """``needed`` (new units per unit layer of ``units``) cut by the largest common factor ``s`` in [0, 1],
+    ``floor(s * needed)`` each, whose :func:`new_parameters` are at most ``max_new_parameters``."""
+    def scaled(s: float) -> list[int]:
+        return [math.floor(s * n) for n in needed]
+
+    if new_parameters(units, paths, needed) <= max_new_parameters:
+        return list(needed)
+    low, high = 0.0, 1.0  # scaled(low) fits, scaled(high) does not
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (middle, high) if new_parameters(units, paths, scaled(middle)) <= max_new_parameters else \
+            (low, middle)
+    return scaled(low)
 
 
 def grow_layer(module: nn.Module, path: GrowthPath, n_new: int, frozen: FrozenParameters | None = None) -> None:

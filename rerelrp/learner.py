@@ -89,8 +89,8 @@ class ReReLRP(BaseEstimator):
         fraction of each unit layer's initial width that every task after the first finds free, growing the
         layer where needed (:mod:`rerelrp.growth`); 0: never grow; ``"auto"``: :data:`rerelrp.growth.AUTO_GROW`
         where the model's layers can grow and it is not DistributedDataParallel, else 0 (``grow_`` says which),
-        until the parameters reach :data:`rerelrp.growth.AUTO_MAX_PARAMETERS` times the initial ones.
-        A number > 0 is refused with DistributedDataParallel.
+        up to :data:`rerelrp.growth.AUTO_MAX_PARAMETERS` times the initial parameters (the growth that would pass it
+        is cut to fit). A number > 0 is refused with DistributedDataParallel.
     known_fraction
         share of new inputs like each task's validation inputs that ``reject=True`` accepts, in
         expectation (:mod:`rerelrp.novelty`); with n validation inputs at most n / (n + 1) is honoured.
@@ -384,24 +384,28 @@ class ReReLRP(BaseEstimator):
         self.warnings_.append((task, kind, message))
 
     def _grow(self, seed: int) -> None:
-        """Stage 0: with ``grow_``, give every unit layer its free units (:func:`rerelrp.growth.grow_free`); warns
-        when the pool is empty."""
+        """Stage 0: with ``grow_``, give every unit layer its free units (:func:`rerelrp.growth.grow_free`; with
+        ``grow="auto"`` within its parameter cap); warns when the cap cuts the growth and when the pool is empty."""
         t = len(self.tasks_)
         added = [0] * len(self.units_.layers)
-        capped = t > 0 and self.grow == "auto" and self.parameter_growth() >= growth.AUTO_MAX_PARAMETERS
-        if capped:
-            self._say(t, "growth capped", f"grow='auto' stops growing: the model has {self.parameter_growth():.2f}x "
-                      f"its initial parameters (at most {growth.AUTO_MAX_PARAMETERS:g}x). Each task keeps at most "
-                      f"{capacity.OPEN_SHARE:.0%} of the free units from now on; a number for grow goes on growing")
-        if t > 0 and self.grow_ > 0 and not capped:
+        room = None  # grow="auto": parameter entries it may still add
+        if self.grow == "auto":
+            room = int(growth.AUTO_MAX_PARAMETERS * self.initial_parameters_) - growth.n_parameters(self._net)
+        if t > 0 and self.grow_ > 0 and (room is None or room > 0):
             with seeded(seed, self.device_):
-                added, refusals = growth.grow_free(self.units_, self.masks_, self.initial_sizes_, self.grow_,
-                                                   self._growth_paths, self.frozen_)
+                added, refusals, capped = growth.grow_free(self.units_, self.masks_, self.initial_sizes_, self.grow_,
+                                                           self._growth_paths, self.frozen_, room)
             for message in refusals if self.grow != "auto" else ():  # "auto" said so at the first task
                 self._say(t, "cannot grow", message)
             self.masks_ = growth.grow_masks(self.masks_, added)
             if any(added):  # columns of later layers moved in what the memories index
                 self.recognizer_.grown(self.units_, added)
+            if capped:
+                self._say(t, "growth capped", f"grow='auto' stops growing: the model has {self.parameter_growth():.2f}x "
+                          f"its initial parameters, and a pool of {self.grow_:.0%} of each layer's initial width would "
+                          f"pass its cap of {growth.AUTO_MAX_PARAMETERS:g}x (rerelrp.growth.AUTO_MAX_PARAMETERS): task "
+                          f"{t} got {capacity.counted(sum(added), 'new unit')} instead. Each task keeps at most "
+                          f"{capacity.OPEN_SHARE:.0%} of the free units from now on; a number for grow goes on growing")
         self.growth_.append(added)
         # the forecast warned before, unless the stream outgrew n_tasks
         if t > 0 and self.free_capacity()["overall"] == 0.0:

@@ -232,3 +232,45 @@ def test_growth_leaves_what_old_detectors_and_the_unknown_answer_read_unchanged(
             np.testing.assert_allclose(after, low[m], rtol=1e-5, atol=1e-5)
         share = float((learner.predict(test[0][0], task_id=0, reject=True) >= 0).float().mean())
         assert share >= float((accepted >= 0).float().mean()) - 0.02
+
+
+def narrow_bn_cnn(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                         nn.Conv2d(6, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(216, 16), nn.ReLU(), nn.Linear(16, 10))
+
+
+@pytest.mark.parametrize("added", [[2, 0, 0], [0, 3, 0], [0, 0, 5], [2, 3, 5], [1, 0, 4]])
+def test_the_parameters_a_growth_adds_are_counted_before_it(added):
+    """new_parameters counts, from the shapes alone, what grow_layer adds in layer order: rows as wide as the input
+    is by then (a grown convolution before them), BatchNorm entries, reader columns (36 per channel into the Linear
+    after the flatten) as tall as the reader is by then."""
+    from rerelrp.growth import grow_layer, n_parameters, new_parameters
+
+    model = narrow_bn_cnn()
+    units = find_units(model)
+    paths = growth_paths(model, units)
+    counted = new_parameters(units, paths, added)
+    before = n_parameters(model)
+    for layer, n in zip(units.layers, added):
+        grow_layer(layer.module, paths[layer.name], n)
+    assert counted == n_parameters(model) - before > 0
+    assert model(torch.zeros(2, 64)).shape == (2, 10)
+
+
+def test_a_growth_cut_to_a_budget_keeps_the_layers_proportions_and_fits():
+    from rerelrp.growth import new_parameters, within_budget
+
+    model = narrow_bn_cnn()
+    units = find_units(model)
+    paths = growth_paths(model, units)
+    needed = [6, 6, 16]
+    full = new_parameters(units, paths, needed)
+    assert within_budget(units, paths, needed, full) == needed
+    for budget in (full - 1, full // 2, full // 7, 10):
+        cut = within_budget(units, paths, needed, budget)
+        assert new_parameters(units, paths, cut) <= budget
+        assert all(c <= n for c, n in zip(cut, needed)) and cut != needed
+        ratio = max(c / n for c, n in zip(cut, needed))  # one common factor s: floor(s * n) per layer
+        assert all(abs(c - ratio * n) < 1 for c, n in zip(cut, needed))
+    assert within_budget(units, paths, needed, 0) == [0, 0, 0]
