@@ -52,7 +52,8 @@ LEARNER_OPTIONS = {
                     "grows linearly with the tasks (all: every task's classes, memory grows with the square of the "
                     "tasks)"),
     "input_weight": (float, "weight of rerelrp's input-space recognizer (class mixtures of the inputs through one "
-                            "fixed random map) added to its detector chain; 0: none (docs: Benchmarks, Recognition)"),
+                            "fixed random map) added to its detector chain; 0: none (docs: Benchmarks, Recognition); "
+                            "the learner's default 1"),
     "min_keep": (float, "fraction of each layer every rerelrp task keeps (0: the paper's pruning)"),
     "acc_drop": (float, "rerelrp's pruning threshold, in points of validation accuracy"),
     "drop_confidence": (float, "confidence of rerelrp's paired test that a pruning costs more than --acc-drop (0.5: "
@@ -72,9 +73,9 @@ LEARNER_OPTIONS = {
 #: ``--preset``: the rerelrp options each preset sets unless given on the command line. ``defaults``: none (the
 #: learner's defaults, what ``ReReLRP(model, epochs=E, random_state=s)`` does); ``tuned``: the options every result
 #: before the learner chose its own used (a budget for the stream's length, no growth, the last hidden layer's
-#: units as detector space).
+#: units as detector space, no input-space recognizer).
 PRESETS = {"defaults": {}, "tuned": {"n_tasks": "stream", "grow": 0.0, "detector_space": "units", "n_features": 48,
-                                     "later_tasks": "all"}}
+                                     "later_tasks": "all", "input_weight": 0.0}}
 
 
 def add_threads_option(p: argparse.ArgumentParser) -> None:
@@ -157,8 +158,8 @@ def parser(script: str, description: str, default_epochs: int, quick_epochs: int
     p.add_argument("--preset", default="defaults", choices=list(PRESETS),
                    help="rerelrp's options where not given: defaults (the learner's own: ReReLRP(model, epochs=E, "
                         "random_state=s) and nothing more) or tuned (--n-tasks stream --grow 0 --detector-space units "
-                        "--n-features 48 --later-tasks all, the settings of the results measured before the learner "
-                        "chose its own)")
+                        "--n-features 48 --later-tasks all --input-weight 0, the settings of the results measured "
+                        "before the learner chose its own)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_threads_option(p)
     return p

@@ -31,8 +31,9 @@ from benchmarks.stream import loader  # noqa: E402
 from rerelrp import ReReLRP  # noqa: E402
 
 #: The options the committed growth results were measured with, before the learner chose its own: no task budget
-#: (``n_tasks=1``: every task comes after the one expected, so none is capped), 48 features.
-MEASURED_WITH = {"n_tasks": 1, "n_features": 48}
+#: (``n_tasks=1``: every task comes after the one expected, so none is capped), 48 features, no input-space
+#: recognizer.
+MEASURED_WITH = {"n_tasks": 1, "n_features": 48, "input_weight": 0.0}
 
 #: (name, learner options) of every recognizer and detector space measured.
 VARIANTS = [("units", {"detector_space": "units"}), ("head", {"detector_space": "head"}), ("layers", {"detector_space": "layers"}),

@@ -73,8 +73,9 @@ def task_data(stream, k: int, split: str, n: int):
 
 #: The options the committed speed table was measured with, before the learner chose its own: no task budget
 #: (``n_tasks=1``: every task comes after the one expected, so none is capped), no growth, the last hidden layer's
-#: 48 most varying units, every later task's classes kept by every detector.
-MEASURED_WITH = {"n_tasks": 1, "grow": 0.0, "detector_space": "units", "n_features": 48, "later_tasks": None}
+#: 48 most varying units, every later task's classes kept by every detector, no input-space recognizer.
+MEASURED_WITH = {"n_tasks": 1, "grow": 0.0, "detector_space": "units", "n_features": 48, "later_tasks": None,
+                 "input_weight": 0.0}
 
 
 def learn(stream, n_tasks, epochs, device, per_task, **options):

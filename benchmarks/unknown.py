@@ -3,9 +3,8 @@
 How well each score tells the learned tasks' test images from inputs of no learned task, in one run.
 
 Two learners, each trained on the first tasks of its stream as benchmarks/mnist.py and medical.py train rerelrp
-(small CNN, their default epochs, n_tasks the stream's length, no growth, 48 features: their ``--preset tuned``), so
-each is the
-benchmark's learner after those tasks:
+(small CNN, their default epochs, n_tasks the stream's length, no growth, 48 features, no input-space recognizer:
+their ``--preset tuned``), so each is the benchmark's learner after those tasks:
   split-mnist: Split MNIST tasks {0,1}, {2,3}, {4,5} (5 epochs); known: their test images;
   medical: PneumoniaMNIST then BreastMNIST (20 epochs); known: their test images.
 Unknown inputs, scored by the same learner:
@@ -152,7 +151,8 @@ def evaluate(name: str, args: argparse.Namespace) -> tuple[dict, dict]:
     torch.manual_seed(args.seed)
     method = ReReLRPMethod(small_cnn(stream.input_shape[0], stream.n_classes), epochs=epochs, seed=args.seed,
                            device=args.device, batch_size=64, lr=1e-3, progress=not args.no_progress,
-                           options={"n_tasks": len(stream.tasks), "grow": 0.0, "n_features": 48, "known_fraction": args.known_fraction,
+                           options={"n_tasks": len(stream.tasks), "grow": 0.0, "n_features": 48, "input_weight": 0.0,
+                                    "known_fraction": args.known_fraction,
                                     "detector_space": args.detector_space})
     learner = method.learner
     start = time.perf_counter()

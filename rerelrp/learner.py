@@ -119,8 +119,9 @@ class ReReLRP(BaseEstimator):
     input_weight
         weight of the input-space recognizer (:class:`rerelrp.input_space.InputRecognizer`: class mixtures of the
         inputs through one fixed random map): its log task posterior, times ``input_weight``, is added to the
-        detector chain's log task scores. 0: not kept at all. Where tasks look alike (Split Fashion-MNIST) 1.0
-        recognized tasks better than the chain alone (docs: Benchmarks, Recognition). A learner that kept none at
+        detector chain's log task scores. 0: not kept at all. The default, 1.0, recognized tasks better than the
+        chain alone on every stream measured, most where tasks look alike (Split Fashion-MNIST; docs: Benchmarks,
+        Recognition). A learner that kept none at
         its first task cannot start later; one that did can change the weight.
     val_fraction
         share of a task held out for pruning when no ``val_loader`` is given.
@@ -200,7 +201,7 @@ class ReReLRP(BaseEstimator):
         later_tasks: int | None = 4,
         detector_space: str = "auto",
         recognizer: str = "gaussian",
-        input_weight: float = 0.0,
+        input_weight: float = 1.0,
         val_fraction: float = 0.1,
         composite: Composite | None = None,
         detector: BaseEstimator | None = None,

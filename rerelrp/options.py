@@ -26,7 +26,7 @@ from .recognize import RECOGNIZERS
 from .spaces import DETECTOR_SPACES
 
 __all__ = ["InvalidParameterError", "Interval", "Options", "Types", "HasMethods", "IsCallable", "TorchDevice", "Model",
-           "CONSTRAINTS", "NOTES", "FIXED", "validate", "UNSAVED", "encode", "decode"]
+           "CONSTRAINTS", "NOTES", "FIXED", "validate", "UNSAVED", "UNSAVED_BEFORE", "encode", "decode"]
 
 
 class InvalidParameterError(ValueError, TypeError):
@@ -347,10 +347,16 @@ def encode(params: dict[str, Any]) -> dict[str, Any]:
     return saved
 
 
+#: Options that saves from before they existed lack, at the value those learners ran with where today's default
+#: would not load them: without input statistics, ``input_weight`` is 0.
+UNSAVED_BEFORE = {"input_weight": 0.0}
+
+
 def decode(saved: dict[str, Any], detector: Any, given: dict[str, Any]) -> dict[str, Any]:
     """The options :func:`encode` saved (``detector``: the stored detector object, or None), with ``given`` taking
-    precedence; raises ValueError naming the options that were not saved and are not given."""
-    options = {k: v for k, v in saved.items() if "__" not in k}  # older saves held 'detector__C' too
+    precedence, and :data:`UNSAVED_BEFORE` where a save predates them; raises ValueError naming the options that
+    were not saved and are not given."""
+    options = {**UNSAVED_BEFORE, **{k: v for k, v in saved.items() if "__" not in k}}  # older: 'detector__C' too
     options["optimizer"] = _decode_optimizer(options["optimizer"])
     if options["detector"] is not None:
         options["detector"] = detector

@@ -99,7 +99,7 @@ def test_a_save_answers_the_same_and_keeps_no_input(digits, weighted, tmp_path):
 
 def test_a_learner_that_kept_no_input_statistics_refuses_a_weight(digits, tmp_path):
     x, y = images(digits[0])[0]
-    learner = ReReLRP(digits_cnn(), epochs=1, progress=False).fit_task(loader(x, y))
+    learner = ReReLRP(digits_cnn(), epochs=1, input_weight=0.0, progress=False).fit_task(loader(x, y))
     with pytest.raises(InvalidParameterError, match="input_weight cannot change once a task is learned"):
         learner.set_params(input_weight=1.0)
     assert learner.input_weight == 0.0
@@ -120,5 +120,5 @@ def test_a_state_whose_filters_do_not_fit_the_inputs_is_refused(weighted):
 def test_the_summary_says_whether_an_input_space_is_kept(digits, weighted):
     assert f"input space: {weighted.input_recognizer_.memory.widths[0]} features, weight 1.0" in weighted.summary()
     x, y = images(digits[0])[0]
-    plain = ReReLRP(digits_cnn(), epochs=1, progress=False).fit_task(loader(x, y))
+    plain = ReReLRP(digits_cnn(), epochs=1, input_weight=0.0, progress=False).fit_task(loader(x, y))
     assert "input space: none (input_weight=0 at the first task)" in plain.summary()

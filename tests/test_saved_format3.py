@@ -48,7 +48,8 @@ def test_a_format3_save_loaded_and_saved_again_holds_the_same_members(tmp_path, 
         meta = json.loads(after.read("meta.json"))
         # the additions since: the model's parameter-free modules, recorded from the model it was loaded into; the
         # warnings given (none recorded in a format-3 save); the detector space the saved option chose; the option
-        # that would have kept input statistics, at its default, 0 (and so no input_memory); the number of later tasks
+        # that would have kept input statistics, at 0 as the learner ran (a save lacks it: options.UNSAVED_BEFORE; so no
+        # input_memory); the number of later tasks
         # each detector keeps before folding, at its default (nothing folded: no "folded" entry in the memory)
         assert meta.pop("modules") == architecture.modules(digits_mlp())
         assert meta.pop("warnings") == [] and meta.pop("detector_space") == meta["options"]["detector_space"]
