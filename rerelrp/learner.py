@@ -121,8 +121,8 @@ class ReReLRP(BaseEstimator):
         inputs through one fixed random map): its log task posterior, times ``input_weight``, is added to the
         detector chain's log task scores. 0: not kept at all. The default, 1.0, recognized tasks better than the
         chain alone on every stream measured, most where tasks look alike (Split Fashion-MNIST; docs: Benchmarks,
-        Recognition). A learner that kept none at
-        its first task cannot start later; one that did can change the weight.
+        Recognition). A learner that kept none at its first task cannot start later; one that did can change the
+        weight.
     val_fraction
         share of a task held out for pruning when no ``val_loader`` is given.
     composite
