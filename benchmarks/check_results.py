@@ -58,7 +58,7 @@ def command(config: dict, out: str, seeds: list[int] | None = None, methods: lis
             args += [flag, *map(str, value)]
         else:
             args += [flag, str(value)]
-    if script in STREAM_SCRIPTS and "preset" not in config:  # measured before --preset: with the options of "tuned"
+    if script in (*STREAM_SCRIPTS, "unknown.py") and "preset" not in config:  # measured before --preset: "tuned"
         args += ["--preset", "tuned"]
     return args
 

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from rerelrp.input_space import INPUT_FILTERS
 from rerelrp.prune import MEASURES
 from rerelrp.recognize import RECOGNIZERS
 from rerelrp.remember import REST_COMPONENTS
@@ -54,6 +55,8 @@ LEARNER_OPTIONS = {
     "input_weight": (float, "weight of rerelrp's input-space recognizer (class mixtures of the inputs through one "
                             "fixed random map) added to its detector chain; 0: none (docs: Benchmarks, Recognition); "
                             "the learner's default 1"),
+    "input_filters": (INPUT_FILTERS, "the filters of rerelrp's input-space map: random (seeded normal weights) or "
+                                     "patches (k-means centroids of the first task's whitened 5 x 5 patches)"),
     "min_keep": (float, "fraction of each layer every rerelrp task keeps (0: the paper's pruning)"),
     "acc_drop": (float, "rerelrp's pruning threshold, in points of validation accuracy"),
     "drop_confidence": (float, "confidence of rerelrp's paired test that a pruning costs more than --acc-drop (0.5: "
@@ -171,7 +174,13 @@ def learner_options(args: argparse.Namespace, stream_length: int) -> dict:
     None."""
     names = [*LEARNER_OPTIONS, "n_tasks"]
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    options = {**PRESETS[args.preset], **given}
+    return preset_options(args.preset, stream_length, given)
+
+
+def preset_options(preset: str, stream_length: int, given: dict | None = None) -> dict:
+    """The rerelrp options of ``--preset`` ``preset`` with the options ``given`` over them; ``n_tasks``
+    ``"stream"`` is ``stream_length``, 0 is None (an open-ended stream); ``later_tasks`` ``"all"`` is None."""
+    options = {**PRESETS[preset], **(given or {})}
     if "n_tasks" in options:
         options["n_tasks"] = stream_length if options["n_tasks"] == "stream" else options["n_tasks"] or None
     if options.get("later_tasks") == "all":

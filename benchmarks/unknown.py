@@ -2,15 +2,18 @@
 
 How well each score tells the learned tasks' test images from inputs of no learned task, in one run.
 
-Two learners, each trained on the first tasks of its stream as benchmarks/mnist.py and medical.py train rerelrp
-(small CNN, their default epochs, n_tasks the stream's length, no growth, 48 features, no input-space recognizer:
-their ``--preset tuned``), so each is the benchmark's learner after those tasks:
+Two learners (three with --setups split-fashion), each trained on the first tasks of its stream as
+benchmarks/mnist.py and medical.py train rerelrp with the same --preset (small CNN, their default epochs; defaults:
+the learner's own options, only known_fraction given; tuned: n_tasks the stream's length, no growth, the last hidden
+layer's units as detector space, 48 features, no input-space recognizer), so each is the benchmark's learner after
+those tasks:
   split-mnist: Split MNIST tasks {0,1}, {2,3}, {4,5} (5 epochs); known: their test images;
-  medical: PneumoniaMNIST then BreastMNIST (20 epochs); known: their test images.
+  medical: PneumoniaMNIST then BreastMNIST (20 epochs); known: their test images;
+  split-fashion (with --setups): Split Fashion-MNIST tasks {0,1}, {2,3}, {4,5} (5 epochs), as split-mnist.
 Unknown inputs, scored by the same learner:
-  (a) next tasks: the stream's tasks not learned yet (digits 6-9; RetinaMNIST);
-  (b) other data: MedMNIST's three test sets shown to the MNIST learner (channels averaged), MNIST's test images
-      shown to the medical learner (repeated to 3 channels);
+  (a) next tasks: the stream's tasks not learned yet (digits or classes 6-9; RetinaMNIST);
+  (b) other data: MedMNIST's three test sets shown to the MNIST and Fashion learners (channels averaged), MNIST's
+      test images shown to the medical learner (repeated to 3 channels);
   (c) noise and constant images: uniform noise in [0, 1], and images of one grey value from 0 to 1.
 Scores (higher = more like learned data): rerelrp's score_samples; and, through the subnetwork and head of the task
 each input is recognized as (the network rerelrp predicts with): the maximum softmax probability (Hendrycks and
@@ -21,7 +24,8 @@ each unknown kind, and at rerelrp's calibrated threshold (--known-fraction) the 
 of unknown ones rejected, and the share of known inputs accepted at known_fraction 0.8, 0.9, 0.95 and 0.99; a
 histogram of the scores per learner.
 
-    python benchmarks/unknown.py --out docs/results/unknown
+    python benchmarks/unknown.py --setups split-mnist medical split-fashion --out docs/results/defaults/unknown
+    python benchmarks/unknown.py --preset tuned --out docs/results/unknown
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.cli import HelpFormatter, add_threads_option, set_threads  # noqa: E402
+from benchmarks.cli import PRESETS, HelpFormatter, add_threads_option, preset_options, set_threads  # noqa: E402
 from rerelrp.spaces import DETECTOR_SPACES  # noqa: E402
 
 KINDS = ("next tasks", "other data", "noise", "constant")
@@ -57,13 +61,26 @@ def parse() -> argparse.Namespace:
                    help="rerelrp's known_fraction: the share of each task's validation inputs accepted")
     p.add_argument("--quick", action="store_true", help="a few hundred images per task and 1 epoch: checks the "
                                                         "pipeline, its numbers mean little")
-    p.add_argument("--detector-space", default="units", choices=DETECTOR_SPACES,
-                   help="what rerelrp's Gaussian detectors read (rerelrp.ReReLRP's detector_space): units (this "
-                        "benchmark's default), head, layers or auto (the learner's default: layers on the small CNN)")
+    p.add_argument("--preset", default="defaults", choices=list(PRESETS),
+                   help="rerelrp's options: defaults (the learner's own, known_fraction given) or tuned (n_tasks the "
+                        "stream's length, no growth, detector space units, 48 features, no input-space recognizer: "
+                        "the settings of the results measured before the learner chose its own)")
+    p.add_argument("--detector-space", default=None, choices=DETECTOR_SPACES,
+                   help="what rerelrp's Gaussian detectors read (rerelrp.ReReLRP's detector_space), over the preset's "
+                        "(defaults: auto, layers on the small CNN; tuned: units)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--device", default="cpu", help="torch device")
     add_threads_option(p)
     return p.parse_args()
+
+
+def learner_options(args: argparse.Namespace, stream_length: int) -> dict:
+    """rerelrp's options for a stream of ``stream_length`` tasks: ``--preset``'s, ``--detector-space`` where given, and
+    ``--known-fraction``."""
+    given = {"known_fraction": args.known_fraction}
+    if args.detector_space is not None:
+        given["detector_space"] = args.detector_space
+    return preset_options(args.preset, stream_length, given)
 
 
 def stream_args(args: argparse.Namespace, **extra) -> argparse.Namespace:
@@ -151,9 +168,7 @@ def evaluate(name: str, args: argparse.Namespace) -> tuple[dict, dict]:
     torch.manual_seed(args.seed)
     method = ReReLRPMethod(small_cnn(stream.input_shape[0], stream.n_classes), epochs=epochs, seed=args.seed,
                            device=args.device, batch_size=64, lr=1e-3, progress=not args.no_progress,
-                           options={"n_tasks": len(stream.tasks), "grow": 0.0, "n_features": 48, "input_weight": 0.0,
-                                    "known_fraction": args.known_fraction,
-                                    "detector_space": args.detector_space})
+                           options=learner_options(args, len(stream.tasks)))
     learner = method.learner
     start = time.perf_counter()
     for t in range(learned):  # as benchmarks/mnist.py and medical.py train rerelrp: the same learner after `learned`

@@ -6,9 +6,11 @@ apart and nothing else; where tasks look alike (a top and a shoe in one task, an
 next) the subnetworks keep little that tells one task's data from another's. This recognizer keeps what the data
 look like instead, in a space no training changes:
 
-1. the map: ``FILTERS`` random 5 x 5 filters (seeded normal weights, scaled by the fan-in, no bias) over images
-   ``(n, C, H, W)``, ReLU, averaged over a ``GRID`` x ``GRID`` grid of regions: ``(n, FILTERS * GRID**2)``; inputs of
-   any other shape are flattened as they are;
+1. the map: ``FILTERS`` 5 x 5 filters (no bias) over images ``(n, C, H, W)``, ReLU, averaged over a ``GRID`` x
+   ``GRID`` grid of regions: ``(n, FILTERS * GRID**2)``; inputs of any other shape are flattened as they are. The
+   filters (``ReReLRP(input_filters=...)``) are ``"random"``: seeded normal weights, scaled by the fan-in; or
+   ``"patches"`` (:func:`patch_filters`): the k-means centroids of the first task's whitened 5 x 5 patches, as Coates
+   and Ng (2011) learn single-layer features: filters shaped like the first task's strokes and edges;
 2. the axes: the first task's ``FEATURES`` principal components of that map, each column scaled to unit variance
    (:meth:`rerelrp.remember.ActivationStatistics.choose_basis`), fixed from then on;
 3. per class of every task, a Gaussian mixture of at most ``COMPONENTS`` components there
@@ -21,7 +23,9 @@ two recognizers' posteriors, the input's raised to ``input_weight``); the chain 
 Why these numbers: on default learners of Split Fashion-MNIST and Split MNIST (small CNN, seed 0), validation
 recognition was best, among 19 variants of 16-64 filters, grids of 2-7 cells a side, 16-64 features and 1-16
 components, with eight mixture components rather than four or one and a coarse grid; 20 features keep the bytes
-within those of a 200-image buffer on a 5-task stream (docs: Benchmarks, Recognition).
+within those of a 200-image buffer on a 5-task stream (docs: Benchmarks, Recognition). ``"patches"`` is ours on
+Coates and Ng's recipe (scikit-learn's k-means, a ZCA whitening in torch); the filters are centroids of many patches,
+statistics of the first task, not its images.
 """
 from __future__ import annotations
 
@@ -30,11 +34,16 @@ import math
 import numpy as np
 import torch
 from scipy.special import logsumexp
+from sklearn.cluster import KMeans
 from torch.nn import functional
 
 from .remember import ActivationStatistics, GaussianDensities
 
-__all__ = ["InputRecognizer", "FILTERS", "SIZE", "GRID", "FEATURES", "COMPONENTS", "CHUNK_FLOATS"]
+__all__ = ["InputRecognizer", "INPUT_FILTERS", "patch_filters", "FILTERS", "SIZE", "GRID", "FEATURES", "COMPONENTS",
+           "PATCHES", "PATCH_IMAGES", "WHITENING", "CHUNK_FLOATS"]
+
+#: ``ReReLRP(input_filters=...)``: how the map's filters are made (see the module docstring).
+INPUT_FILTERS = ("random", "patches")
 
 #: Random filters of the map over images.
 FILTERS = 64
@@ -46,8 +55,45 @@ FEATURES = 20
 COMPONENTS = 8
 #: Side of the square filters.
 SIZE = 5
+#: ``"patches"``: patches k-means clusters, drawn at random positions of at most ``PATCH_IMAGES`` of the first task's
+#: images.
+PATCHES = 100_000
+PATCH_IMAGES = 3000
+#: ``"patches"``: added to each patch's spread when normalizing it, and to the eigenvalues of the patches' covariance
+#: when whitening them (inputs in [0, 1]).
+WHITENING = 0.1
 #: Filter responses held at once, in floats (128 MiB): inputs are mapped in chunks of at most this many.
 CHUNK_FLOATS = 2 ** 25
+
+
+def patch_filters(x: torch.Tensor, n_filters: int = FILTERS, size: int = SIZE,
+                  random_state: int | None = None) -> torch.Tensor:
+    """``(n_filters, C, size, size)`` float32 filters from images ``x`` ``(n, C, H, W)`` (H, W >= ``size``), after
+    Coates and Ng (2011): :data:`PATCHES` patches at random positions of at most :data:`PATCH_IMAGES` images, each
+    centred and divided by its spread plus :data:`WHITENING`, ZCA-whitened (eigenvalues plus :data:`WHITENING`), then
+    clustered by scikit-learn's k-means; each centroid, taken back through the whitening, unit-normed and centred, is a
+    filter, scaled by the fan-in as the random filters are. Seeded by ``random_state``."""
+    generator = torch.Generator().manual_seed(random_state or 0)
+    x = x.detach().cpu().float()
+    x = x[torch.randperm(len(x), generator=generator)[:PATCH_IMAGES]]
+    n, channels, height, width = x.shape
+    if height < size or width < size:
+        raise ValueError(f"images of {height} x {width} pixels hold no {size} x {size} patch to cluster: use "
+                         "input_filters='random'")
+    image = torch.randint(n, (PATCHES,), generator=generator)
+    top = torch.randint(height - size + 1, (PATCHES,), generator=generator)
+    left = torch.randint(width - size + 1, (PATCHES,), generator=generator)
+    offsets = torch.arange(size)
+    rows, cols = (top[:, None] + offsets)[:, :, None], (left[:, None] + offsets)[:, None, :]
+    patches = x[image[:, None, None], :, rows, cols].permute(0, 3, 1, 2).flatten(1).double()  # (PATCHES, C size size)
+    patches = patches - patches.mean(1, keepdim=True)
+    patches = patches / (patches.std(1, keepdim=True) + WHITENING)
+    values, vectors = torch.linalg.eigh(torch.cov(patches.T))
+    whitening = vectors @ torch.diag((values.clamp(min=0) + WHITENING).rsqrt()) @ vectors.T
+    kmeans = KMeans(n_filters, n_init=1, random_state=random_state or 0).fit((patches @ whitening).numpy())
+    centroids = torch.as_tensor(kmeans.cluster_centers_) @ whitening
+    filters = (centroids / centroids.norm(dim=1, keepdim=True)).float().view(n_filters, channels, size, size)
+    return (filters - filters.mean((1, 2, 3), keepdim=True)) / math.sqrt(channels * size * size)
 
 
 class InputRecognizer:
@@ -55,6 +101,8 @@ class InputRecognizer:
 
     Parameters
     ----------
+    kind
+        ``"random"`` or ``"patches"`` (:data:`INPUT_FILTERS`): how the first task's inputs fix the filters.
     random_state
         seed of the filters and of the mixtures' initialisation.
 
@@ -69,7 +117,10 @@ class InputRecognizer:
         :class:`rerelrp.remember.GaussianDensities` of :attr:`memory` (rebuilt by :meth:`fit`).
     """
 
-    def __init__(self, random_state: int | None = None):
+    def __init__(self, kind: str = "random", random_state: int | None = None):
+        if kind not in INPUT_FILTERS:
+            raise ValueError(f"kind must be one of {INPUT_FILTERS}, got {kind!r}")
+        self.kind = kind
         self.random_state = random_state
         self.filters: torch.Tensor | None = None
         self.memory = ActivationStatistics(FEATURES, COMPONENTS, random_state)
@@ -90,7 +141,9 @@ class InputRecognizer:
         """Add a task from its training inputs ``x`` ``(n, *input_shape)`` with labels ``y`` ``(n,)`` of its
         ``classes``; the first task also fixes the filters (images) and the axes."""
         first = not self.memory.n_tasks
-        if first and x.dim() == 4:
+        if first and x.dim() == 4 and self.kind == "patches":
+            self.filters = patch_filters(x, random_state=self.random_state)
+        elif first and x.dim() == 4:
             generator = torch.Generator().manual_seed(self.random_state or 0)
             self.filters = torch.randn(FILTERS, x.shape[1], SIZE, SIZE, generator=generator) / math.sqrt(
                 x.shape[1] * SIZE * SIZE)
@@ -114,9 +167,10 @@ class InputRecognizer:
         return loglik - logsumexp(loglik, axis=1, keepdims=True)
 
     def state_dict(self) -> tuple[dict, dict[str, torch.Tensor]]:
-        """``(index, tensors)``: the memory's index (JSON) and tensors named ``input.*`` (the filters as
-        ``input.filters``)."""
+        """``(index, tensors)``: the memory's index (JSON) with the filters' :attr:`kind`, and tensors named
+        ``input.*`` (the filters as ``input.filters``)."""
         index, tensors = self.memory.state_dict(prefix="input.")
+        index = {**index, "kind": self.kind}
         if self.filters is not None:
             tensors["input.filters"] = self.filters.contiguous()
         return index, tensors
@@ -126,6 +180,9 @@ class InputRecognizer:
         """Restore from :meth:`state_dict`'s ``(index, tensors)`` for ``tasks`` (class ids of each) and inputs of
         ``input_shape``; raises ValueError naming the entry that does not fit (KeyError for a missing one)."""
         self.memory.load_state_dict(index, tensors, prefix="input.")
+        self.kind = index.get("kind", "random")  # saves from before input_filters: random filters
+        if self.kind not in INPUT_FILTERS:
+            raise ValueError(f"meta.json gives input filters of kind {self.kind!r}, not one of {INPUT_FILTERS}")
         self.filters = tensors.get("input.filters")
         if self.memory.n_tasks != 1:
             raise ValueError(f"meta.json holds {self.memory.n_tasks} input spaces, not one")

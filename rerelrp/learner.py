@@ -123,6 +123,11 @@ class ReReLRP(BaseEstimator):
         chain alone on every stream measured, most where tasks look alike (Split Fashion-MNIST; docs: Benchmarks,
         Recognition). A learner that kept none at its first task cannot start later; one that did can change the
         weight.
+    input_filters
+        the filters of the input recognizer's map, fixed by the first task: ``"random"`` (seeded normal weights) or
+        ``"patches"`` (k-means centroids of the first task's whitened 5 x 5 patches,
+        :func:`rerelrp.input_space.patch_filters`), which recognized Split Fashion-MNIST's look-alike tasks better
+        (docs: Benchmarks, Recognition). Images only: other inputs are read as they are.
     val_fraction
         share of a task held out for pruning when no ``val_loader`` is given.
     composite
@@ -202,6 +207,7 @@ class ReReLRP(BaseEstimator):
         detector_space: str = "auto",
         recognizer: str = "gaussian",
         input_weight: float = 1.0,
+        input_filters: str = "random",
         val_fraction: float = 0.1,
         composite: Composite | None = None,
         detector: BaseEstimator | None = None,
@@ -231,6 +237,7 @@ class ReReLRP(BaseEstimator):
         self.detector_space = detector_space
         self.recognizer = recognizer
         self.input_weight = input_weight
+        self.input_filters = input_filters
         self.val_fraction = val_fraction
         self.composite = composite
         self.detector = detector
@@ -775,7 +782,8 @@ class ReReLRP(BaseEstimator):
             "detector" + ("" if self.recognizer != "gaussian" else f"; later_tasks={self.later_tasks!r}: tasks "
                           f"folded per detector {self.recognizer_.memory.folded}"),
             "input space: " + ("none (input_weight=0 at the first task)" if self.input_recognizer_ is None else
-                               f"{self.input_recognizer_.memory.widths[0]} features, weight {self.input_weight}"),
+                               f"{self.input_recognizer_.memory.widths[0]} features, {self.input_recognizer_.kind} "
+                               f"filters, weight {self.input_weight}"),
             f"warnings: {len(said)}" + "".join("\n  " + line for line in said)])
 
     def parameter_growth(self) -> float:
@@ -894,8 +902,12 @@ class ReReLRP(BaseEstimator):
         self.recognizer_.load_state_dict(meta, tensors, state["estimators"], self.tasks_, self.units_)
         self.input_shape_ = tuple(meta["input_shape"])
         if meta.get("input_memory") is not None:  # kept with input_weight > 0 at the first task
-            self.input_recognizer_ = InputRecognizer(self.random_state)
+            self.input_recognizer_ = InputRecognizer(random_state=self.random_state)  # its kind is in the index
             self.input_recognizer_.load_state_dict(meta["input_memory"], tensors, self.tasks_, self.input_shape_)
+            if self.input_recognizer_.kind != self.input_filters:
+                raise ValueError(f"input_filters={self.input_filters!r}, but meta.json holds input statistics of "
+                                 f"{self.input_recognizer_.kind} filters: load it with "
+                                 f"input_filters={self.input_recognizer_.kind!r}")
         elif self.input_weight > 0:
             raise ValueError(f"input_weight={self.input_weight}, but meta.json holds no input statistics (the learner "
                              "was saved with input_weight=0): load it with input_weight=0")
@@ -970,13 +982,16 @@ class ReReLRP(BaseEstimator):
     def _check_params(self) -> None:
         """Validate every option (:func:`rerelrp.options.validate`); once a task is learned, ``recognizer``,
         ``detector_space`` and ``composite`` against those the memory and the masks were built with, and
-        ``input_weight`` stays 0 where no input statistics were kept."""
+        ``input_weight`` stays 0 where no input statistics were kept, and ``input_filters`` stays what the first task's
+        input statistics were kept with."""
         fitted, params = None, self.get_params(deep=False)
         if hasattr(self, "recognizer_"):
             fitted = {"recognizer": "gaussian" if isinstance(self.recognizer_, GaussianRecognizer) else "paper",
                       "detector_space": self.detector_space_, "composite": self.composite_}
             if self.input_recognizer_ is None:
                 fitted["input_weight"] = 0.0
+            else:
+                fitted["input_filters"] = self.input_recognizer_.kind
             options.validate(params)  # "auto" is compared as what it resolves to, once it is a valid option
             params["detector_space"] = self._resolved_space(params["detector_space"])
         options.validate(params, fitted=fitted)
@@ -1009,7 +1024,8 @@ class ReReLRP(BaseEstimator):
         self.frozen_ = FrozenParameters(self.units_)
         self.recognizer_ = make_recognizer(self.recognizer, self.detector_space_, self.n_features, self.n_components,
                                            self.detector, self.random_state)
-        self.input_recognizer_ = InputRecognizer(self.random_state) if self.input_weight > 0 else None
+        self.input_recognizer_ = InputRecognizer(self.input_filters, self.random_state) if self.input_weight > 0 \
+            else None
         self.tasks_: list[list[int]] = []
         self.masks_: list[list[torch.Tensor]] = []
         self.prune_results_: list[PruneResult] = []

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from zennit.core import Composite
 
+from .input_space import INPUT_FILTERS
 from .prune import MEASURES
 from .recognize import RECOGNIZERS
 from .spaces import DETECTOR_SPACES
@@ -223,6 +224,7 @@ CONSTRAINTS: dict[str, list] = {
     "detector_space": [Options(DETECTOR_SPACES)],
     "recognizer": [Options(RECOGNIZERS)],
     "input_weight": [Interval(_NUMBER, 0, None)],
+    "input_filters": [Options(INPUT_FILTERS)],
     "val_fraction": [Interval(_NUMBER, 0, 1, closed="neither")],
     "composite": [None, Types(Composite, "a zennit Composite")],
     "detector": [None, HasMethods("fit", "predict_proba", name="a scikit-learn classifier with fit and predict_proba")],
@@ -257,6 +259,8 @@ FIXED: dict[str, str] = {
     "detector_space": "the earlier tasks' statistics live in another space",
     "input_weight": "it was 0 at the first task, so no input statistics were kept: learn the tasks again with "
                     "input_weight > 0",
+    "input_filters": "the first task's input statistics live in the space of its filters: learn the tasks again "
+                     "with the other filters",
     "composite": "the earlier tasks were pruned, and with recognizer='paper' are recognized, by its relevance; a "
                  "new composite for explanations: pass it to zennit with learner.subnetworks()",
 }
@@ -348,8 +352,8 @@ def encode(params: dict[str, Any]) -> dict[str, Any]:
 
 
 #: Options that saves from before they existed lack, at the value those learners ran with where today's default
-#: would not load them: without input statistics, ``input_weight`` is 0.
-UNSAVED_BEFORE = {"input_weight": 0.0}
+#: would not load them: without input statistics, ``input_weight`` is 0; before ``input_filters``, random filters.
+UNSAVED_BEFORE = {"input_weight": 0.0, "input_filters": "random"}
 
 
 def decode(saved: dict[str, Any], detector: Any, given: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
 """The benchmarks run end to end (--quick) and leave their tables, JSON and plots."""
+import argparse
 import contextlib
 import io
 import json
@@ -190,6 +191,20 @@ def test_unknown_quick_scores_every_kind_against_the_baselines(tmp_path):
         assert 0.0 < result["known accepted"] <= 1.0
     assert "AUROC rerelrp" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "score_histograms.png").stat().st_size > 10_000
+    assert payload["config"]["preset"] == "defaults"
+
+
+def test_unknown_benchmark_learners_follow_the_preset_and_old_results_replay_tuned():
+    from benchmarks import check_results, unknown
+
+    defaults = argparse.Namespace(preset="defaults", detector_space=None, known_fraction=0.9)
+    assert unknown.learner_options(defaults, 5) == {"known_fraction": 0.9}
+    tuned = argparse.Namespace(preset="tuned", detector_space="layers", known_fraction=0.95)
+    assert unknown.learner_options(tuned, 5) == {"n_tasks": 5, "grow": 0.0, "detector_space": "layers", "n_features": 48,
+                                                 "later_tasks": None, "input_weight": 0.0, "known_fraction": 0.95}
+    # results measured before --preset (their configs name none) were measured with the tuned options
+    before = json.loads((Path(__file__).parent.parent / "docs/results/unknown/results.json").read_text())["config"]
+    assert "preset" not in before and "--preset tuned" in check_results.command_line(before)
 
 
 

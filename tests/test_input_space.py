@@ -1,5 +1,6 @@
-"""The input-space recognizer (ReReLRP(input_weight=...)): it recognizes tasks from the inputs alone, the chain
-still stops early exactly with its prior, it is saved and refused like the rest of the memory, and it keeps no input."""
+"""The input-space recognizer (ReReLRP(input_weight=..., input_filters=...)): it recognizes tasks from the inputs
+alone with either kind of filters, the chain still stops early exactly with its prior, it is saved and refused like the
+rest of the memory, and it keeps no input."""
 import zipfile
 
 import numpy as np
@@ -10,7 +11,7 @@ from scipy.special import logsumexp
 
 import rerelrp
 from rerelrp import InvalidParameterError, ReReLRP
-from rerelrp.input_space import FILTERS, InputRecognizer
+from rerelrp.input_space import FILTERS, SIZE, InputRecognizer, patch_filters
 from rerelrp.recognize import chain_scores, route
 from conftest import TASKS, loader
 
@@ -38,16 +39,18 @@ def weighted(digits):
     return learner
 
 
-@pytest.mark.parametrize("shape", [(1, 8, 8), (64,)], ids=["images", "vectors"])
-def test_recognizes_held_out_digit_tasks_from_the_inputs_alone(digits, shape):
+@pytest.mark.parametrize("shape, kind", [((1, 8, 8), "random"), ((1, 8, 8), "patches"), ((64,), "random")],
+                         ids=["images", "images-patches", "vectors"])
+def test_recognizes_held_out_digit_tasks_from_the_inputs_alone(digits, shape, kind):
     train, test = digits
-    recognizer = InputRecognizer(random_state=0)
+    recognizer = InputRecognizer(kind, random_state=0)
     for t, (x, y) in enumerate(train):
         recognizer.remember(x.view(-1, *shape), y, TASKS[t])
         recognizer.fit(TASKS[:t + 1])
     log_posterior = recognizer.log_posterior(torch.cat([x for x, _ in test]).view(-1, *shape))
     accuracy = float((log_posterior.argmax(1) == truth_of(test)).mean())
-    print(f"input recognizer alone, digits as {shape}: {accuracy:.3f} of held-out inputs' tasks (chance 0.2)")
+    print(f"input recognizer alone, {kind} filters, digits as {shape}: {accuracy:.3f} of held-out inputs' tasks "
+          "(chance 0.2)")
     assert log_posterior.shape == (sum(len(y) for _, y in test), 5)
     np.testing.assert_allclose(logsumexp(log_posterior, axis=1), 0, atol=1e-9)
     assert accuracy > 0.9
@@ -118,7 +121,45 @@ def test_a_state_whose_filters_do_not_fit_the_inputs_is_refused(weighted):
 
 
 def test_the_summary_says_whether_an_input_space_is_kept(digits, weighted):
-    assert f"input space: {weighted.input_recognizer_.memory.widths[0]} features, weight 1.0" in weighted.summary()
+    assert (f"input space: {weighted.input_recognizer_.memory.widths[0]} features, random filters, weight 1.0"
+            in weighted.summary())
     x, y = images(digits[0])[0]
     plain = ReReLRP(digits_cnn(), epochs=1, input_weight=0.0, progress=False).fit_task(loader(x, y))
     assert "input space: none (input_weight=0 at the first task)" in plain.summary()
+
+
+def test_patch_filters_are_centred_seeded_centroids_of_the_images_patches(digits):
+    x = torch.cat([x for x, _ in images(digits[0])])
+    filters = patch_filters(x, random_state=0)
+    assert filters.shape == (FILTERS, 1, SIZE, SIZE) and filters.dtype == torch.float32
+    np.testing.assert_allclose(filters.sum((1, 2, 3)), 0, atol=1e-6)
+    np.testing.assert_allclose(filters.flatten(1).norm(dim=1), 1 / SIZE, rtol=1e-5)  # unit norm over the fan-in
+    assert torch.equal(filters, patch_filters(x, random_state=0))
+    assert not torch.allclose(filters, patch_filters(x, random_state=1))
+    # shaped like the images' strokes: on the digits' own patches they respond more than random filters of that norm
+    patches = torch.nn.functional.unfold(x, SIZE).transpose(1, 2).reshape(-1, SIZE * SIZE)
+    random = torch.randn(FILTERS, SIZE * SIZE, generator=torch.Generator().manual_seed(0))
+    random = random - random.mean(1, keepdim=True)
+    random = random / random.norm(dim=1, keepdim=True) / SIZE
+    strongest = (patches @ filters.flatten(1).T).relu().max(1).values.mean()
+    print(f"mean strongest response on the digits' patches: patch filters {strongest:.4f}, random "
+          f"{(patches @ random.T).relu().max(1).values.mean():.4f}")
+    assert strongest > (patches @ random.T).relu().max(1).values.mean()
+    with pytest.raises(ValueError, match="input_filters='random'"):
+        patch_filters(x[:, :, :4, :4])
+
+
+def test_the_filters_kind_is_saved_and_fixed_by_the_first_task(digits, tmp_path):
+    x, y = images(digits[0])[0]
+    learner = ReReLRP(digits_cnn(), epochs=1, input_filters="patches", progress=False).fit_task(loader(x, y))
+    assert "patches filters" in learner.summary()
+    with pytest.raises(InvalidParameterError, match="input_filters cannot change once a task is learned"):
+        learner.set_params(input_filters="random")
+    path = learner.save(tmp_path / "patches.zip")
+    loaded = rerelrp.load(path, digits_cnn())
+    assert loaded.input_filters == "patches" and loaded.input_recognizer_.kind == "patches"
+    assert torch.equal(loaded.input_recognizer_.filters, learner.input_recognizer_.filters)
+    with pytest.raises(ValueError, match="input_filters='patches'"):
+        rerelrp.load(path, digits_cnn(), input_filters="random")
+    with pytest.raises(InvalidParameterError, match="input_filters must be one of 'random', 'patches'"):
+        ReReLRP(digits_cnn(), epochs=1, input_filters="kmeans", progress=False).fit_task(loader(x, y))

@@ -49,10 +49,11 @@ def test_a_format3_save_loaded_and_saved_again_holds_the_same_members(tmp_path, 
         # the additions since: the model's parameter-free modules, recorded from the model it was loaded into; the
         # warnings given (none recorded in a format-3 save); the detector space the saved option chose; the option
         # that would have kept input statistics, at 0 as the learner ran (a save lacks it: options.UNSAVED_BEFORE; so no
-        # input_memory); the number of later tasks
+        # input_memory), and the filters it would have used, random; the number of later tasks
         # each detector keeps before folding, at its default (nothing folded: no "folded" entry in the memory)
         assert meta.pop("modules") == architecture.modules(digits_mlp())
         assert meta.pop("warnings") == [] and meta.pop("detector_space") == meta["options"]["detector_space"]
         assert "input_memory" not in meta and meta["options"].pop("input_weight") == 0.0
+        assert meta["options"].pop("input_filters") == "random"
         assert meta["options"].pop("later_tasks") == LATER_TASKS_DEFAULT and "folded" not in meta["memory"]
         assert json.dumps(meta, indent=1).encode() == before.read("meta.json")
