@@ -45,7 +45,7 @@ __all__ = ["InputRecognizer", "INPUT_FILTERS", "patch_filters", "FILTERS", "SIZE
 #: ``ReReLRP(input_filters=...)``: how the map's filters are made (see the module docstring).
 INPUT_FILTERS = ("random", "patches")
 
-#: Random filters of the map over images.
+#: Filters of the map over images.
 FILTERS = 64
 #: Regions a side the map averages each filter's response over.
 GRID = 3
@@ -55,9 +55,9 @@ FEATURES = 20
 COMPONENTS = 8
 #: Side of the square filters.
 SIZE = 5
-#: ``"patches"``: patches k-means clusters, drawn at random positions of at most ``PATCH_IMAGES`` of the first task's
-#: images.
+#: ``"patches"``: the patches k-means clusters, drawn at random positions of the images below.
 PATCHES = 100_000
+#: ``"patches"``: the most of the first task's images (a seeded draw) the patches come from.
 PATCH_IMAGES = 3000
 #: ``"patches"``: added to each patch's spread when normalizing it, and to the eigenvalues of the patches' covariance
 #: when whitening them (inputs in [0, 1]).
