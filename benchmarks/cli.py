@@ -53,8 +53,8 @@ LEARNER_OPTIONS = {
                     "grows linearly with the tasks (all: every task's classes, memory grows with the square of the "
                     "tasks)"),
     "input_weight": (float, "weight of rerelrp's input-space recognizer (class mixtures of the inputs through one "
-                            "fixed random map) added to its detector chain; 0: none (docs: Benchmarks, Recognition); "
-                            "the learner's default 1"),
+                            "fixed map, see --input-filters) added to its detector chain; 0: none (docs: Benchmarks, "
+                            "Recognition); the learner's default 1"),
     "input_filters": (INPUT_FILTERS, "the filters of rerelrp's input-space map: random (seeded normal weights) or "
                                      "patches (k-means centroids of the first task's whitened 5 x 5 patches)"),
     "min_keep": (float, "fraction of each layer every rerelrp task keeps (0: the paper's pruning)"),

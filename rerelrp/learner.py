@@ -118,8 +118,8 @@ class ReReLRP(BaseEstimator):
         (:class:`rerelrp.recognize.TaskRecognizer`, forests on relevance vectors).
     input_weight
         weight of the input-space recognizer (:class:`rerelrp.input_space.InputRecognizer`: class mixtures of the
-        inputs through one fixed random map): its log task posterior, times ``input_weight``, is added to the
-        detector chain's log task scores. 0: not kept at all. The default, 1.0, recognized tasks better than the
+        inputs through one fixed map, see ``input_filters``): its log task posterior, times ``input_weight``, is added
+        to the detector chain's log task scores. 0: not kept at all. The default, 1.0, recognized tasks better than the
         chain alone on every stream measured, most where tasks look alike (Split Fashion-MNIST; docs: Benchmarks,
         Recognition). A learner that kept none at its first task cannot start later; one that did can change the
         weight.
