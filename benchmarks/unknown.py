@@ -41,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.cli import PRESETS, HelpFormatter, add_threads_option, preset_options, set_threads  # noqa: E402
+from rerelrp.input_space import INPUT_FILTERS  # noqa: E402
 from rerelrp.spaces import DETECTOR_SPACES  # noqa: E402
 
 KINDS = ("next tasks", "other data", "noise", "constant")
@@ -68,6 +69,10 @@ def parse() -> argparse.Namespace:
     p.add_argument("--detector-space", default=None, choices=DETECTOR_SPACES,
                    help="what rerelrp's Gaussian detectors read (rerelrp.ReReLRP's detector_space), over the preset's "
                         "(defaults: auto, layers on the small CNN; tuned: units)")
+    p.add_argument("--input-filters", default=None, choices=INPUT_FILTERS,
+                   help="the filters of rerelrp's input-space map (rerelrp.ReReLRP's input_filters): random (seeded "
+                        "normal weights) or patches (k-means centroids of the first task's whitened 5 x 5 patches); "
+                        "the learner's default where not given (the tuned preset has no input space)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--device", default="cpu", help="torch device")
     add_threads_option(p)
@@ -75,11 +80,12 @@ def parse() -> argparse.Namespace:
 
 
 def learner_options(args: argparse.Namespace, stream_length: int) -> dict:
-    """rerelrp's options for a stream of ``stream_length`` tasks: ``--preset``'s, ``--detector-space`` where given, and
-    ``--known-fraction``."""
+    """rerelrp's options for a stream of ``stream_length`` tasks: ``--preset``'s, ``--detector-space`` and
+    ``--input-filters`` where given, and ``--known-fraction``."""
     given = {"known_fraction": args.known_fraction}
-    if args.detector_space is not None:
-        given["detector_space"] = args.detector_space
+    for name in ("detector_space", "input_filters"):
+        if getattr(args, name) is not None:
+            given[name] = getattr(args, name)
     return preset_options(args.preset, stream_length, given)
 
 

@@ -197,9 +197,11 @@ def test_unknown_quick_scores_every_kind_against_the_baselines(tmp_path):
 def test_unknown_benchmark_learners_follow_the_preset_and_old_results_replay_tuned():
     from benchmarks import check_results, unknown
 
-    defaults = argparse.Namespace(preset="defaults", detector_space=None, known_fraction=0.9)
+    defaults = argparse.Namespace(preset="defaults", detector_space=None, input_filters=None, known_fraction=0.9)
     assert unknown.learner_options(defaults, 5) == {"known_fraction": 0.9}
-    tuned = argparse.Namespace(preset="tuned", detector_space="layers", known_fraction=0.95)
+    patches = argparse.Namespace(preset="defaults", detector_space=None, input_filters="patches", known_fraction=0.9)
+    assert unknown.learner_options(patches, 5) == {"known_fraction": 0.9, "input_filters": "patches"}
+    tuned = argparse.Namespace(preset="tuned", detector_space="layers", input_filters=None, known_fraction=0.95)
     assert unknown.learner_options(tuned, 5) == {"n_tasks": 5, "grow": 0.0, "detector_space": "layers", "n_features": 48,
                                                  "later_tasks": None, "input_weight": 0.0, "known_fraction": 0.95}
     # results measured before --preset (their configs name none) were measured with the tuned options
