@@ -55,8 +55,9 @@ LEARNER_OPTIONS = {
     "input_weight": (float, "weight of rerelrp's input-space recognizer (class mixtures of the inputs through one "
                             "fixed map, see --input-filters) added to its detector chain; 0: none (docs: Benchmarks, "
                             "Recognition); the learner's default 1"),
-    "input_filters": (INPUT_FILTERS, "the filters of rerelrp's input-space map: random (seeded normal weights) or "
-                                     "patches (k-means centroids of the first task's whitened 5 x 5 patches)"),
+    "input_filters": (INPUT_FILTERS, "the filters of rerelrp's input-space map: patches (k-means centroids of the "
+                                     "first task's whitened 5 x 5 patches; the learner's default) or random (seeded "
+                                     "normal weights)"),
     "min_keep": (float, "fraction of each layer every rerelrp task keeps (0: the paper's pruning)"),
     "acc_drop": (float, "rerelrp's pruning threshold, in points of validation accuracy"),
     "drop_confidence": (float, "confidence of rerelrp's paired test that a pruning costs more than --acc-drop (0.5: "

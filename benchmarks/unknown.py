@@ -70,9 +70,9 @@ def parse() -> argparse.Namespace:
                    help="what rerelrp's Gaussian detectors read (rerelrp.ReReLRP's detector_space), over the preset's "
                         "(defaults: auto, layers on the small CNN; tuned: units)")
     p.add_argument("--input-filters", default=None, choices=INPUT_FILTERS,
-                   help="the filters of rerelrp's input-space map (rerelrp.ReReLRP's input_filters): random (seeded "
-                        "normal weights) or patches (k-means centroids of the first task's whitened 5 x 5 patches); "
-                        "the learner's default where not given (the tuned preset has no input space)")
+                   help="the filters of rerelrp's input-space map (rerelrp.ReReLRP's input_filters): patches "
+                        "(k-means centroids of the first task's whitened 5 x 5 patches) or random (seeded normal "
+                        "weights); the learner's default, patches, where not given (the tuned preset has no input space)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--device", default="cpu", help="torch device")
     add_threads_option(p)

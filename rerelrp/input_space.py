@@ -8,9 +8,10 @@ look like instead, in a space no training changes:
 
 1. the map: ``FILTERS`` 5 x 5 filters (no bias) over images ``(n, C, H, W)``, ReLU, averaged over a ``GRID`` x
    ``GRID`` grid of regions: ``(n, FILTERS * GRID**2)``; inputs of any other shape are flattened as they are. The
-   filters (``ReReLRP(input_filters=...)``) are ``"random"``: seeded normal weights, scaled by the fan-in; or
-   ``"patches"`` (:func:`patch_filters`): the k-means centroids of the first task's whitened 5 x 5 patches, as Coates
-   and Ng (2011) learn single-layer features: filters shaped like the first task's strokes and edges;
+   filters (``ReReLRP(input_filters=...)``) are ``"patches"`` (the default, :func:`patch_filters`): the k-means
+   centroids of the first task's whitened 5 x 5 patches, as Coates and Ng (2011) learn single-layer features:
+   filters shaped like the first task's strokes and edges; or ``"random"``: seeded normal weights, scaled by the
+   fan-in;
 2. the axes: the first task's ``FEATURES`` principal components of that map, each column scaled to unit variance
    (:meth:`rerelrp.remember.ActivationStatistics.choose_basis`), fixed from then on;
 3. per class of every task, a Gaussian mixture of at most ``COMPONENTS`` components there
@@ -77,9 +78,7 @@ def patch_filters(x: torch.Tensor, n_filters: int = FILTERS, size: int = SIZE,
     x = x.detach().cpu().float()
     x = x[torch.randperm(len(x), generator=generator)[:PATCH_IMAGES]]
     n, channels, height, width = x.shape
-    if height < size or width < size:
-        raise ValueError(f"images of {height} x {width} pixels hold no {size} x {size} patch to cluster: use "
-                         "input_filters='random'")
+    _check_patch_size(height, width, size)
     image = torch.randint(n, (PATCHES,), generator=generator)
     top = torch.randint(height - size + 1, (PATCHES,), generator=generator)
     left = torch.randint(width - size + 1, (PATCHES,), generator=generator)
@@ -96,13 +95,19 @@ def patch_filters(x: torch.Tensor, n_filters: int = FILTERS, size: int = SIZE,
     return (filters - filters.mean((1, 2, 3), keepdim=True)) / math.sqrt(channels * size * size)
 
 
+def _check_patch_size(height: int, width: int, size: int) -> None:
+    if height < size or width < size:
+        raise ValueError(f"images of {height} x {width} pixels hold no {size} x {size} patch to cluster: use "
+                         "input_filters='random'")
+
+
 class InputRecognizer:
     """Task posteriors from class mixtures in one fixed space of the inputs (see the module docstring).
 
     Parameters
     ----------
     kind
-        ``"random"`` or ``"patches"`` (:data:`INPUT_FILTERS`): how the first task's inputs fix the filters.
+        ``"patches"`` or ``"random"`` (:data:`INPUT_FILTERS`): how the first task's inputs fix the filters.
     random_state
         seed of the filters and of the mixtures' initialisation.
 
@@ -117,7 +122,7 @@ class InputRecognizer:
         :class:`rerelrp.remember.GaussianDensities` of :attr:`memory` (rebuilt by :meth:`fit`).
     """
 
-    def __init__(self, kind: str = "random", random_state: int | None = None):
+    def __init__(self, kind: str = "patches", random_state: int | None = None):
         if kind not in INPUT_FILTERS:
             raise ValueError(f"kind must be one of {INPUT_FILTERS}, got {kind!r}")
         self.kind = kind
@@ -136,6 +141,12 @@ class InputRecognizer:
         with torch.no_grad():
             responses = (functional.conv2d(part.float(), filters, padding=SIZE // 2).relu_() for part in x.split(chunk))
             return torch.cat([functional.adaptive_avg_pool2d(r, GRID).flatten(1) for r in responses])
+
+    def check(self, input_shape: tuple[int, ...]) -> None:
+        """Raise ValueError where the first task's inputs of ``input_shape`` (one input's shape) cannot fix
+        :attr:`kind`'s filters: ``"patches"`` needs images of at least :data:`SIZE` x :data:`SIZE` pixels."""
+        if self.kind == "patches" and len(input_shape) == 3:
+            _check_patch_size(input_shape[1], input_shape[2], SIZE)
 
     def remember(self, x: torch.Tensor, y: torch.Tensor, classes: list[int]) -> None:
         """Add a task from its training inputs ``x`` ``(n, *input_shape)`` with labels ``y`` ``(n,)`` of its

@@ -287,8 +287,8 @@ def test_summary_states_what_each_task_was_given_and_survives_a_save(default_lea
                              "grow='auto' -> 0.25; parameters ")
     assert f"parameters {default_learner.parameter_growth():.2f}x" in budget
     assert "detector_space='auto' -> 'layers'" in detectors
-    assert inputs == (f"input space: {default_learner.input_recognizer_.memory.widths[0]} features, random filters, "
-                      "weight 1.0")
+    assert inputs == (f"input space: {default_learner.input_recognizer_.memory.widths[0]} features, "
+                      "input_filters='patches', input_weight=1.0")
     assert said == f"warnings: {n_warnings}"
     for line, (t, kind, message) in zip(lines[-n_warnings:] if n_warnings else [], default_learner.warnings_):
         assert line == f"  task {t} [{kind}]: {message}"

@@ -121,7 +121,8 @@ def test_a_state_whose_filters_do_not_fit_the_inputs_is_refused(weighted):
 
 
 def test_the_summary_says_whether_an_input_space_is_kept(digits, weighted):
-    assert (f"input space: {weighted.input_recognizer_.memory.widths[0]} features, random filters, weight 1.0"
+    assert (f"input space: {weighted.input_recognizer_.memory.widths[0]} features, input_filters='patches', "
+            "input_weight=1.0"
             in weighted.summary())
     x, y = images(digits[0])[0]
     plain = ReReLRP(digits_cnn(), epochs=1, input_weight=0.0, progress=False).fit_task(loader(x, y))
@@ -151,15 +152,31 @@ def test_patch_filters_are_centred_seeded_centroids_of_the_images_patches(digits
 
 def test_the_filters_kind_is_saved_and_fixed_by_the_first_task(digits, tmp_path):
     x, y = images(digits[0])[0]
-    learner = ReReLRP(digits_cnn(), epochs=1, input_filters="patches", progress=False).fit_task(loader(x, y))
-    assert "patches filters" in learner.summary()
+    learner = ReReLRP(digits_cnn(), epochs=1, input_filters="random", progress=False).fit_task(loader(x, y))
+    assert "input_filters='random'" in learner.summary()
     with pytest.raises(InvalidParameterError, match="input_filters cannot change once a task is learned"):
-        learner.set_params(input_filters="random")
-    path = learner.save(tmp_path / "patches.zip")
+        learner.set_params(input_filters="patches")
+    path = learner.save(tmp_path / "random.zip")
     loaded = rerelrp.load(path, digits_cnn())
-    assert loaded.input_filters == "patches" and loaded.input_recognizer_.kind == "patches"
+    assert loaded.input_filters == "random" and loaded.input_recognizer_.kind == "random"
     assert torch.equal(loaded.input_recognizer_.filters, learner.input_recognizer_.filters)
-    with pytest.raises(ValueError, match="input_filters='patches'"):
-        rerelrp.load(path, digits_cnn(), input_filters="random")
+    with pytest.raises(ValueError, match="input_filters='random'"):
+        rerelrp.load(path, digits_cnn(), input_filters="patches")
     with pytest.raises(InvalidParameterError, match="input_filters must be one of 'random', 'patches'"):
         ReReLRP(digits_cnn(), epochs=1, input_filters="kmeans", progress=False).fit_task(loader(x, y))
+
+
+def test_images_too_small_for_the_default_patch_filters_are_refused_before_training(digits):
+    x, y = images(digits[0])[0]
+    x = x[:, :, 2:6, 2:6]  # 4 x 4 pixels: no 5 x 5 patch
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(128, 10))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    learner = ReReLRP(model, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="4 x 4 pixels hold no 5 x 5 patch to cluster: use input_filters='random'"):
+        learner.fit_task(loader(x, y))
+    assert not hasattr(learner, "tasks_")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # refused before training
+    learner.set_params(input_filters="random").fit_task(loader(x, y))
+    assert learner.tasks_ == [sorted(set(y.tolist()))]

@@ -27,6 +27,8 @@ GROUPS = {"": "Benchmarks (the options of their time; before the defaults chose 
           "defaults": "With the learner's defaults (--preset defaults)",
           "input-weight-0": "Without the input-space recognizer (--input-weight 0; the defaults otherwise, measured when "
                             "0 was the default)",
+          "input-filters-random": "With the input space's random filters (--input-filters random; the defaults "
+                                  "otherwise, measured when random was the default)",
           "recognition": "Recognizer ablations on the digits and MedMNIST",
           "split-fashion-orders": "Split Fashion-MNIST in other class orders (tuned, last hidden layer)",
           "split-fashion-orders-layers": "Split Fashion-MNIST in other class orders (tuned, every unit layer)",
